@@ -1,0 +1,193 @@
+"""TeacherCache: the teacher's outputs for one split, written once, memory-mapped on every later run.
+
+Layout of one entry ``<root>/<key>/``::
+
+    embedding.npy [N,D] float32 · logits.npy [N,C] float32 · label.npy [N] int64 · row_id.npy [N] int64
+    classifier.npz (W [C,D], b [C]) · manifest.json (written last: fingerprints, shapes, checksums)
+
+A build writes into ``<key>.partial/`` and records after every chunk how many rows are done
+(``progress.json``), so a killed build resumes without redoing finished rows; only a finished build
+gets its manifest and is renamed to ``<key>/`` in one atomic step. An entry without a manifest, or whose
+arrays do not match the manifest's checksums, is never read back as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lelp_lightning.errors import LelpError
+
+FORMAT_VERSION = 1
+ARRAYS = ("embedding", "logits", "label", "row_id")
+
+
+def cache_key(*parts: str) -> str:
+    """A short stable key from fingerprints (teacher, source, split, preprocessing)."""
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _checksum(array: np.ndarray) -> str:
+    h = hashlib.sha256()
+    flat = array.reshape(-1) if array.size else array
+    step = max(1, (64 << 20) // max(1, array.itemsize))
+    for start in range(0, flat.shape[0] if flat.ndim else 0, step):
+        h.update(np.ascontiguousarray(flat[start:start + step]).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class CachedSplit:
+    """Read-only memory-mapped views of one finished cache entry."""
+
+    path: Path
+    embedding: np.ndarray
+    logits: np.ndarray
+    label: np.ndarray
+    row_id: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    manifest: dict
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+
+class TeacherCache:
+    """A folder of cache entries, one per (teacher, data, split, preprocessing) key."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return (self.entry(key) / "manifest.json").is_file()
+
+    def open(self, key: str, verify: bool = True) -> CachedSplit:
+        """Open a finished entry; raises if it is missing, unfinished, or its arrays fail their checksums."""
+        path = self.entry(key)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise LelpError(f"teacher cache {path} is missing or unfinished (no manifest.json); rebuild it.")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise LelpError(f"teacher cache manifest {manifest_path} is not valid JSON; delete {path} to rebuild.") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise LelpError(f"teacher cache {path} has format {manifest.get('format_version')}, expected "
+                            f"{FORMAT_VERSION}; delete it to rebuild.")
+        arrays = {}
+        for name in ARRAYS:
+            try:
+                arrays[name] = np.load(path / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise LelpError(f"teacher cache array {path / (name + '.npy')} cannot be read ({err}); "
+                                f"delete {path} to rebuild.") from None
+            expected = manifest["arrays"][name]
+            if list(arrays[name].shape) != expected["shape"]:
+                raise LelpError(f"teacher cache array {name}.npy in {path} has shape {list(arrays[name].shape)}, "
+                                f"the manifest says {expected['shape']}; delete {path} to rebuild.")
+            if verify and _checksum(arrays[name]) != expected["sha256"]:
+                raise LelpError(f"teacher cache array {name}.npy in {path} does not match its checksum "
+                                f"(corrupted or modified); delete {path} to rebuild.")
+        with np.load(path / "classifier.npz") as clf:
+            W, b = clf["W"], clf["b"]
+        return CachedSplit(path, arrays["embedding"], arrays["logits"], arrays["label"], arrays["row_id"],
+                           W, b, manifest)
+
+    def build(
+        self,
+        key: str,
+        *,
+        labels: np.ndarray,
+        row_ids: np.ndarray,
+        embedding_dim: int,
+        num_classes: int,
+        batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+        classifier: Callable[[], tuple[np.ndarray, np.ndarray]],
+        meta: dict,
+        desc: str = "teacher pass",
+        progress: bool = True,
+    ) -> CachedSplit:
+        """Build (or resume building) an entry.
+
+        ``batches(rows_done)`` yields ``(index, embedding, logits)`` for the rows not yet done, in a fixed
+        order that depends only on the data; ``index`` are row positions in ``[0, N)``. ``classifier()``
+        returns the teacher's final linear layer ``(W [C,D], b [C])``, asked for once the rows are done.
+        """
+        final = self.entry(key)
+        if self.exists(key):
+            return self.open(key)
+        n = int(len(labels))
+        partial = final.with_name(final.name + ".partial")
+        shape_info = {"n": n, "embedding_dim": int(embedding_dim), "num_classes": int(num_classes), "meta": meta}
+        build_file = partial / "build.json"
+        if partial.exists():
+            try:
+                same = json.loads(build_file.read_text()) == json.loads(json.dumps(shape_info, default=str))
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                shutil.rmtree(partial)
+        fresh = not partial.exists()
+        partial.mkdir(parents=True, exist_ok=True)
+        mode = "w+" if fresh else "r+"
+        emb = np.lib.format.open_memmap(partial / "embedding.npy", mode=mode, dtype=np.float32, shape=(n, embedding_dim))
+        logit = np.lib.format.open_memmap(partial / "logits.npy", mode=mode, dtype=np.float32, shape=(n, num_classes))
+        if fresh:
+            np.save(partial / "label.npy", np.asarray(labels, dtype=np.int64))
+            np.save(partial / "row_id.npy", np.asarray(row_ids, dtype=np.int64))
+            _atomic_write_json(build_file, json.loads(json.dumps(shape_info, default=str)))
+            _atomic_write_json(partial / "progress.json", {"rows_done": 0})
+        done = int(json.loads((partial / "progress.json").read_text())["rows_done"])
+        with tqdm(total=n, initial=done, desc=desc, unit="row", disable=not progress, dynamic_ncols=True) as bar:
+            for index, e, lg in batches(done):
+                if not (np.isfinite(e).all() and np.isfinite(lg).all()):
+                    raise LelpError(f"the teacher produced NaN or Inf outputs for rows {index[:5].tolist()}...; "
+                                    "check the teacher's weights and inputs.")
+                emb[index] = e
+                logit[index] = lg
+                emb.flush()
+                logit.flush()
+                done += len(index)
+                _atomic_write_json(partial / "progress.json", {"rows_done": done})
+                bar.update(len(index))
+        if done != n:
+            raise LelpError(f"the teacher pass for {desc} produced {done} rows, expected {n}.")
+        W, b = classifier()
+        np.savez(partial / "classifier.npz", W=np.asarray(W, np.float32), b=np.asarray(b, np.float32))
+        del emb, logit
+        arrays = {name: np.load(partial / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "meta": meta,
+            "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _checksum(a)}
+                       for name, a in arrays.items()},
+        }
+        del arrays
+        (partial / "progress.json").unlink()
+        _atomic_write_json(partial / "manifest.json", manifest)
+        if final.exists():  # a stale, unfinished entry under the final name
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        return self.open(key, verify=False)

@@ -1,0 +1,112 @@
+"""The ``lelp`` console script: LightningCLI(DistillModule, DistillDataModule) plus a few subcommands.
+
+    lelp fit --config configs/quickstart.yaml      # train, then test and write summary.json
+    lelp validate|test|predict --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
+    lelp cache --config configs/quickstart.yaml    # run the teacher into the cache ahead of time
+    lelp strategies | lelp objectives              # what is registered (plugins included)
+
+Plugins (entry-point groups ``lelp_lightning.strategies`` / ``lelp_lightning.objectives``) are imported
+before any argument is parsed, so their classes work by short name in YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from lelp_lightning.data.datamodule import DistillDataModule
+from lelp_lightning.errors import LelpError
+from lelp_lightning.module import DistillModule
+from lelp_lightning.objectives import objectives
+from lelp_lightning.registry import load_plugins
+from lelp_lightning.strategies import strategies
+
+
+class LelpCLI(LightningCLI):
+    """Links sizes from data to model, and after ``fit`` tests the final weights and writes ``summary.json``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.num_subclasses", "model.num_subclasses", apply_on="instantiate")
+        parser.link_arguments("data.num_outputs", "model.student.init_args.num_outputs", apply_on="instantiate")
+        parser.link_arguments("data.input_dim", "model.student.init_args.input_dim", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        fit_seconds = time.perf_counter() - self._fit_started
+        results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        student = {k.split("/", 1)[1]: float(v) for k, v in (results[0] if results else {}).items()}
+        reference = self.datamodule.teacher_metrics("test")
+        summary = {
+            "student": {"test_accuracy": student.get("accuracy"), "test_macro_f1": student.get("macro_f1")},
+            "teacher": {"test_accuracy": reference["teacher_accuracy"], "test_macro_f1": reference["teacher_macro_f1"]},
+            "majority_class_rate": reference["majority_class_rate"],
+            "fit_seconds": round(fit_seconds, 2),
+            "epochs": self.trainer.current_epoch,
+            "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
+        }
+        if self.trainer.is_global_zero:
+            run_dir = Path(self.trainer.log_dir or ".")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, run_dir / "summary.json")
+            print(format_summary(summary, run_dir / "summary.json"))
+
+
+def format_summary(summary: dict, path: Path) -> str:
+    rows = [("student", summary["student"]["test_accuracy"], summary["student"]["test_macro_f1"]),
+            ("teacher", summary["teacher"]["test_accuracy"], summary["teacher"]["test_macro_f1"]),
+            ("majority class", summary["majority_class_rate"], None)]
+    lines = ["", f"{'test split':<16}{'accuracy':>10}{'macro-F1':>10}"]
+    for name, acc, f1 in rows:
+        lines.append(f"{name:<16}{100 * acc:>9.2f}%" + (f"{100 * f1:>9.2f}%" if f1 is not None else f"{'':>10}"))
+    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path}")
+    return "\n".join(lines)
+
+
+def _list(registry) -> str:
+    width = max(len(n) for n in registry.names())
+    return "\n".join(f"{e.name:<{width}}  {e.cls.__name__:<28} {e.description}" for e in registry.entries())
+
+
+def build_cli(args: list[str], run: bool = True) -> LelpCLI:
+    return LelpCLI(DistillModule, DistillDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
+    args = list(sys.argv[1:] if args is None else args)
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    try:
+        load_plugins()
+        if args[:1] == ["strategies"]:
+            print(_list(strategies))
+            return 0
+        if args[:1] == ["objectives"]:
+            print(_list(objectives))
+            return 0
+        if args[:1] == ["cache"]:
+            cli = build_cli(args[1:], run=False)
+            cli.datamodule.prepare_data()
+            for split in ("train", "val", "test"):
+                entry = cli.datamodule.split_cache(split)
+                print(f"{split}: {len(entry)} rows, embedding {entry.embedding.shape[1]}-d, cached at {entry.path}")
+            return 0
+        build_cli(args)
+        return 0
+    except LelpError as err:
+        print(f"lelp: error: {err}", file=sys.stderr)
+        return 2
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data side: sources of labeled text, student featurisers and the DistillDataModule."""

@@ -1,0 +1,214 @@
+"""DistillDataModule: owns the teacher side (source, teacher, cache, strategy, targets) and serves batches.
+
+Flow: ``prepare_data`` runs the teacher once per split into the :class:`TeacherCache` (skipped when the
+cache for this teacher + data + split + preprocessing exists); ``setup`` memory-maps the cache and
+featurises the student inputs; the strategy is fitted on the training split the first time a dataloader is
+asked for, *after* a checkpoint had the chance to restore its state, and z is materialised once per
+strategy fingerprint. A batch is a plain dict: ``inputs``, ``label``, ``teacher_logits``, ``subclass_logits``
+and, where an objective asks, ``teacher_embedding`` / ``row_id``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from lelp_lightning.cache import CachedSplit, TeacherCache, cache_key
+from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
+from lelp_lightning.data.sources import SPLITS, TextSource
+from lelp_lightning.errors import LelpError
+from lelp_lightning.strategies.base import SubclassStrategy
+from lelp_lightning.teachers.base import Teacher
+
+FIT_LABELS = ("label", "teacher")
+
+
+class CacheDataset(Dataset):
+    """Rows of one split; ``__getitems__`` answers a whole batch of indices with one gather per array."""
+
+    def __init__(self, inputs: StudentInputs, arrays: dict[str, np.ndarray]):
+        self.inputs = inputs
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        index = np.asarray(indices, dtype=np.int64)
+        batch = {"inputs": self.inputs.gather(index)}
+        for name, array in self.arrays.items():
+            batch[name] = torch.from_numpy(np.ascontiguousarray(array[index]))
+        return batch
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+class DistillDataModule(LightningDataModule):
+    """Teacher side of distillation, from labeled rows to batches with targets.
+
+    Args:
+        source: where the labeled rows come from and how they are split.
+        teacher: the frozen teacher; run once per split into the cache.
+        strategy: how pseudo-subclasses are made (LELP by default in the configs).
+        featurizer: raw text → student inputs (default: hashed word uni+bigrams).
+        cache_dir: folder of teacher caches (keep it out of git).
+        batch_size: training batch size; ``eval_batch_size`` for val/test/predict.
+        fit_labels: rows are grouped by their true ``label`` or by the ``teacher``'s argmax when fitting the strategy.
+        num_workers: DataLoader workers (batches are one gather each, so 0 is usually fastest).
+        progress: show the teacher pass's progress bar.
+    """
+
+    def __init__(self, source: TextSource, teacher: Teacher, strategy: SubclassStrategy,
+                 featurizer: Featurizer | None = None, cache_dir: str = ".lelp_cache", batch_size: int = 128,
+                 eval_batch_size: int = 1024, fit_labels: str = "label", num_workers: int = 0, progress: bool = True):
+        super().__init__()
+        if fit_labels not in FIT_LABELS:
+            raise LelpError(f"fit_labels must be one of {FIT_LABELS}, got {fit_labels!r}.")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}.")
+        self.source = source
+        self.teacher = teacher
+        self.strategy = strategy
+        self.featurizer = featurizer or HashedNgramFeaturizer()
+        self.cache = TeacherCache(cache_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.fit_labels = fit_labels
+        self.num_workers = num_workers
+        self.progress = progress
+        self.extra_keys: set[str] = set()
+        self._cached: dict[str, CachedSplit] = {}
+        self._inputs: dict[str, StudentInputs] = {}
+        self._z: dict[str, np.ndarray] = {}
+        self._z_fingerprint: str | None = None
+
+    # -- sizes linked into the model -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def num_subclasses(self) -> int:
+        return self.strategy.num_subclasses
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes * self.num_subclasses
+
+    @property
+    def input_dim(self) -> int:
+        return self.featurizer.input_dim
+
+    # -- teacher side ----------------------------------------------------------------------------------
+    def cache_key(self, split: str) -> str:
+        return cache_key(self.teacher.fingerprint(), self.source.fingerprint(), self.source.split(split).fingerprint())
+
+    def prepare_data(self) -> None:
+        """Run the teacher over every split not cached yet (once per teacher + data + split)."""
+        missing = [s for s in SPLITS if not self.cache.exists(self.cache_key(s))]
+        if not missing:
+            return
+        self.teacher.fit(self.source, self.cache)
+        for split in missing:
+            data = self.source.split(split)
+            W, _ = self.teacher.classifier()
+            self.cache.build(
+                self.cache_key(split), labels=data.labels, row_ids=data.row_ids, embedding_dim=W.shape[1],
+                num_classes=W.shape[0], batches=lambda done, data=data: self.teacher.encode_split(data, done),
+                classifier=self.teacher.classifier, desc=f"teacher pass [{split}]", progress=self.progress,
+                meta={"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
+                      "split": split, "split_fingerprint": data.fingerprint(), "teacher_class": type(self.teacher).__name__},
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._cached:
+            return
+        for split in SPLITS:
+            entry = self.cache.open(self.cache_key(split))
+            if entry.logits.shape[1] != self.num_classes:
+                raise LelpError(f"the teacher cache {entry.path} has {entry.logits.shape[1]} classes but the data "
+                                f"source has {self.num_classes}; the teacher's classifier does not match the data.")
+            self._cached[split] = entry
+            self._inputs[split] = self.featurizer.transform(self.source.split(split).texts)
+        train = self._cached["train"]
+        for split in ("val", "test"):
+            if not (np.array_equal(self._cached[split].W, train.W) and np.array_equal(self._cached[split].b, train.b)):
+                raise LelpError(f"the {split} cache was written by a different teacher classifier than the train "
+                                "cache; delete the cache folder to rebuild.")
+
+    def split_cache(self, split: str) -> CachedSplit:
+        if split not in self._cached:
+            self.setup()
+        return self._cached[split]
+
+    def _ensure_targets(self) -> None:
+        train = self.split_cache("train")
+        if not self.strategy.fitted:
+            labels = train.label if self.fit_labels == "label" else np.asarray(train.logits).argmax(1)
+            self.strategy.fit(train.embedding, labels, (train.W, train.b))
+        if self._z_fingerprint != self.strategy.fingerprint():
+            self._z = {s: self.strategy.transform(self.split_cache(s).embedding) for s in SPLITS}
+            self._z_fingerprint = self.strategy.fingerprint()
+
+    def subclass_logits(self, split: str) -> np.ndarray:
+        self._ensure_targets()
+        return self._z[split]
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def dataset(self, split: str) -> CacheDataset:
+        entry = self.split_cache(split)
+        arrays = {"label": entry.label, "teacher_logits": entry.logits, "subclass_logits": self.subclass_logits(split)}
+        if "teacher_embedding" in self.extra_keys:
+            arrays["teacher_embedding"] = entry.embedding
+        if "row_id" in self.extra_keys:
+            arrays["row_id"] = entry.row_id
+        return CacheDataset(self._inputs[split], arrays)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, collate_fn=_batch_as_is, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        self.extra_keys.add("row_id")
+        return self._loader("test", shuffle=False)
+
+    # -- reference numbers -----------------------------------------------------------------------------
+    def teacher_metrics(self, split: str = "test") -> dict[str, float]:
+        """The teacher's accuracy and macro-F1 on ``split`` (from the cache), and the majority-class rate."""
+        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+        entry = self.split_cache(split)
+        logits = torch.from_numpy(np.asarray(entry.logits))
+        target = torch.from_numpy(np.asarray(entry.label))
+        majority = int(np.bincount(self.split_cache("train").label, minlength=self.num_classes).argmax())
+        C = self.num_classes
+        return {
+            "teacher_accuracy": multiclass_accuracy(logits, target, C, average="micro").item(),
+            "teacher_macro_f1": multiclass_f1_score(logits, target, C, average="macro").item(),
+            "majority_class_rate": float((target == majority).float().mean()),
+        }
+
+    # -- checkpoints carry the fitted strategy ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"strategy": self.strategy.state_dict()} if self.strategy.fitted else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "strategy" in state:
+            self.strategy.load_state_dict(state["strategy"])

@@ -1,0 +1,102 @@
+"""Student featurisers: raw text to what a student reads, with one vectorised gather per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.feature_extraction.text import HashingVectorizer
+
+
+class StudentInputs(ABC):
+    """All rows of one split, ready for student batches."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def gather(self, index: np.ndarray):
+        """The batch for the rows ``index`` (one vectorised gather)."""
+
+
+class BagInputs(StudentInputs):
+    """Rows as sparse bags of hashed n-gram ids, weighted so that ``EmbeddingBag(mode='sum')`` means the bag."""
+
+    def __init__(self, matrix: sp.csr_matrix):
+        self.matrix = matrix.tocsr()
+
+    def __len__(self) -> int:
+        return self.matrix.shape[0]
+
+    def gather(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = self.matrix[index]
+        counts = np.diff(rows.indptr)
+        weights = rows.data.astype(np.float32)
+        row_of = np.repeat(np.arange(len(index)), counts)
+        totals = np.bincount(row_of, weights=weights, minlength=len(index)).astype(np.float32)
+        weights = weights / np.where(totals > 0, totals, 1.0)[row_of]
+        return {
+            "ids": torch.from_numpy(rows.indices.astype(np.int64)),
+            "offsets": torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
+            "weights": torch.from_numpy(weights),
+        }
+
+
+class DenseInputs(StudentInputs):
+    """Rows as a dense float matrix (features of a smaller encoder, pixels, ...)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def gather(self, index: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[index], dtype=np.float32))
+
+
+class Featurizer(ABC):
+    """Turns a split's texts into :class:`StudentInputs`; ``input_dim`` sizes the student's first layer."""
+
+    @property
+    @abstractmethod
+    def input_dim(self) -> int: ...
+
+    @abstractmethod
+    def transform(self, texts: list[str]) -> StudentInputs: ...
+
+    def fingerprint(self) -> str:
+        payload = json.dumps({"class": type(self).__qualname__, **vars(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class HashedNgramFeaturizer(Featurizer):
+    """fastText-style hashed word n-grams (scikit-learn's MurmurHash3 ``HashingVectorizer``): no vocabulary.
+
+    Empty texts become empty bags (the student sees a zero vector); any Unicode string is accepted.
+    """
+
+    def __init__(self, num_buckets: int = 2**18, max_ngram: int = 2, lowercase: bool = True):
+        if num_buckets < 2:
+            raise ValueError(f"num_buckets must be at least 2, got {num_buckets}.")
+        self.num_buckets = num_buckets
+        self.max_ngram = max_ngram
+        self.lowercase = lowercase
+
+    @property
+    def input_dim(self) -> int:
+        return self.num_buckets
+
+    def _vectorizer(self) -> HashingVectorizer:
+        return HashingVectorizer(n_features=self.num_buckets, ngram_range=(1, self.max_ngram),
+                                 lowercase=self.lowercase, alternate_sign=False, norm=None,
+                                 token_pattern=r"(?u)\b\w+\b", dtype=np.float32)
+
+    def transform(self, texts: list[str]) -> BagInputs:
+        matrix = self._vectorizer().transform(texts)
+        matrix.sort_indices()
+        return BagInputs(matrix)

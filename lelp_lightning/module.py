@@ -1,0 +1,79 @@
+"""DistillModule: the student side (student network, objectives, optimiser, metrics)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.objectives.base import Objective, class_logits
+from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
+from lelp_lightning.students.networks import Student
+
+
+class DistillModule(LightningModule):
+    """Trains ``student`` (with a C·S head) on the weighted sum of ``objectives``.
+
+    Class predictions are ``logsumexp`` over each class's S logits. ``num_classes`` and
+    ``num_subclasses`` are linked from the data module by the CLI.
+    """
+
+    def __init__(self, student: Student, objectives: list[Objective] | None = None, num_classes: int = 2,
+                 num_subclasses: int = 1, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "objectives"])
+        if student.num_outputs != num_classes * num_subclasses:
+            raise LelpError(f"the student head has {student.num_outputs} outputs but the data needs C·S = "
+                            f"{num_classes}·{num_subclasses} = {num_classes * num_subclasses}.")
+        self.student = student
+        self.objectives = torch.nn.ModuleList(objectives or [SubclassCrossEntropy()])
+        self.num_classes, self.num_subclasses = num_classes, num_subclasses
+        self.lr, self.weight_decay = lr, weight_decay
+        metrics = MetricCollection({
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "extra_keys"):
+            for objective in self.objectives:
+                datamodule.extra_keys.update(objective.requires)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.student(inputs)
+
+    def class_logits(self, inputs) -> torch.Tensor:
+        return class_logits(self(inputs), self.num_classes)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["inputs"])
+        batch_size = batch["label"].shape[0]
+        total = logits.new_zeros(())
+        for objective in self.objectives:
+            term = objective(logits, batch)
+            self.log(f"train/{objective.log_name}", term, batch_size=batch_size)
+            total = total + objective.weight * term
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection) -> None:
+        metrics.update(self.class_logits(batch["inputs"]), batch["label"])
+        self.log_dict(metrics, batch_size=batch["label"].shape[0], prog_bar=metrics is self.val_metrics)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = torch.softmax(self.class_logits(batch["inputs"]), dim=-1)
+        return {"row_id": batch["row_id"], "prediction": probs.argmax(-1), "probabilities": probs}
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,56 @@
+"""Small student networks. ``input_dim`` and ``num_outputs`` (= C·S) are linked from the data module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lelp_lightning.errors import LelpError
+
+
+class Student(nn.Module):
+    """Base of students: ``forward(inputs) -> logits [B, num_outputs]``."""
+
+    def __init__(self, input_dim: int, num_outputs: int):
+        super().__init__()
+        if input_dim < 1 or num_outputs < 1:
+            raise LelpError(f"{type(self).__name__} needs input_dim >= 1 and num_outputs >= 1, "
+                            f"got {input_dim} and {num_outputs}.")
+        self.input_dim, self.num_outputs = input_dim, num_outputs
+
+
+class HashedBagStudent(Student):
+    """fastText-style: mean of hashed n-gram embeddings, optional hidden layer, then a C·S linear head."""
+
+    def __init__(self, input_dim: int = 2**18, num_outputs: int = 2, embed_dim: int = 64, hidden_dim: int = 0,
+                 dropout: float = 0.0):
+        super().__init__(input_dim, num_outputs)
+        self.embedding = nn.EmbeddingBag(input_dim, embed_dim, mode="sum")
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
+        if hidden_dim:
+            layers += [nn.Linear(embed_dim, hidden_dim), nn.ReLU()]
+        layers.append(nn.Linear(hidden_dim or embed_dim, num_outputs))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        bag = self.embedding(inputs["ids"], inputs["offsets"], per_sample_weights=inputs["weights"])
+        return self.head(bag)
+
+
+class MLPStudent(Student):
+    """An MLP over dense features (a smaller encoder's output, pixels): input → hidden → ... → C·S."""
+
+    def __init__(self, input_dim: int = 384, num_outputs: int = 2, hidden_dims: list[int] = [128],
+                 dropout: float = 0.0):
+        super().__init__(input_dim, num_outputs)
+        layers: list[nn.Module] = []
+        prev = input_dim
+        for h in hidden_dims:
+            layers += [nn.Linear(prev, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+            prev = h
+        layers.append(nn.Linear(prev, num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)

