@@ -15,9 +15,12 @@ import json
 import os
 import sys
 import time
+import logging
 import warnings
 from pathlib import Path
 
+import pandas as pd
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lelp_lightning.data.datamodule import DistillDataModule
@@ -62,6 +65,25 @@ class LelpCLI(LightningCLI):
             print(format_summary(summary, run_dir / "summary.json"))
 
 
+    def after_predict(self) -> None:
+        """Write the predictions (row id, predicted class, class probabilities) next to the run's logs."""
+        batches = self.trainer.predict_loop.predictions or []
+        if not batches or not self.trainer.is_global_zero:
+            return
+        row_id = torch.cat([b["row_id"] for b in batches]).numpy()
+        pred = torch.cat([b["prediction"] for b in batches]).numpy()
+        probs = torch.cat([b["probabilities"] for b in batches]).numpy()
+        names = self.datamodule.source.class_names
+        frame = pd.DataFrame({"row_id": row_id, "prediction": [names[i] for i in pred]})
+        for c, name in enumerate(names):
+            frame[f"p_{name}"] = probs[:, c]
+        out = Path(self.trainer.log_dir or ".") / "predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out.with_suffix(".csv.tmp"), index=False)
+        os.replace(out.with_suffix(".csv.tmp"), out)
+        print(f"{len(frame)} predictions written to {out}")
+
+
 def format_summary(summary: dict, path: Path) -> str:
     rows = [("student", summary["student"]["test_accuracy"], summary["student"]["test_macro_f1"]),
             ("teacher", summary["teacher"]["test_accuracy"], summary["teacher"]["test_macro_f1"]),
@@ -86,6 +108,8 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     args = list(sys.argv[1:] if args is None else args)
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    logging.basicConfig(format="lelp: %(message)s")
+    logging.getLogger("lelp_lightning").setLevel(logging.INFO)
     try:
         load_plugins()
         if args[:1] == ["strategies"]:

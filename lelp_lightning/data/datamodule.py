@@ -10,6 +10,8 @@ and, where an objective asks, ``teacher_embedding`` / ``row_id``.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
@@ -23,6 +25,7 @@ from lelp_lightning.strategies.base import SubclassStrategy
 from lelp_lightning.teachers.base import Teacher
 
 FIT_LABELS = ("label", "teacher")
+log = logging.getLogger(__name__)
 
 
 class CacheDataset(Dataset):
@@ -114,7 +117,9 @@ class DistillDataModule(LightningDataModule):
         """Run the teacher over every split not cached yet (once per teacher + data + split)."""
         missing = [s for s in SPLITS if not self.cache.exists(self.cache_key(s))]
         if not missing:
+            log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
             return
+        log.info("running the teacher for split(s) %s into %s", ", ".join(missing), self.cache.root)
         self.teacher.fit(self.source, self.cache)
         for split in missing:
             data = self.source.split(split)

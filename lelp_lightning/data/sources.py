@@ -337,10 +337,14 @@ def read_table(path: str, columns: list[str]) -> pd.DataFrame:
             df = pd.read_json(p, lines=True, dtype=False)
         elif suffix.startswith(".parquet"):
             df = pd.read_parquet(p)
-        elif suffix.startswith(".tsv"):
-            df = pd.read_csv(p, sep="\t", encoding="utf-8", encoding_errors="replace", keep_default_na=False)
-        elif suffix.startswith(".csv"):
-            df = pd.read_csv(p, encoding="utf-8", encoding_errors="replace", keep_default_na=False)
+        elif suffix.startswith((".tsv", ".csv")):
+            # "\n" only: pandas' default also splits on a bare "\r" inside quoted text (tweets have them);
+            # the "\r" of CRLF files is stripped from the last column below.
+            df = pd.read_csv(p, sep="\t" if suffix.startswith(".tsv") else ",", encoding="utf-8",
+                             encoding_errors="replace", keep_default_na=False, lineterminator="\n", dtype=str)
+            df.columns = [str(c).rstrip("\r") for c in df.columns]
+            last = df.columns[-1]
+            df[last] = df[last].str.rstrip("\r")
         else:
             raise LelpError(f"data file {path!r} has an unknown extension; expected .csv, .tsv, .jsonl or .parquet.")
     except LelpError:

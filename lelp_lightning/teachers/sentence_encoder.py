@@ -159,7 +159,7 @@ class SentenceEncoderTeacher(Teacher):
         for split in SPLITS:
             self._features[source.split(split).fingerprint()] = self.features(source, split, cache)
         head_file = cache.root / f"head-{cache_key(self.fingerprint(), source.fingerprint())}.pt"
-        x = torch.from_numpy(np.asarray(self.features(source, "train", cache)))
+        x = torch.from_numpy(np.array(self.features(source, "train", cache), dtype=np.float32))
         y = torch.from_numpy(source.split("train").labels)
         self._head = _Head(x.shape[1], self.head_hidden, source.num_classes, self.head_dropout)
         if head_file.is_file():

@@ -1,0 +1,136 @@
+"""The `lelp` console script end to end on real data, and every shipped config."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import CONFIGS, REPO, run_lelp, tiny_run_args, write_logger_config
+from lelp_lightning.cli import main
+
+ALL_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
+def test_every_shipped_config_parses(config, capsys):
+    stack = ["--config", str(CONFIGS / "quickstart.yaml")]
+    if config != "quickstart.yaml":
+        stack += ["--config", str(CONFIGS / config)]
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *stack, "--print_config"])
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: lelp_lightning" in printed
+
+
+def test_strategies_subcommand_lists_names_and_descriptions(capsys):
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "lelp" in out and "LinearProjectionStrategy" in out and "vanilla knowledge distillation" in out
+
+
+def only_dirs(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tweets_cache_dir, tmp_path_factory):
+    """One real `lelp fit` through the console script: 300 tweets, MiniLM teacher, LELP S=2, 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("run")
+    before = only_dirs(tweets_cache_dir)
+    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, run_dir, "--data.strategy.num_subclasses", "2"), cwd=run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc, before
+
+
+def test_fit_prints_and_writes_the_summary_with_config_and_logs(finished_run, tweets_cache_dir):
+    run_dir, proc, _ = finished_run
+    version = run_dir / "tiny" / "version_0"
+    summary = json.loads((version / "summary.json").read_text())
+    for who in ("student", "teacher"):
+        for metric in ("test_accuracy", "test_macro_f1"):
+            assert 0.0 <= summary[who][metric] <= 1.0
+    assert summary["majority_class_rate"] == pytest.approx(0.70, abs=0.03)  # 70% negative tweets
+    assert summary["config"]["data"]["strategy"]["init_args"]["num_subclasses"] == 2
+    assert "student" in proc.stdout and "teacher" in proc.stdout and "majority class" in proc.stdout
+    assert (version / "config.yaml").is_file()  # LightningCLI's resolved config
+    metrics = pd.read_csv(version / "metrics.csv")
+    assert {"train/loss", "val/accuracy", "test/accuracy"} <= set(metrics.columns)
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B wrote its offline run
+    assert "teacher cache hit" in proc.stderr  # the session cache fixture built it; the CLI reused it
+    # the teacher's test accuracy is recomputed from the cache
+    from lelp_lightning.cache import TeacherCache
+    dm_key = [p for p in tweets_cache_dir.iterdir() if p.is_dir() and not p.name.startswith("encoder-")]
+    assert len(dm_key) == 3
+
+
+def test_a_second_identical_run_does_not_run_the_teacher(finished_run, tweets_cache_dir, tmp_path):
+    run_dir, _, before = finished_run
+    stamps = {p: p.stat().st_mtime_ns for p in tweets_cache_dir.rglob("manifest.json")}
+    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--data.strategy.num_subclasses", "2",
+                                          "--trainer.max_epochs", "1"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "teacher cache hit" in proc.stderr and "running the teacher" not in proc.stderr
+    assert only_dirs(tweets_cache_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in tweets_cache_dir.rglob("manifest.json")} == stamps
+
+
+def test_validate_test_and_predict_on_the_checkpoint(finished_run, tmp_path):
+    run_dir, _, _ = finished_run
+    version = run_dir / "tiny" / "version_0"
+    ckpt = next((version / "checkpoints").glob("*.ckpt"))
+    summary = json.loads((version / "summary.json").read_text())
+    stored = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert "strategy" in stored["DistillDataModule"]  # the fitted strategy travels with the checkpoint
+    logs = write_logger_config(tmp_path, wandb=False)
+    for command in ("validate", "test", "predict"):
+        proc = run_lelp(command, "--config", str(version / "config.yaml"), "--config", str(logs),
+                        "--ckpt_path", str(ckpt), cwd=tmp_path)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        if command == "test":  # the checkpoint reproduces the accuracy the fit reported
+            line = next(l for l in proc.stdout.splitlines() if "test/accuracy" in l)
+            assert float(line.split()[-2]) == pytest.approx(summary["student"]["test_accuracy"], abs=1e-6)
+    predictions = pd.read_csv(next(tmp_path.rglob("predictions.csv")))
+    assert list(predictions.columns) == ["row_id", "prediction", "p_negative", "p_positive"]
+    assert len(predictions) == 60 and set(predictions["prediction"]) <= {"negative", "positive"}
+    assert (predictions[["p_negative", "p_positive"]].sum(1) - 1).abs().max() < 1e-5
+
+
+def test_one_subclass_is_vanilla_kd_through_the_same_path(tweets_cache_dir, tmp_path):
+    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--data.strategy.num_subclasses", "1",
+                                          "--trainer.max_epochs", "1", wandb=False), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    head = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["student.head.0.weight"]
+    assert head.shape[0] == 2  # C·S = 2·1
+
+
+def test_user_csv_with_a_hugging_face_teacher(tmp_path):
+    """configs/data/text_file.yaml + configs/teacher/hf_classifier.yaml (tiny random BERT, no download)."""
+    from lelp_lightning.data.sources import Tweets
+
+    tweets = Tweets(max_rows=200)
+    rows = [(t, ["neg", "pos"][l]) for s in ("train", "val", "test") for t, l in zip(tweets.split(s).texts, tweets.split(s).labels)]
+    pd.DataFrame(rows, columns=["tweet", "mood"]).to_csv(tmp_path / "mine.csv", index=False)
+    logs = write_logger_config(tmp_path / "runs", wandb=False)
+    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/text_file.yaml"),
+                    "--config", str(CONFIGS / "teacher/hf_classifier.yaml"), "--config", str(logs),
+                    "--data.source.path", str(tmp_path / "mine.csv"), "--data.source.text_column", "tweet",
+                    "--data.source.label_column", "mood", "--data.cache_dir", str(tmp_path / "cache"),
+                    "--data.progress", "false", "--data.strategy.num_subclasses", "2",
+                    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    assert summary["config"]["data"]["teacher"]["class_path"].endswith("HFSequenceClassifierTeacher")
+    assert 0.0 <= summary["student"]["test_accuracy"] <= 1.0
+
+
+def test_bad_input_exits_nonzero_with_one_sentence(tmp_path):
+    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/text_file.yaml"),
+                    "--data.source.path", str(tmp_path / "missing.csv"), cwd=tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lelp: error: data file") and "does not exist" in last
+    assert "Traceback" not in proc.stderr
