@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
@@ -29,6 +29,16 @@ from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
 from lelp_lightning.registry import load_plugins
 from lelp_lightning.strategies import strategies
+
+
+class LelpArgumentParser(LightningArgumentParser):
+    """Adds the valid short names to a parse error about the strategy (jsonargparse's message lacks them)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if '"data.strategy' in message:
+            message += (f"\n  valid strategy names: {', '.join(strategies.names())} (or a class path); "
+                        "`lelp strategies` describes them.")
+        super().error(message, ex)
 
 
 class LelpCLI(LightningCLI):
@@ -52,6 +62,7 @@ class LelpCLI(LightningCLI):
             "student": {"test_accuracy": student.get("accuracy"), "test_macro_f1": student.get("macro_f1")},
             "teacher": {"test_accuracy": reference["teacher_accuracy"], "test_macro_f1": reference["teacher_macro_f1"]},
             "majority_class_rate": reference["majority_class_rate"],
+            "strategy": self.datamodule.strategy_report("test"),
             "fit_seconds": round(fit_seconds, 2),
             "epochs": self.trainer.current_epoch,
             "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
@@ -101,7 +112,8 @@ def _list(registry) -> str:
 
 
 def build_cli(args: list[str], run: bool = True) -> LelpCLI:
-    return LelpCLI(DistillModule, DistillDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
+    return LelpCLI(DistillModule, DistillDataModule, args=args, run=run, save_config_kwargs={"overwrite": True},
+                   parser_class=LelpArgumentParser)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -7,7 +7,11 @@ z is divided by its standard deviation over that class's training rows, so β is
 of z and one β works across datasets; ``'absolute'`` leaves z as computed.
 
 Subclasses register by name: ``class MyStrategy(SubclassStrategy, name="mine", description="...")``.
-Fitting reads the embeddings in chunks (they may be a memory-mapped cache larger than memory).
+Fitting reads the embeddings in chunks (they may be a memory-mapped cache larger than memory). Strategies
+that need more than embeddings (row ids for a random split, fine labels for the oracle) name the
+:class:`RowInfo` fields they read in ``requires``; the DataModule passes them for every split.
+A strategy whose fit is a function of sums sets ``shardable = True`` and sums through ``self._comm``, so
+under DDP each rank fits on its shard (see :mod:`lelp_lightning.strategies.distributed`).
 """
 
 from __future__ import annotations
@@ -16,28 +20,59 @@ import hashlib
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
 from lelp_lightning.errors import LelpError
 from lelp_lightning.registry import Registry
+from lelp_lightning.strategies.distributed import LOCAL, ProcessGroupComm
 
-strategies = Registry("strategy", "lelp_lightning.strategies")
+strategies = Registry("strategy", "lelp_lightning.strategies", alias_module="lelp_lightning.strategies.names")
 
 Z_SCALES = ("relative", "absolute")
+DEFAULT_CHUNK = 16384
 
 
-def iter_chunks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float64 embeddings, labels) chunks of a possibly memory-mapped array."""
-    for lo in range(0, embeddings.shape[0], chunk_size):
-        x = torch.from_numpy(np.asarray(embeddings[lo: lo + chunk_size], dtype=np.float64))
-        y = torch.from_numpy(np.asarray(labels[lo: lo + chunk_size], dtype=np.int64))
+@dataclass(frozen=True)
+class RowInfo:
+    """Per-row side information aligned with the embeddings: stable row ids and the source's fine labels."""
+
+    row_ids: np.ndarray | None = None
+    fine_labels: np.ndarray | None = None
+
+    def slice(self, lo: int, hi: int) -> "RowInfo":
+        return replace(self, **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[lo:hi]
+                                for f in fields(self)})
+
+
+def iter_chunks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int,
+                dtype=np.float64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(embeddings as ``dtype``, labels) chunks of a possibly memory-mapped array."""
+    for _, x, y, _ in iter_row_chunks(embeddings, labels, RowInfo(), chunk_size, dtype):
         yield x, y
+
+
+def iter_row_chunks(embeddings: np.ndarray, labels: np.ndarray, rows: RowInfo, chunk_size: int,
+                    dtype=np.float64) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, RowInfo]]:
+    """(offset, embeddings, labels, row info) chunks; ``dtype=None`` keeps the embeddings' own dtype."""
+    for lo in range(0, embeddings.shape[0], chunk_size):
+        x = torch.from_numpy(np.array(embeddings[lo: lo + chunk_size], dtype=dtype))
+        y = torch.from_numpy(np.array(labels[lo: lo + chunk_size], dtype=np.int64))
+        yield lo, x, y, rows.slice(lo, lo + chunk_size)
+
+
+def one_hot_logits(index: torch.Tensor, size: int, margin: float) -> torch.Tensor:
+    """Hard assignments as logits: ``margin`` at ``index``, 0 elsewhere (softmax(z/β) ≈ one-hot for β ≲ 1)."""
+    return torch.nn.functional.one_hot(index, size).to(torch.float64) * margin
 
 
 class SubclassStrategy(ABC):
     """Splits every class into ``num_subclasses`` pseudo-subclasses from the teacher's embeddings."""
+
+    requires: tuple[str, ...] = ()  # RowInfo fields needed beside the embeddings
+    shardable: bool = False  # fit sums through self._comm, so each DDP rank can fit on its shard
 
     def __init_subclass__(cls, name: str | None = None, description: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -45,7 +80,8 @@ class SubclassStrategy(ABC):
             strategies.register(cls, name, description or "")
             cls.registered_name = name
 
-    def __init__(self, num_subclasses: int = 4, z_scale: str = "relative", seed: int = 0, chunk_size: int = 65536):
+    def __init__(self, num_subclasses: int = 4, z_scale: str = "relative", seed: int = 0,
+                 chunk_size: int = DEFAULT_CHUNK):
         if int(num_subclasses) != num_subclasses or num_subclasses < 1:
             raise LelpError(f"num_subclasses (S) must be an integer >= 1, got {num_subclasses}.")
         if z_scale not in Z_SCALES:
@@ -57,15 +93,21 @@ class SubclassStrategy(ABC):
         self.num_classes: int | None = None
         self.embedding_dim: int | None = None
         self.scale: torch.Tensor | None = None  # [C]
+        self._comm = LOCAL
 
     # -- what a strategy implements ---------------------------------------------------------------------
     @abstractmethod
-    def _fit(self, embeddings: np.ndarray, labels: np.ndarray, W: torch.Tensor, b: torch.Tensor) -> None:
-        """Fit on (possibly memory-mapped) embeddings [N,D] with labels [N]; W,b is the teacher's classifier."""
+    def _fit(self, embeddings: np.ndarray, labels: np.ndarray, W: torch.Tensor, b: torch.Tensor,
+             rows: RowInfo) -> None:
+        """Fit on (possibly memory-mapped) embeddings [N,D] with labels [N]; W,b is the teacher's classifier.
+
+        ``rows.row_ids`` is always set (row positions when the caller had none). In a sharded fit the
+        arguments are this rank's shard and every sum the fit depends on goes through ``self._comm.sum_``.
+        """
 
     @abstractmethod
-    def _raw_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unscaled z [B,C,S] for float64 embeddings x [B,D]."""
+    def _raw_logits(self, x: torch.Tensor, rows: RowInfo) -> torch.Tensor:
+        """Unscaled z [B,C,S] for float64 embeddings x [B,D] (``rows`` aligned with x)."""
 
     @abstractmethod
     def _state(self) -> dict[str, torch.Tensor]:
@@ -79,8 +121,13 @@ class SubclassStrategy(ABC):
     def fitted(self) -> bool:
         return self.scale is not None
 
-    def fit(self, embeddings: np.ndarray, labels: np.ndarray, classifier: tuple[np.ndarray, np.ndarray]) -> "SubclassStrategy":
-        """Fit on the training split; returns self."""
+    def fit(self, embeddings: np.ndarray, labels: np.ndarray, classifier: tuple[np.ndarray, np.ndarray],
+            rows: RowInfo | None = None, sharded: bool = False) -> "SubclassStrategy":
+        """Fit on the training split; returns self.
+
+        ``rows`` carries per-row ids / fine labels (row ids default to positions). ``sharded=True`` means
+        these rows are this rank's shard of the default process group and statistics are summed over ranks.
+        """
         labels = np.asarray(labels)
         W = torch.as_tensor(np.asarray(classifier[0]), dtype=torch.float64)
         b = torch.as_tensor(np.asarray(classifier[1]), dtype=torch.float64)
@@ -90,52 +137,92 @@ class SubclassStrategy(ABC):
         if W.shape[1] != embeddings.shape[1]:
             raise LelpError(f"the teacher classifier W has shape {tuple(W.shape)} but the embeddings have "
                             f"D={embeddings.shape[1]}; the classifier does not belong to these embeddings.")
-        self.num_classes, self.embedding_dim = W.shape[0], embeddings.shape[1]
-        counts = np.bincount(labels, minlength=self.num_classes)
-        too_few = [c for c in range(self.num_classes) if counts[c] < self.num_subclasses]
-        if too_few:
-            raise LelpError(f"class(es) {too_few} have {[int(counts[c]) for c in too_few]} training rows, fewer than "
-                            f"num_subclasses={self.num_subclasses}; lower S or add rows.")
-        self._fit(embeddings, labels, W, b)
-        self.scale = self._fit_scale(embeddings, labels)
+        C = self.num_classes = W.shape[0]
+        self.embedding_dim = embeddings.shape[1]
+        if labels.size and (labels.min() < 0 or labels.max() >= C):
+            raise LelpError(f"strategy fit needs labels in [0, {C}) for a {C}-class teacher, got labels from "
+                            f"{labels.min()} to {labels.max()}.")
+        rows = rows or RowInfo()
+        if rows.row_ids is None:
+            if sharded:
+                raise LelpError("a sharded strategy fit needs rows.row_ids (global row ids), got none.")
+            rows = replace(rows, row_ids=np.arange(labels.shape[0], dtype=np.int64))
+        self._check_rows(rows, labels.shape[0])
+        self._comm = ProcessGroupComm() if sharded else LOCAL
+        try:
+            counts = torch.from_numpy(np.bincount(labels, minlength=C).astype(np.float64))
+            self._comm.sum_(counts)
+            too_few = [c for c in range(C) if counts[c] < self.num_subclasses]
+            if too_few:
+                raise LelpError(f"class(es) {too_few} have {[int(counts[c]) for c in too_few]} training rows, fewer "
+                                f"than num_subclasses={self.num_subclasses}; lower S or add rows.")
+            self._fit(embeddings, labels, W, b, rows)
+            self.scale = self._fit_scale(embeddings, labels, rows)
+        finally:
+            self._comm = LOCAL
         return self
 
-    def _fit_scale(self, embeddings: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    def _check_rows(self, rows: RowInfo, n: int) -> None:
+        for name in self.requires:
+            value = getattr(rows, name)
+            if value is None:
+                raise LelpError(f"the {getattr(self, 'registered_name', type(self).__name__)!r} strategy needs "
+                                f"{name} for every row, got none (the data source must provide them).")
+            if len(value) != n:
+                raise LelpError(f"{name} has {len(value)} entries for {n} embeddings; they must be aligned.")
+
+    def _fit_scale(self, embeddings: np.ndarray, labels: np.ndarray, rows: RowInfo) -> torch.Tensor:
         C = self.num_classes
         if self.z_scale == "absolute":
             return torch.ones(C, dtype=torch.float64)
+        total, total_sq, count = self._own_class_moments(embeddings, labels, rows)
+        mean = total / count.clamp(min=1)
+        std = (total_sq / count.clamp(min=1) - mean ** 2).clamp(min=0).sqrt()
+        return torch.where(std > 1e-12, std, torch.ones_like(std))
+
+    def _own_class_moments(self, embeddings: np.ndarray, labels: np.ndarray,
+                           rows: RowInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Σz, Σz² and the count of the entries z[c,:] over class c's own training rows, summed over ranks."""
+        C = self.num_classes
         total = torch.zeros(C, dtype=torch.float64)
         total_sq = torch.zeros(C, dtype=torch.float64)
         count = torch.zeros(C, dtype=torch.float64)
-        for x, y in iter_chunks(embeddings, labels, self.chunk_size):
-            z = self._raw_logits(x)  # [B,C,S]
+        for _, x, y, chunk_rows in iter_row_chunks(embeddings, labels, rows, self.chunk_size):
+            z = self._raw_logits(x, chunk_rows)  # [B,C,S]
             own = z[torch.arange(len(y)), y]  # [B,S]: each row's own class
             total.index_add_(0, y, own.sum(1))
             total_sq.index_add_(0, y, (own ** 2).sum(1))
             count.index_add_(0, y, torch.full((len(y),), float(self.num_subclasses), dtype=torch.float64))
-        mean = total / count.clamp(min=1)
-        std = (total_sq / count.clamp(min=1) - mean ** 2).clamp(min=0).sqrt()
-        return torch.where(std > 1e-12, std, torch.ones_like(std))
+        self._comm.sum_(total, total_sq, count)
+        return total, total_sq, count
 
     def _check_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load_state_dict() first.")
 
-    def subclass_logits(self, embeddings) -> torch.Tensor:
+    def subclass_logits(self, embeddings, rows: RowInfo | None = None) -> torch.Tensor:
         """z [B,C,S] (float32) for embeddings [B,D]; scaled per class when ``z_scale='relative'``."""
         self._check_fitted()
-        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+        x = torch.from_numpy(np.array(embeddings, dtype=np.float64))
         if x.ndim != 2 or x.shape[1] != self.embedding_dim:
             raise LelpError(f"{type(self).__name__} was fitted on D={self.embedding_dim} embeddings, got shape "
                             f"{tuple(x.shape)}.")
-        return (self._raw_logits(x) / self.scale[None, :, None]).float()
+        rows = rows or RowInfo()
+        self._check_rows(rows, x.shape[0])
+        return (self._raw_logits(x, rows) / self.scale[None, :, None]).float()
 
-    def transform(self, embeddings: np.ndarray) -> np.ndarray:
+    def transform(self, embeddings: np.ndarray, rows: RowInfo | None = None) -> np.ndarray:
         """z for a (possibly memory-mapped) array of any size, chunk by chunk."""
+        rows = rows or RowInfo()
         out = np.empty((embeddings.shape[0], self.num_classes, self.num_subclasses), np.float32)
         for lo in range(0, embeddings.shape[0], self.chunk_size):
-            out[lo: lo + self.chunk_size] = self.subclass_logits(embeddings[lo: lo + self.chunk_size]).numpy()
+            hi = lo + self.chunk_size
+            out[lo:hi] = self.subclass_logits(embeddings[lo:hi], rows.slice(lo, hi)).numpy()
         return out
+
+    def report(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Numbers this strategy measures about itself on a split (e.g. a retrained head's accuracy)."""
+        return {}
 
     def options(self) -> dict:
         return {k: v for k, v in vars(self).items()

@@ -8,7 +8,8 @@ Per class c, on the training rows of class c (METHODS.md, LELP steps 1-5):
   4. z[c,s] = u_{c,s}ᵀ (h̃ − μ̃_c) for every example and every class (``center``; open choice, default on).
 
 Fitting uses per-class sufficient statistics only (count, Σh, Σhhᵀ in float64, read in chunks), so memory
-does not grow with N: a 1.6M × 768 cache needs 2·C·768² doubles.
+does not grow with N: a 1.6M × 768 cache needs 2·C·768² doubles. The statistics are summed over DDP ranks,
+and the relative z scale is computed from them too, so a fit is one pass over the data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.strategies.base import SubclassStrategy, iter_chunks
+from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
 
 ROTATIONS = ("per_class", "shared", "none")
 DIRECTIONS = ("pca", "random")
@@ -69,9 +70,11 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
                                description="LELP: per-class PCA of null-space-projected teacher embeddings, randomly rotated."):
     """LELP's linear projections; every step is an option (see the module docstring)."""
 
+    shardable = True
+
     def __init__(self, num_subclasses: int = 4, null_space: bool = True, center: bool = True,
                  rotation: str = "per_class", directions: str = "pca", z_scale: str = "relative", seed: int = 0,
-                 chunk_size: int = 65536):
+                 chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, z_scale, seed, chunk_size)
         if rotation not in ROTATIONS:
             raise LelpError(f"rotation must be one of {ROTATIONS}, got {rotation!r}.")
@@ -83,15 +86,34 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
         self.directions = directions
         self._projection: torch.Tensor | None = None  # [D, C·S]
         self._offset: torch.Tensor | None = None  # [C·S]
+        self._stats: ClassStatistics | None = None  # kept between _fit and the z scale of one fit
 
     def statistics(self, embeddings: np.ndarray, labels: np.ndarray) -> ClassStatistics:
+        """Per-class count, Σh, Σhhᵀ of the rows given (summed over ranks in a sharded fit)."""
         stats = ClassStatistics(self.num_classes, embeddings.shape[1])
         for x, y in iter_chunks(embeddings, labels, self.chunk_size):
             stats.update(x, y)
+        self._comm.sum_(*stats.tensors())
         return stats
 
-    def _fit(self, embeddings, labels, W, b) -> None:
-        self.fit_statistics(self.statistics(embeddings, labels), W)
+    def _fit(self, embeddings, labels, W, b, rows) -> None:
+        stats = self.statistics(embeddings, labels)
+        self.fit_statistics(stats, W)
+        self._stats = stats if self.z_scale == "relative" else None
+
+    def _own_class_moments(self, embeddings, labels, rows):
+        """Σz, Σz², count over each class's own rows, from the statistics (z is linear in h): no second pass."""
+        stats, self._stats = self._stats, None
+        C, S = self.num_classes, self.num_subclasses
+        total = torch.zeros(C, dtype=torch.float64)
+        total_sq = torch.zeros(C, dtype=torch.float64)
+        for c in range(C):
+            U, off = self.directions_of(c), self._offset[c * S:(c + 1) * S]
+            mean_z = U.T @ stats.mean(c) - off  # [S]
+            var_z = torch.einsum("ds,de,es->s", U, stats.second_moment(c, center=True), U)
+            total[c] = stats.count[c] * mean_z.sum()
+            total_sq[c] = stats.count[c] * (var_z + mean_z ** 2).sum()
+        return total, total_sq, stats.count * S
 
     def fit_statistics(self, stats: ClassStatistics, W: torch.Tensor) -> None:
         """The directions from sufficient statistics (also the entry point after a distributed all-reduce)."""
@@ -128,11 +150,12 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
 
     def directions_of(self, c: int) -> torch.Tensor:
         """The S directions [D,S] of class c (in the original embedding space)."""
-        self._check_fitted()
+        if self._projection is None:
+            self._check_fitted()
         S = self.num_subclasses
         return self._projection[:, c * S:(c + 1) * S]
 
-    def _raw_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _raw_logits(self, x: torch.Tensor, rows: RowInfo) -> torch.Tensor:
         return (x @ self._projection - self._offset).view(x.shape[0], self.num_classes, self.num_subclasses)
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -148,7 +171,7 @@ class PCAStrategy(LinearProjectionStrategy, name="pca",
 
     def __init__(self, num_subclasses: int = 4, null_space: bool = False, center: bool = True,
                  rotation: str = "none", directions: str = "pca", z_scale: str = "relative", seed: int = 0,
-                 chunk_size: int = 65536):
+                 chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, null_space, center, rotation, directions, z_scale, seed, chunk_size)
 
 
@@ -158,5 +181,5 @@ class RandomProjectionStrategy(LinearProjectionStrategy, name="random_projection
 
     def __init__(self, num_subclasses: int = 4, null_space: bool = True, center: bool = True,
                  rotation: str = "none", directions: str = "random", z_scale: str = "relative", seed: int = 0,
-                 chunk_size: int = 65536):
+                 chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, null_space, center, rotation, directions, z_scale, seed, chunk_size)

@@ -1,0 +1,157 @@
+"""Gaussian mixture per class (METHODS.md, "GMM per class"): z[c,s] = log posterior of component s.
+
+For every example and every class c, z[c] = log p(s | h, class c's mixture), so softmax(z[c]/β) with β = 1
+(and ``z_scale='absolute'``, the default) is exactly the mixture's posterior.
+
+Fitting is EM with full passes over the chunked rows, memory flat in N, as scikit-learn's
+``GaussianMixture(init_params='kmeans')``: the components start from k-means on a uniform sample of each class
+(see :mod:`lelp_lightning.strategies.kmeans`) with hard responsibilities; then each pass computes the
+responsibilities under the current parameters and sums their sufficient statistics (Σr, Σr·h, Σr·h², or
+Σr·hhᵀ for full covariance; float64, summed over DDP ranks), and the M-step adds ``reg_covar`` to the
+covariances. Stops when every class's mean log-likelihood changes by less than ``tol`` or after ``max_iter``.
+Rows are shifted by their class's sample mean before the sums, so Σr·hhᵀ − N·μμᵀ does not cancel badly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
+from lelp_lightning.strategies.centroids import squared_distances
+from lelp_lightning.strategies.kmeans import class_samples, kmeans_on_sample
+
+COVARIANCE_TYPES = ("diag", "full")
+_EPS = 10 * torch.finfo(torch.float64).eps
+
+
+class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
+                              description="Gaussian mixture per class (diagonal or full covariance): z = log posterior."):
+    """S-component Gaussian mixture on each class's training rows, fitted by chunked EM."""
+
+    shardable = True
+
+    def __init__(self, num_subclasses: int = 4, covariance_type: str = "diag", max_iter: int = 100, tol: float = 1e-3,
+                 reg_covar: float = 1e-6, sample_size: int = 8192, z_scale: str = "absolute", seed: int = 0,
+                 chunk_size: int = DEFAULT_CHUNK):
+        super().__init__(num_subclasses, z_scale, seed, chunk_size)
+        if covariance_type not in COVARIANCE_TYPES:
+            raise LelpError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}.")
+        if max_iter < 1 or reg_covar < 0:
+            raise LelpError(f"max_iter must be >= 1 and reg_covar >= 0, got {max_iter} and {reg_covar}.")
+        if sample_size < num_subclasses:
+            raise LelpError(f"sample_size must be at least num_subclasses={num_subclasses}, got {sample_size}.")
+        self.covariance_type = covariance_type
+        self.max_iter = max_iter
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.sample_size = sample_size
+        self._weights = self._means = self._covariances = self._reference = None
+        self._precision: torch.Tensor | None = None  # diag: 1/var [C,S,D]; full: Cholesky of the precision [C,S,D,D]
+        self._log_det: torch.Tensor | None = None  # log det of the precision's Cholesky factor [C,S]
+
+    # -- densities -----------------------------------------------------------------------------------------
+    def _set_derived(self) -> None:
+        if self.covariance_type == "diag":
+            self._precision = 1.0 / self._covariances
+            self._log_det = -0.5 * torch.log(self._covariances).sum(-1)
+            return
+        try:
+            chol = torch.linalg.cholesky(self._covariances)
+        except torch.linalg.LinAlgError:
+            raise LelpError("a GMM component covariance is not positive definite (a collapsed component); "
+                            "raise reg_covar or lower num_subclasses.") from None
+        eye = torch.eye(chol.shape[-1], dtype=torch.float64).expand_as(chol)
+        self._precision = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+        self._log_det = torch.log(torch.diagonal(self._precision, dim1=-2, dim2=-1)).sum(-1)
+
+    def _log_joint(self, xc: torch.Tensor, c: int) -> torch.Tensor:
+        """log w_s + log N(xc | μ_s, Σ_s) [n,S] for rows xc already shifted by class c's reference."""
+        D = xc.shape[1]
+        mu, prec = self._means[c], self._precision[c]
+        if self.covariance_type == "diag":
+            maha = (xc * xc) @ prec.T - 2 * xc @ (mu * prec).T + (mu * mu * prec).sum(1)
+        else:
+            maha = torch.stack([((xc @ prec[s] - mu[s] @ prec[s]) ** 2).sum(1) for s in range(mu.shape[0])], 1)
+        return torch.log(self._weights[c]) - 0.5 * (D * math.log(2 * math.pi) + maha.clamp_min(0)) + self._log_det[c]
+
+    def class_log_likelihood(self, embeddings) -> torch.Tensor:
+        """log p(h | class c's mixture) [B,C] for embeddings [B,D]."""
+        self._check_fitted()
+        x = torch.as_tensor(embeddings, dtype=torch.float64)
+        return torch.stack([torch.logsumexp(self._log_joint(x - self._reference[c], c), 1)
+                            for c in range(self.num_classes)], 1)
+
+    def mixture(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weights [S], means [S,D], covariances [S,D] or [S,D,D]) of class c."""
+        self._check_fitted()
+        return self._weights[c], self._means[c] + self._reference[c], self._covariances[c]
+
+    def _raw_logits(self, x: torch.Tensor, rows: RowInfo) -> torch.Tensor:
+        return torch.stack([torch.log_softmax(self._log_joint(x - self._reference[c], c), 1)
+                            for c in range(self.num_classes)], 1)
+
+    # -- fitting -------------------------------------------------------------------------------------------
+    def _fit(self, embeddings, labels, W, b, rows) -> None:
+        C, S, D = self.num_classes, self.num_subclasses, embeddings.shape[1]
+        samples = class_samples(self, embeddings, labels, rows, self.sample_size)
+        self._reference = torch.stack([xc.mean(0) for xc in samples])
+        centers = torch.stack([kmeans_on_sample(xc - self._reference[c], S, 1, 300, 1e-4, self.seed * 1_000_003 + c)
+                               for c, xc in enumerate(samples)])
+        self._em_pass(embeddings, labels, centers, C, S, D)  # M-step from the k-means assignment
+        previous = None
+        for _ in range(self.max_iter):
+            sizes, ll = self._em_pass(embeddings, labels, None, C, S, D)
+            mean_ll = ll / sizes  # under the parameters before this pass's M-step, as scikit-learn
+            if previous is not None and bool(((mean_ll - previous).abs() < self.tol).all()):
+                break
+            previous = mean_ll
+
+    def _em_pass(self, embeddings, labels, centers, C, S, D) -> tuple[torch.Tensor, torch.Tensor]:
+        """One E-step over all rows (hard assignment to ``centers`` when given) and the M-step from its sums."""
+        full = self.covariance_type == "full"
+        nk = torch.zeros(C, S, dtype=torch.float64)
+        sx = torch.zeros(C, S, D, dtype=torch.float64)
+        sxx = torch.zeros(C, S, D, D, dtype=torch.float64) if full else torch.zeros(C, S, D, dtype=torch.float64)
+        ll = torch.zeros(C, dtype=torch.float64)
+        sizes = torch.zeros(C, dtype=torch.float64)
+        for x, y in iter_chunks(embeddings, labels, self.chunk_size):
+            for c in torch.unique(y).tolist():
+                xc = x[y == c] - self._reference[c]
+                sizes[c] += xc.shape[0]
+                if centers is not None:
+                    resp = torch.nn.functional.one_hot(squared_distances(xc, centers[c]).argmin(1), S).double()
+                else:
+                    log_joint = self._log_joint(xc, c)
+                    log_norm = torch.logsumexp(log_joint, 1, keepdim=True)
+                    ll[c] += log_norm.sum()
+                    resp = torch.exp(log_joint - log_norm)
+                nk[c] += resp.sum(0)
+                sx[c] += resp.T @ xc
+                if full:
+                    for s in range(S):
+                        sxx[c, s] += (xc * resp[:, s:s + 1]).T @ xc
+                else:
+                    sxx[c] += resp.T @ (xc * xc)
+        self._comm.sum_(nk, sx, sxx, ll, sizes)
+        nk = nk + _EPS
+        means = sx / nk[..., None]
+        if full:
+            cov = sxx / nk[..., None, None] - means[..., :, None] * means[..., None, :]
+            cov = (cov + cov.transpose(-1, -2)) / 2 + self.reg_covar * torch.eye(D, dtype=torch.float64)
+        else:
+            cov = (sxx / nk[..., None] - means ** 2).clamp_min(0) + self.reg_covar
+        self._weights, self._means, self._covariances = nk / nk.sum(1, keepdim=True), means, cov
+        self._set_derived()
+        return sizes, ll
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"weights": self._weights, "means": self._means, "covariances": self._covariances,
+                "reference": self._reference}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._weights, self._means = state["weights"], state["means"]
+        self._covariances, self._reference = state["covariances"], state["reference"]
+        self._set_derived()

@@ -1,0 +1,157 @@
+"""k-means per class: S centroids fitted on class c's training rows (METHODS.md, "k-means per class").
+
+Fitting, per class, memory flat in N:
+  1. a uniform sample of ``sample_size`` rows (bottom-k of a per-row hash, so it does not depend on row order
+     or on DDP sharding);
+  2. ``n_init`` greedy k-means++ seedings on the sample, each followed by Lloyd iterations on the sample
+     (a class with at most ``sample_size`` rows is done here: this is exact k-means on all its rows, and
+     the run with the lowest inertia is kept);
+  3. Lloyd iterations over all rows, chunk by chunk, for all ``n_init`` runs at once (one read of each
+     chunk serves every run): assign each row to its class's nearest centroid, sum the rows per centroid
+     (in the embeddings' own precision per chunk, float64 across chunks, summed over DDP ranks), move the
+     centroids, until the squared shift is at most ``tol`` × the class's mean feature variance
+     (scikit-learn's criterion) or ``max_iter`` passes; the run with the lowest inertia on all rows is
+     kept, as scikit-learn's ``n_init``. An empty cluster keeps its centroid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.strategies.base import DEFAULT_CHUNK, iter_chunks, iter_row_chunks
+from lelp_lightning.strategies.centroids import CentroidStrategy, squared_distances
+from lelp_lightning.strategies.sampling import ClassSample
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding (2 + log k candidates per step, as scikit-learn): k rows of x [n,D]."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    centers = [x[torch.randint(n, (1,), generator=generator)].squeeze(0)]
+    closest = squared_distances(x, centers[0][None]).squeeze(1)
+    potential = closest.sum()
+    for _ in range(1, k):
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64) * potential
+        candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n - 1)
+        d = torch.minimum(closest[None], squared_distances(x[candidates], x))  # [trials, n]
+        best = int(d.sum(1).argmin())
+        closest, potential = d[best], d[best].sum()
+        centers.append(x[candidates[best]])
+    return torch.stack(centers)
+
+
+def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Lloyd's algorithm on in-memory rows x [n,D] from ``centers``; returns (centers, labels, inertia)."""
+    k = centers.shape[0]
+    labels = None
+    for _ in range(max_iter):
+        new_labels = squared_distances(x, centers).argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        sums = torch.zeros_like(centers).index_add_(0, labels, x)
+        sizes = torch.bincount(labels, minlength=k).to(x.dtype)[:, None]
+        moved = torch.where(sizes > 0, sums / sizes.clamp(min=1), centers)
+        shift = ((moved - centers) ** 2).sum()
+        centers = moved
+        if shift <= tol:
+            break
+    d = squared_distances(x, centers)
+    labels = d.argmin(1)
+    return centers, labels, float(d.gather(1, labels[:, None]).sum())
+
+
+def kmeans_runs(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: float,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_init`` k-means++ + Lloyd runs on x [n,D] (``tol`` relative to the mean feature variance):
+    (centers [n_init,k,D], inertia [n_init])."""
+    tol_abs = tol * float(x.var(0, unbiased=False).mean())
+    runs = []
+    for i in range(n_init):
+        gen = torch.Generator().manual_seed(int(seed) * 7919 + i)
+        runs.append(lloyd(x, kmeans_plusplus(x, k, gen), max_iter, tol_abs))
+    return torch.stack([r[0] for r in runs]), torch.tensor([r[2] for r in runs], dtype=torch.float64)
+
+
+def kmeans_on_sample(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: float, seed: int) -> torch.Tensor:
+    """The centers [k,D] of the best of ``n_init`` k-means++ + Lloyd runs on x [n,D]."""
+    centers, inertia = kmeans_runs(x, k, n_init, max_iter, tol, seed)
+    return centers[int(inertia.argmin())]
+
+
+def class_samples(strategy, embeddings, labels, rows, size: int) -> list[torch.Tensor]:
+    """Each class's uniform sample of at most ``size`` rows (float64), merged over DDP ranks."""
+    sample = ClassSample(strategy.num_classes, size, strategy.seed)
+    for _, x, y, chunk_rows in iter_row_chunks(embeddings, labels, rows, strategy.chunk_size):
+        sample.update(x, y, chunk_rows.row_ids)
+    return sample.finish(strategy._comm)
+
+
+def lloyd_on_chunks(strategy, embeddings, labels, centroids: torch.Tensor, active: torch.Tensor,
+                    tol_abs: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd passes over all rows for R runs at once, on the (run, class) pairs marked ``active`` [R,C].
+
+    ``centroids`` [R,C,S,D]; returns the moved centroids and each (run, class)'s inertia [R,C] at its last pass.
+    """
+    R, C, S, D = centroids.shape
+    inertia = torch.full((R, C), math.inf, dtype=torch.float64)
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        sums = torch.zeros(R * C * S, D, dtype=torch.float64)
+        sizes = torch.zeros(R * C * S, dtype=torch.float64)
+        pass_inertia = torch.zeros(R * C, dtype=torch.float64)
+        for x, y in iter_chunks(embeddings, labels, strategy.chunk_size, dtype=None):
+            x = x if x.dtype in (torch.float32, torch.float64) else x.double()
+            d = squared_distances(x, centroids.reshape(-1, D).to(x.dtype)).view(-1, R, C, S)
+            nearest, assigned = d[torch.arange(len(y)), :, y].min(-1)  # [B,R]
+            run_class = torch.arange(R)[None, :] * C + y[:, None]  # [B,R]
+            slot = (run_class * S + assigned).reshape(-1)
+            sums += torch.zeros(R * C * S, D, dtype=x.dtype).index_add_(0, slot, x.repeat_interleave(R, 0)).double()
+            sizes += torch.bincount(slot, minlength=R * C * S).double()
+            pass_inertia.index_add_(0, run_class.reshape(-1), nearest.reshape(-1).double())
+        strategy._comm.sum_(sums, sizes, pass_inertia)
+        sums, sizes = sums.view(R, C, S, D), sizes.view(R, C, S, 1)
+        moved = torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
+        moved[~active] = centroids[~active]
+        inertia = torch.where(active, pass_inertia.view(R, C), inertia)
+        active = active & (((moved - centroids) ** 2).sum((2, 3)) > tol_abs)
+        centroids = moved
+    return centroids, inertia
+
+
+class KMeansStrategy(CentroidStrategy, name="kmeans",
+                     description="k-means per class: S centroids, hard (nearest) or soft (−squared distance) z."):
+    """k-means on each class's training rows; see the module docstring for the chunked fit."""
+
+    shardable = True
+
+    def __init__(self, num_subclasses: int = 4, assignment: str = "hard", margin: float = 10.0, n_init: int = 3,
+                 max_iter: int = 300, tol: float = 1e-4, sample_size: int = 8192, z_scale: str = "absolute",
+                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
+        super().__init__(num_subclasses, assignment, margin, z_scale, seed, chunk_size)
+        if n_init < 1 or max_iter < 1:
+            raise LelpError(f"n_init and max_iter must be >= 1, got n_init={n_init}, max_iter={max_iter}.")
+        if sample_size < num_subclasses:
+            raise LelpError(f"sample_size must be at least num_subclasses={num_subclasses}, got {sample_size}.")
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.sample_size = sample_size
+
+    def _fit(self, embeddings, labels, W, b, rows) -> None:
+        samples = class_samples(self, embeddings, labels, rows, self.sample_size)
+        runs = [kmeans_runs(xc, self.num_subclasses, self.n_init, self.max_iter, self.tol, self.seed * 1_000_003 + c)
+                for c, xc in enumerate(samples)]
+        centroids = torch.stack([r[0] for r in runs], 1)  # [R,C,S,D]
+        sample_inertia = torch.stack([r[1] for r in runs], 1)  # [R,C]
+        whole = torch.tensor([len(xc) < self.sample_size for xc in samples])  # the sample is every row
+        tol_abs = torch.tensor([self.tol * float(xc.var(0, unbiased=False).mean()) for xc in samples])
+        active = (~whole)[None, :].expand(self.n_init, -1).clone()
+        centroids, inertia = lloyd_on_chunks(self, embeddings, labels, centroids, active, tol_abs, self.max_iter)
+        best = torch.where(whole[None, :], sample_inertia, inertia).argmin(0)  # [C]
+        self._centroids = centroids[best, torch.arange(self.num_classes)]
