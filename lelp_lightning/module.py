@@ -8,7 +8,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.objectives.base import Objective, class_logits
+from lelp_lightning.objectives.base import STAGES, Objective, class_logits
 from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
 from lelp_lightning.students.networks import Student
 
@@ -43,6 +43,8 @@ class DistillModule(LightningModule):
         if datamodule is not None and hasattr(datamodule, "extra_keys"):
             for objective in self.objectives:
                 datamodule.extra_keys.update(objective.requires)
+        for objective in self.objectives:  # before the optimiser exists, so parameters built here train
+            objective.setup(self.student, datamodule)
 
     def forward(self, inputs) -> torch.Tensor:
         return self.student(inputs)
@@ -50,11 +52,30 @@ class DistillModule(LightningModule):
     def class_logits(self, inputs) -> torch.Tensor:
         return class_logits(self(inputs), self.num_classes)
 
+    def active_objectives(self, epoch: int) -> list[Objective]:
+        """The terms that train in ``epoch``: those whose stage is ``'alone'`` if any, else those ``'on'``."""
+        stages = [objective.stage(epoch) for objective in self.objectives]
+        for objective, stage in zip(self.objectives, stages):
+            if stage not in STAGES:
+                raise LelpError(f"{type(objective).__name__}.stage returned {stage!r}; expected one of {STAGES}.")
+        wanted = "alone" if "alone" in stages else "on"
+        active = [objective for objective, stage in zip(self.objectives, stages) if stage == wanted]
+        if not active:
+            raise LelpError(f"no objective trains in epoch {epoch}; add a term that is on after the others stop "
+                            "(e.g. kd after embedding_matching's hint_epochs).")
+        return active
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["inputs"])
+        active = self.active_objectives(self.current_epoch)
+        if any("student_embedding" in objective.requires for objective in active):
+            embedding = self.student.embed(batch["inputs"])
+            logits = self.student.head(embedding)
+            batch = {**batch, "student_embedding": embedding}
+        else:
+            logits = self(batch["inputs"])
         batch_size = batch["label"].shape[0]
         total = logits.new_zeros(())
-        for objective in self.objectives:
+        for objective in active:
             term = objective(logits, batch)
             self.log(f"train/{objective.log_name}", term, batch_size=batch_size)
             total = total + objective.weight * term

@@ -103,7 +103,7 @@ def test_one_subclass_is_vanilla_kd_through_the_same_path(tweets_cache_dir, tmp_
                                           "--trainer.max_epochs", "1", wandb=False), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = next(tmp_path.rglob("*.ckpt"))
-    head = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["student.head.0.weight"]
+    head = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["student.head.weight"]
     assert head.shape[0] == 2  # C·S = 2·1
 
 

@@ -5,7 +5,12 @@ cache for this teacher + data + split + preprocessing exists); ``setup`` memory-
 featurises the student inputs; the strategy is fitted on the training split the first time a dataloader is
 asked for, *after* a checkpoint had the chance to restore its state, and z is materialised once per
 strategy fingerprint. A batch is a plain dict: ``inputs``, ``label``, ``teacher_logits``, ``subclass_logits``
-and, where an objective asks, ``teacher_embedding`` / ``row_id``.
+and, where an objective asks, ``teacher_embedding`` / ``row_id`` / ``teacher_accuracy`` (α(x), the teacher's
+estimated accuracy at x) / ``weight`` (α(x) normalised to mean 1 over the training split).
+
+Semi-supervised setting (``num_labeled``): only that many training rows keep their labels (the teacher's
+head trains on them alone); the rest is the transfer set, labeled ``UNLABELED`` (−1) in the cache and in
+every batch. The validation split stays labeled (it is where α(x) is estimated).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from lelp_lightning.cache import CachedSplit, TeacherCache, cache_key
 from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
+from lelp_lightning.data.labels import UNLABELED, choose_labeled_rows, hide_labels, rows_fingerprint
 from lelp_lightning.data.sources import SPLITS, TextSource
+from lelp_lightning.data.teacher_accuracy import TeacherAccuracy
 from lelp_lightning.errors import LelpError
-from lelp_lightning.strategies.base import RowInfo, SubclassStrategy
-from lelp_lightning.strategies.distributed import fit_strategy
+from lelp_lightning.strategies.base import SubclassStrategy
 from lelp_lightning.teachers.base import Teacher
 
 FIT_LABELS = ("label", "teacher")
@@ -67,16 +73,21 @@ class DistillDataModule(LightningDataModule):
         fit_labels: rows are grouped by their true ``label`` or by the ``teacher``'s argmax when fitting the strategy.
         num_workers: DataLoader workers (batches are one gather each, so 0 is usually fastest).
         progress: show the teacher pass's progress bar.
+        num_labeled: semi-supervised setting: how many training rows keep their labels (a stratified sample
+            drawn with ``labeled_seed``); ``None`` (the paper's supervised setting) keeps them all.
     """
 
     def __init__(self, source: TextSource, teacher: Teacher, strategy: SubclassStrategy,
                  featurizer: Featurizer | None = None, cache_dir: str = ".lelp_cache", batch_size: int = 128,
-                 eval_batch_size: int = 1024, fit_labels: str = "label", num_workers: int = 0, progress: bool = True):
+                 eval_batch_size: int = 1024, fit_labels: str = "label", num_workers: int = 0, progress: bool = True,
+                 num_labeled: int | None = None, labeled_seed: int = 0):
         super().__init__()
         if fit_labels not in FIT_LABELS:
             raise LelpError(f"fit_labels must be one of {FIT_LABELS}, got {fit_labels!r}.")
         if batch_size < 1 or eval_batch_size < 1:
             raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}.")
+        if num_labeled is not None and num_labeled < 1:
+            raise LelpError(f"num_labeled must be >= 1 or null (every training row labeled), got {num_labeled}.")
         self.source = source
         self.teacher = teacher
         self.strategy = strategy
@@ -87,7 +98,12 @@ class DistillDataModule(LightningDataModule):
         self.fit_labels = fit_labels
         self.num_workers = num_workers
         self.progress = progress
+        self.num_labeled = num_labeled
+        self.labeled_seed = labeled_seed
         self.extra_keys: set[str] = set()
+        self._labeled_rows: np.ndarray | None = None
+        self._teacher_accuracy: TeacherAccuracy | None = None
+        self._alpha: dict[str, np.ndarray] = {}
         self._cached: dict[str, CachedSplit] = {}
         self._inputs: dict[str, StudentInputs] = {}
         self._z: dict[str, np.ndarray] = {}
@@ -110,9 +126,25 @@ class DistillDataModule(LightningDataModule):
     def input_dim(self) -> int:
         return self.featurizer.input_dim
 
+    @property
+    def teacher_embedding_dim(self) -> int:
+        """D, the size of the teacher's embedding (read from the cache)."""
+        return self.split_cache("train").embedding.shape[1]
+
+    @property
+    def labeled_rows(self) -> np.ndarray | None:
+        """Positions of the training rows whose labels may be used; ``None`` when all of them may."""
+        if self.num_labeled is not None and self._labeled_rows is None:
+            self._labeled_rows = choose_labeled_rows(self.source.split("train").labels, self.num_labeled,
+                                                     self.labeled_seed)
+        return self._labeled_rows
+
     # -- teacher side ----------------------------------------------------------------------------------
     def cache_key(self, split: str) -> str:
-        return cache_key(self.teacher.fingerprint(), self.source.fingerprint(), self.source.split(split).fingerprint())
+        parts = [self.teacher.fingerprint(), self.source.fingerprint(), self.source.split(split).fingerprint()]
+        if self.labeled_rows is not None:  # a teacher trained on fewer labels, and hidden labels in the cache
+            parts.append("labeled-" + rows_fingerprint(self.labeled_rows))
+        return cache_key(*parts)
 
     def prepare_data(self) -> None:
         """Run the teacher over every split not cached yet (once per teacher + data + split)."""
@@ -121,16 +153,18 @@ class DistillDataModule(LightningDataModule):
             log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
             return
         log.info("running the teacher for split(s) %s into %s", ", ".join(missing), self.cache.root)
-        self.teacher.fit(self.source, self.cache)
+        self.teacher.fit(self.source, self.cache, labeled=self.labeled_rows)
         for split in missing:
             data = self.source.split(split)
             W, _ = self.teacher.classifier()
+            labels = hide_labels(data.labels, self.labeled_rows if split == "train" else None)
             self.cache.build(
-                self.cache_key(split), labels=data.labels, row_ids=data.row_ids, embedding_dim=W.shape[1],
+                self.cache_key(split), labels=labels, row_ids=data.row_ids, embedding_dim=W.shape[1],
                 num_classes=W.shape[0], batches=lambda done, data=data: self.teacher.encode_split(data, done),
                 classifier=self.teacher.classifier, desc=f"teacher pass [{split}]", progress=self.progress,
                 meta={"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
-                      "split": split, "split_fingerprint": data.fingerprint(), "teacher_class": type(self.teacher).__name__},
+                      "split": split, "split_fingerprint": data.fingerprint(), "teacher_class": type(self.teacher).__name__,
+                      "num_labeled": self.num_labeled},
             )
 
     def setup(self, stage: str | None = None) -> None:
@@ -154,28 +188,37 @@ class DistillDataModule(LightningDataModule):
             self.setup()
         return self._cached[split]
 
-    def rows(self, split: str) -> RowInfo:
-        """What a strategy may read beside the embeddings: the cache's row ids, the source's fine labels."""
-        return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=self.source.split(split).fine_labels)
-
     def _ensure_targets(self) -> None:
         train = self.split_cache("train")
-        if not self.strategy.fitted:  # under DDP: fitted on each rank's shard, statistics all-reduced
-            labels = train.label if self.fit_labels == "label" else np.asarray(train.logits).argmax(1)
-            fit_strategy(self.strategy, train.embedding, labels, (train.W, train.b), self.rows("train"))
+        if not self.strategy.fitted:
+            labels = np.asarray(train.label) if self.fit_labels == "label" else np.asarray(train.logits).argmax(1)
+            if (labels == UNLABELED).any():  # hidden labels: group those rows by the teacher's argmax
+                labels = np.where(labels == UNLABELED, np.asarray(train.logits).argmax(1), labels)
+            self.strategy.fit(train.embedding, labels, (train.W, train.b))
         if self._z_fingerprint != self.strategy.fingerprint():
-            self._z = {s: self.strategy.transform(self.split_cache(s).embedding, self.rows(s)) for s in SPLITS}
+            self._z = {s: self.strategy.transform(self.split_cache(s).embedding) for s in SPLITS}
             self._z_fingerprint = self.strategy.fingerprint()
-
-    def strategy_report(self, split: str = "test") -> dict[str, float]:
-        """What the fitted strategy measures about itself on ``split`` (e.g. Subclass Distillation's head accuracy)."""
-        self._ensure_targets()
-        entry = self.split_cache(split)
-        return self.strategy.report(entry.embedding, entry.label)
 
     def subclass_logits(self, split: str) -> np.ndarray:
         self._ensure_targets()
         return self._z[split]
+
+    def teacher_accuracy(self, split: str) -> np.ndarray:
+        """α(x) per row of ``split``: the teacher's accuracy at x's margin, by isotonic regression on validation."""
+        if self._teacher_accuracy is None:
+            val = self.split_cache("val")
+            self._teacher_accuracy = TeacherAccuracy(val.logits, val.label)
+        if split not in self._alpha:
+            self._alpha[split] = self._teacher_accuracy(self.split_cache(split).logits)
+        return self._alpha[split]
+
+    def example_weights(self, split: str) -> np.ndarray:
+        """Weighted distillation's w(x): α(x) divided by its mean over the training split (so mean 1 there)."""
+        mean = float(self.teacher_accuracy("train").mean())
+        if mean <= 0:
+            raise LelpError("the teacher is never right on the validation split, so every example weight is 0; "
+                            "check the teacher and the labels.")
+        return self.teacher_accuracy(split) / np.float32(mean)
 
     # -- batches ---------------------------------------------------------------------------------------
     def dataset(self, split: str) -> CacheDataset:
@@ -185,6 +228,10 @@ class DistillDataModule(LightningDataModule):
             arrays["teacher_embedding"] = entry.embedding
         if "row_id" in self.extra_keys:
             arrays["row_id"] = entry.row_id
+        if "teacher_accuracy" in self.extra_keys:
+            arrays["teacher_accuracy"] = self.teacher_accuracy(split)
+        if "weight" in self.extra_keys:
+            arrays["weight"] = self.example_weights(split)
         return CacheDataset(self._inputs[split], arrays)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -213,7 +260,8 @@ class DistillDataModule(LightningDataModule):
         entry = self.split_cache(split)
         logits = torch.from_numpy(np.asarray(entry.logits))
         target = torch.from_numpy(np.asarray(entry.label))
-        majority = int(np.bincount(self.split_cache("train").label, minlength=self.num_classes).argmax())
+        train_labels = np.asarray(self.split_cache("train").label)
+        majority = int(np.bincount(train_labels[train_labels != UNLABELED], minlength=self.num_classes).argmax())
         C = self.num_classes
         return {
             "teacher_accuracy": multiclass_accuracy(logits, target, C, average="micro").item(),

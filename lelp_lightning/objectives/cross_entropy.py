@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.objectives.base import Objective, check_positive, class_logits, subclass_targets
+from lelp_lightning.objectives.base import (Objective, check_fraction, check_positive, class_logits,
+                                            labeled_cross_entropy, subclass_targets)
 
 
 class SubclassCrossEntropy(Objective, name="subclass_ce",
@@ -23,8 +24,7 @@ class SubclassCrossEntropy(Objective, name="subclass_ce",
                  weight: float = 1.0):
         super().__init__(weight)
         check_positive("SubclassCrossEntropy", tau=tau, beta=beta)
-        if not 0.0 <= alpha <= 1.0:
-            raise LelpError(f"SubclassCrossEntropy.alpha must be in [0, 1], got {alpha}.")
+        check_fraction("SubclassCrossEntropy", alpha=alpha)
         self.tau, self.beta, self.alpha, self.student_temperature = tau, beta, alpha, student_temperature
 
     def forward(self, student_logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -38,15 +38,15 @@ class SubclassCrossEntropy(Objective, name="subclass_ce",
         soft = -(p * F.log_softmax(student_logits / t, dim=-1)).sum(-1).mean() * t * t
         if self.alpha == 0.0:
             return soft
-        hard = F.cross_entropy(class_logits(student_logits, C), batch["label"])
+        hard = labeled_cross_entropy(class_logits(student_logits, C), batch["label"])
         return (1.0 - self.alpha) * soft + self.alpha * hard
 
 
 class GroundTruthCrossEntropy(Objective, name="ce", description="Cross-entropy to the true labels only: the student without a teacher."):
-    """CE(y, softmax(logsumexp_s g)): trains the student on the labels alone."""
+    """CE(y, softmax(logsumexp_s g)): trains the student on the labels alone (rows with hidden labels skipped)."""
 
     requires = ("label",)
 
     def forward(self, student_logits: torch.Tensor, batch: dict) -> torch.Tensor:
         C = batch["subclass_logits"].shape[1]
-        return F.cross_entropy(class_logits(student_logits, C), batch["label"])
+        return labeled_cross_entropy(class_logits(student_logits, C), batch["label"])

@@ -9,7 +9,15 @@ from lelp_lightning.errors import LelpError
 
 
 class Student(nn.Module):
-    """Base of students: ``forward(inputs) -> logits [B, num_outputs]``."""
+    """Base of students: ``forward(inputs) = head(embed(inputs)) -> logits [B, num_outputs]``.
+
+    ``embed`` maps raw inputs to the student's embedding ``h_s [B, embedding_dim]``, the input of its final
+    linear layer ``head`` (the counterpart of the teacher's embedding); objectives that match
+    representations (FitNets, RKD) read it.
+    """
+
+    head: nn.Linear
+    embedding_dim: int
 
     def __init__(self, input_dim: int, num_outputs: int):
         super().__init__()
@@ -17,6 +25,13 @@ class Student(nn.Module):
             raise LelpError(f"{type(self).__name__} needs input_dim >= 1 and num_outputs >= 1, "
                             f"got {input_dim} and {num_outputs}.")
         self.input_dim, self.num_outputs = input_dim, num_outputs
+
+    def embed(self, inputs) -> torch.Tensor:
+        """The student's embedding h_s [B, embedding_dim] (everything before the final linear layer)."""
+        raise NotImplementedError
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.embed(inputs))
 
 
 class HashedBagStudent(Student):
@@ -30,12 +45,13 @@ class HashedBagStudent(Student):
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
         if hidden_dim:
             layers += [nn.Linear(embed_dim, hidden_dim), nn.ReLU()]
-        layers.append(nn.Linear(hidden_dim or embed_dim, num_outputs))
-        self.head = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.embedding_dim = hidden_dim or embed_dim
+        self.head = nn.Linear(self.embedding_dim, num_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         bag = self.embedding(inputs["ids"], inputs["offsets"], per_sample_weights=inputs["weights"])
-        return self.head(bag)
+        return self.body(bag)
 
 
 class MLPStudent(Student):
@@ -49,8 +65,9 @@ class MLPStudent(Student):
         for h in hidden_dims:
             layers += [nn.Linear(prev, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
             prev = h
-        layers.append(nn.Linear(prev, num_outputs))
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.embedding_dim = prev
+        self.head = nn.Linear(prev, num_outputs)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.body(inputs)

@@ -28,8 +28,12 @@ class Teacher(ABC):
 
     batch_size: int = 64
 
-    def fit(self, source: TextSource, cache: TeacherCache) -> None:
-        """Prepare the teacher on ``source``'s training split (default: nothing to prepare)."""
+    def fit(self, source: TextSource, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
+        """Prepare the teacher on ``source``'s training split (default: nothing to prepare).
+
+        ``labeled``: positions of the training rows whose labels it may read (semi-supervised setting);
+        ``None``: all of them.
+        """
 
     @abstractmethod
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

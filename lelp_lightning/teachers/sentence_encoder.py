@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lelp_lightning.cache import TeacherCache, cache_key
+from lelp_lightning.data.labels import rows_fingerprint
 from lelp_lightning.data.sources import SPLITS, SplitData, TextSource
 from lelp_lightning.errors import LelpError
 from lelp_lightning.teachers.base import Teacher, fingerprint_of
@@ -155,12 +156,15 @@ class SentenceEncoderTeacher(Teacher):
             if not cache.exists(key) else cache.open(key)
         return entry.embedding
 
-    def fit(self, source: TextSource, cache: TeacherCache) -> None:
+    def fit(self, source: TextSource, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
+        """Embed every split (cached) and train the head on the training rows in ``labeled`` (default: all)."""
         for split in SPLITS:
             self._features[source.split(split).fingerprint()] = self.features(source, split, cache)
-        head_file = cache.root / f"head-{cache_key(self.fingerprint(), source.fingerprint())}.pt"
-        x = torch.from_numpy(np.array(self.features(source, "train", cache), dtype=np.float32))
-        y = torch.from_numpy(source.split("train").labels)
+        subset = [] if labeled is None else ["labeled-" + rows_fingerprint(labeled)]
+        head_file = cache.root / f"head-{cache_key(self.fingerprint(), source.fingerprint(), *subset)}.pt"
+        rows = slice(None) if labeled is None else np.asarray(labeled)
+        x = torch.from_numpy(np.array(self.features(source, "train", cache)[rows], dtype=np.float32))
+        y = torch.from_numpy(source.split("train").labels[rows])
         self._head = _Head(x.shape[1], self.head_hidden, source.num_classes, self.head_dropout)
         if head_file.is_file():
             self._head.load_state_dict(torch.load(head_file, weights_only=True))
