@@ -28,7 +28,8 @@ from lelp_lightning.data.labels import UNLABELED, choose_labeled_rows, hide_labe
 from lelp_lightning.data.sources import SPLITS, TextSource
 from lelp_lightning.data.teacher_accuracy import TeacherAccuracy
 from lelp_lightning.errors import LelpError
-from lelp_lightning.strategies.base import SubclassStrategy
+from lelp_lightning.strategies.base import RowInfo, SubclassStrategy
+from lelp_lightning.strategies.distributed import fit_strategy
 from lelp_lightning.teachers.base import Teacher
 
 FIT_LABELS = ("label", "teacher")
@@ -188,16 +189,26 @@ class DistillDataModule(LightningDataModule):
             self.setup()
         return self._cached[split]
 
+    def rows(self, split: str) -> RowInfo:
+        """What a strategy may read beside the embeddings: the cache's row ids, the source's fine labels."""
+        return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=self.source.split(split).fine_labels)
+
     def _ensure_targets(self) -> None:
         train = self.split_cache("train")
-        if not self.strategy.fitted:
+        if not self.strategy.fitted:  # under DDP: fitted on each rank's shard, statistics all-reduced
             labels = np.asarray(train.label) if self.fit_labels == "label" else np.asarray(train.logits).argmax(1)
             if (labels == UNLABELED).any():  # hidden labels: group those rows by the teacher's argmax
                 labels = np.where(labels == UNLABELED, np.asarray(train.logits).argmax(1), labels)
-            self.strategy.fit(train.embedding, labels, (train.W, train.b))
+            fit_strategy(self.strategy, train.embedding, labels, (train.W, train.b), self.rows("train"))
         if self._z_fingerprint != self.strategy.fingerprint():
-            self._z = {s: self.strategy.transform(self.split_cache(s).embedding) for s in SPLITS}
+            self._z = {s: self.strategy.transform(self.split_cache(s).embedding, self.rows(s)) for s in SPLITS}
             self._z_fingerprint = self.strategy.fingerprint()
+
+    def strategy_report(self, split: str = "test") -> dict[str, float]:
+        """What the fitted strategy measures about itself on ``split`` (e.g. Subclass Distillation's head accuracy)."""
+        self._ensure_targets()
+        entry = self.split_cache(split)
+        return self.strategy.report(entry.embedding, entry.label)
 
     def subclass_logits(self, split: str) -> np.ndarray:
         self._ensure_targets()
