@@ -3,10 +3,12 @@
     lelp fit --config configs/quickstart.yaml      # train, then test and write summary.json
     lelp validate|test|predict --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
     lelp cache --config configs/quickstart.yaml    # run the teacher into the cache ahead of time
-    lelp strategies | lelp objectives              # what is registered (plugins included)
+    lelp strategies | lelp objectives | lelp students   # what is registered (plugins included)
 
-Plugins (entry-point groups ``lelp_lightning.strategies`` / ``lelp_lightning.objectives``) are imported
-before any argument is parsed, so their classes work by short name in YAML.
+Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
+before any argument is parsed, so their classes work by short name in YAML. Bad input (a
+:class:`~lelp_lightning.errors.LelpError`, also when jsonargparse wraps it) ends as one line
+``lelp: error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 import time
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -29,15 +32,29 @@ from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
 from lelp_lightning.registry import load_plugins
 from lelp_lightning.strategies import strategies
+from lelp_lightning.students import students
+
+
+# options that take a registered class, with the subcommand that describes the choices
+_REGISTERED = {"data.strategy": (strategies, "strategies"), "model.objectives": (objectives, "objectives"),
+               "model.student": (students, "students")}
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_GIVEN_CLASS = re.compile(r"(?:Expected a dot import path string: |Problem with given class_path '|Import path )"
+                          r"([^\s':]+)")
 
 
 class LelpArgumentParser(LightningArgumentParser):
-    """Adds the valid short names to a parse error about the strategy (jsonargparse's message lacks them)."""
+    """Turns jsonargparse's long usage error for an unknown strategy / objective / student into one line
+    naming the valid short names."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if '"data.strategy' in message:
-            message += (f"\n  valid strategy names: {', '.join(strategies.names())} (or a class path); "
-                        "`lelp strategies` describes them.")
+        key, given = _PARSER_KEY.match(message), _GIVEN_CLASS.search(message)
+        if self.exit_on_error and key and given and key.group(1) in _REGISTERED:
+            registry, command = _REGISTERED[key.group(1)]
+            print(f"lelp: error: {key.group(1)}: {given.group(1)!r} is not a known {registry.kind}; valid "
+                  f"{registry.kind} names: {', '.join(registry.names())} (or a full class path; `lelp {command}` "
+                  "describes them).", file=sys.stderr)
+            sys.exit(2)
         super().error(message, ex)
 
 
@@ -130,6 +147,9 @@ def main(args: list[str] | None = None) -> int:
         if args[:1] == ["objectives"]:
             print(_list(objectives))
             return 0
+        if args[:1] == ["students"]:
+            print(_list(students))
+            return 0
         if args[:1] == ["cache"]:
             cli = build_cli(args[1:], run=False)
             cli.datamodule.prepare_data()
@@ -139,9 +159,25 @@ def main(args: list[str] | None = None) -> int:
             return 0
         build_cli(args)
         return 0
-    except LelpError as err:
-        print(f"lelp: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _lelp_error(err)
+        if cause is None:
+            raise
+        print(f"lelp: error: {cause}", file=sys.stderr)
         return 2
+
+
+def _lelp_error(err: BaseException | None) -> LelpError | None:
+    """The LelpError behind ``err``: jsonargparse wraps one raised in a constructor while it instantiates."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LelpError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 
 
 def console_main() -> None:

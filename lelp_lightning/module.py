@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MetricCollection
@@ -95,6 +98,24 @@ class DistillModule(LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = torch.softmax(self.class_logits(batch["inputs"]), dim=-1)
         return {"row_id": batch["row_id"], "prediction": probs.argmax(-1), "probabilities": probs}
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Reseed torch from (global seed, epoch, batch): dropout and any other torch randomness of a step is then
+        the same whether the run went straight through or was resumed from a checkpoint (which holds no RNG
+        state, and a resumed loop draws from the RNG in another order before its first batch)."""
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            state = np.random.SeedSequence([int(seed), self.current_epoch, batch_idx]).generate_state(1)[0]
+            torch.manual_seed(int(state))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose head was trained for another C or S (instead of a size-mismatch traceback)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        C, S = saved.get("num_classes", self.num_classes), saved.get("num_subclasses", self.num_subclasses)
+        if (C, S) != (self.num_classes, self.num_subclasses):
+            raise LelpError(f"the checkpoint's student head has C·S = {C}·{S} = {C * S} outputs but this run needs "
+                            f"C·S = {self.num_classes}·{self.num_subclasses} = {self.num_classes * self.num_subclasses}; "
+                            "use the run's own config (--config <run>/config.yaml) or the checkpoint's num_subclasses.")
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

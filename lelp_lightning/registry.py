@@ -1,8 +1,9 @@
-"""Named registries for strategies and objectives, filled by subclassing and by entry-point plugins.
+"""Named registries for strategies, objectives and students, filled by subclassing and by entry-point plugins.
 
 A class registers itself through ``__init_subclass__(name=..., description=...)`` on its base class;
-third-party packages add theirs through the entry-point groups ``lelp_lightning.strategies`` and
-``lelp_lightning.objectives``, which :func:`load_plugins` imports before the CLI parses its arguments.
+third-party packages add theirs through the entry-point groups ``lelp_lightning.strategies``,
+``lelp_lightning.objectives`` and ``lelp_lightning.students``, which :func:`load_plugins` imports before the
+CLI parses its arguments.
 
 Short names in YAML and on the command line (``class_path: kmeans``, ``--data.strategy kmeans``): a
 registry given an ``alias_module`` puts a class named after each short name into that module.
@@ -94,7 +95,7 @@ def load_plugins() -> list[str]:
     if _plugins_loaded:
         return loaded
     _plugins_loaded = True
-    for group in ("lelp_lightning.strategies", "lelp_lightning.objectives"):
+    for group in ("lelp_lightning.strategies", "lelp_lightning.objectives", "lelp_lightning.students"):
         for ep in importlib.metadata.entry_points(group=group):
             try:
                 ep.load()

@@ -98,12 +98,14 @@ def test_manifest_is_written_last(tmp_path, monkeypatch):
 
     def guarded(path, payload):
         if path.name == "manifest.json":
-            assert (path.parent / "classifier.npz").is_file() and not (path.parent / "progress.json").exists()
+            assert (path.parent / "classifier.npz").is_file()
+            assert json.loads((path.parent / "progress.json").read_text()) == {"rows_done": N}
         real(path, payload)
 
     monkeypatch.setattr(tc, "_atomic_write_json", guarded)
     build(cache, make_batches([]))
     assert json.loads((tmp_path / "k" / "manifest.json").read_text())["arrays"]["embedding"]["shape"] == [N, D]
+    assert not (tmp_path / "k" / "progress.json").exists()
 
 
 def test_nan_teacher_output_is_refused(tmp_path):

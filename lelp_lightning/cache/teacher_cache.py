@@ -53,6 +53,19 @@ def _checksum(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _classifier_checksum(W: np.ndarray, b: np.ndarray) -> str:
+    return _checksum(np.concatenate([np.asarray(W, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)]))
+
+
+def _first_nonfinite_row(array: np.ndarray, chunk_rows: int = 65536) -> int | None:
+    """The first row of a (memory-mapped) float array holding NaN or Inf, read in chunks; None if none does."""
+    for lo in range(0, array.shape[0], chunk_rows):
+        bad = ~np.isfinite(array[lo: lo + chunk_rows]).all(axis=1)
+        if bad.any():
+            return lo + int(np.argmax(bad))
+    return None
+
+
 @dataclass
 class CachedSplit:
     """Read-only memory-mapped views of one finished cache entry."""
@@ -83,7 +96,8 @@ class TeacherCache:
         return (self.entry(key) / "manifest.json").is_file()
 
     def open(self, key: str, verify: bool = True) -> CachedSplit:
-        """Open a finished entry; raises if it is missing, unfinished, or its arrays fail their checksums."""
+        """Open a finished entry; raises if it is missing, unfinished, its arrays or classifier fail their
+        checksums, or (``verify``) its embeddings / logits hold NaN or Inf (a cache written by other means)."""
         path = self.entry(key)
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
@@ -109,8 +123,23 @@ class TeacherCache:
             if verify and _checksum(arrays[name]) != expected["sha256"]:
                 raise LelpError(f"teacher cache array {name}.npy in {path} does not match its checksum "
                                 f"(corrupted or modified); delete {path} to rebuild.")
-        with np.load(path / "classifier.npz") as clf:
-            W, b = clf["W"], clf["b"]
+            row = _first_nonfinite_row(arrays[name]) if verify and name in ("embedding", "logits") else None
+            if row is not None:
+                raise LelpError(f"teacher cache array {name}.npy in {path} holds NaN or Inf (first at row {row}); "
+                                f"delete {path} to rebuild, and check the teacher's outputs.")
+        try:
+            with np.load(path / "classifier.npz") as clf:
+                W, b = clf["W"], clf["b"]
+        except (OSError, ValueError, KeyError) as err:
+            raise LelpError(f"teacher cache classifier {path / 'classifier.npz'} cannot be read ({err}); "
+                            f"delete {path} to rebuild.") from None
+        expected = manifest.get("classifier", {}).get("sha256")  # absent in caches written before it was added
+        if verify and expected is not None and _classifier_checksum(W, b) != expected:
+            raise LelpError(f"teacher cache classifier {path / 'classifier.npz'} does not match its checksum "
+                            f"(corrupted or modified); delete {path} to rebuild.")
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise LelpError(f"teacher cache classifier {path / 'classifier.npz'} holds NaN or Inf; delete {path} "
+                            "to rebuild, and check the teacher's final layer.")
         return CachedSplit(path, arrays["embedding"], arrays["logits"], arrays["label"], arrays["row_id"],
                            W, b, manifest)
 
@@ -158,7 +187,8 @@ class TeacherCache:
             np.save(partial / "row_id.npy", np.asarray(row_ids, dtype=np.int64))
             _atomic_write_json(build_file, json.loads(json.dumps(shape_info, default=str)))
             _atomic_write_json(partial / "progress.json", {"rows_done": 0})
-        done = int(json.loads((partial / "progress.json").read_text())["rows_done"])
+        progress_file = partial / "progress.json"
+        done = int(json.loads(progress_file.read_text())["rows_done"]) if progress_file.is_file() else 0
         with tqdm(total=n, initial=done, desc=desc, unit="row", disable=not progress, dynamic_ncols=True) as bar:
             for index, e, lg in batches(done):
                 if not (np.isfinite(e).all() and np.isfinite(lg).all()):
@@ -174,6 +204,8 @@ class TeacherCache:
         if done != n:
             raise LelpError(f"the teacher pass for {desc} produced {done} rows, expected {n}.")
         W, b = classifier()
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise LelpError("the teacher's classifier (W, b) holds NaN or Inf; check the teacher's final layer.")
         np.savez(partial / "classifier.npz", W=np.asarray(W, np.float32), b=np.asarray(b, np.float32))
         del emb, logit
         arrays = {name: np.load(partial / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
@@ -183,11 +215,12 @@ class TeacherCache:
             "meta": meta,
             "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _checksum(a)}
                        for name, a in arrays.items()},
+            "classifier": {"sha256": _classifier_checksum(W, b)},
         }
         del arrays
-        (partial / "progress.json").unlink()
         _atomic_write_json(partial / "manifest.json", manifest)
         if final.exists():  # a stale, unfinished entry under the final name
             shutil.rmtree(final)
         os.replace(partial, final)
+        (final / "progress.json").unlink()  # only now: a build killed before the rename resumes with every row done
         return self.open(key, verify=False)

@@ -15,6 +15,7 @@ every batch. The validation split stays labeled (it is where α(x) is estimated)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -59,6 +60,28 @@ class CacheDataset(Dataset):
 
 def _batch_as_is(batch):
     return batch
+
+
+def check_classifier(entry: CachedSplit, rows: int = 1024) -> None:
+    """Refuse a cache whose classifier does not turn its embeddings into its logits (logits = W·embedding + b).
+
+    Every strategy reads the embedding as the input of the teacher's final linear layer; a W, b from another
+    teacher or an embedding from another layer would give targets that are silently wrong. Checks the first
+    ``rows`` rows, with a tolerance for reduced-precision teachers.
+    """
+    if entry.W.shape != (entry.logits.shape[1], entry.embedding.shape[1]) or entry.b.shape != (entry.logits.shape[1],):
+        raise LelpError(f"the teacher classifier in {entry.path} has W {tuple(entry.W.shape)}, b {tuple(entry.b.shape)} "
+                        f"but the cache holds {entry.embedding.shape[1]}-d embeddings and {entry.logits.shape[1]} "
+                        "classes; expected W [C, D] and b [C].")
+    embedding = np.asarray(entry.embedding[:rows], dtype=np.float64)
+    logits = np.asarray(entry.logits[:rows], dtype=np.float64)
+    predicted = embedding @ entry.W.astype(np.float64).T + entry.b.astype(np.float64)
+    scale = max(np.abs(logits).max(initial=0.0), np.abs(predicted).max(initial=0.0))
+    error = np.abs(predicted - logits).max(initial=0.0)
+    if error > 1e-2 * scale + 1e-5:
+        raise LelpError(f"the teacher classifier in {entry.path} does not reproduce the cached logits from the cached "
+                        f"embeddings (largest difference {error:.3g}, logits up to {scale:.3g}); expected logits = "
+                        "W·embedding + b with the embedding being the input of the teacher's final linear layer.")
 
 
 class DistillDataModule(LightningDataModule):
@@ -173,9 +196,17 @@ class DistillDataModule(LightningDataModule):
             return
         for split in SPLITS:
             entry = self.cache.open(self.cache_key(split))
+            expected = {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
+                        "split_fingerprint": self.source.split(split).fingerprint()}
+            stale = [k for k in expected if entry.manifest["meta"].get(k) != expected[k]]
+            if stale:
+                raise LelpError(f"the teacher cache {entry.path} was built for another {', '.join(stale)} "
+                                f"({', '.join(str(entry.manifest['meta'].get(k)) for k in stale)}, this run has "
+                                f"{', '.join(str(expected[k]) for k in stale)}); delete it to rebuild.")
             if entry.logits.shape[1] != self.num_classes:
                 raise LelpError(f"the teacher cache {entry.path} has {entry.logits.shape[1]} classes but the data "
                                 f"source has {self.num_classes}; the teacher's classifier does not match the data.")
+            check_classifier(entry)
             self._cached[split] = entry
             self._inputs[split] = self.featurizer.transform(self.source.split(split).texts)
         train = self._cached["train"]
@@ -200,6 +231,8 @@ class DistillDataModule(LightningDataModule):
             if (labels == UNLABELED).any():  # hidden labels: group those rows by the teacher's argmax
                 labels = np.where(labels == UNLABELED, np.asarray(train.logits).argmax(1), labels)
             fit_strategy(self.strategy, train.embedding, labels, (train.W, train.b), self.rows("train"))
+            log.info("fitted the %s strategy on %d training rows (fingerprint %s)", type(self.strategy).__name__,
+                     len(labels), self.strategy.fingerprint())
         if self._z_fingerprint != self.strategy.fingerprint():
             self._z = {s: self.strategy.transform(self.split_cache(s).embedding, self.rows(s)) for s in SPLITS}
             self._z_fingerprint = self.strategy.fingerprint()
@@ -281,9 +314,32 @@ class DistillDataModule(LightningDataModule):
         }
 
     # -- checkpoints carry the fitted strategy ----------------------------------------------------------
+    def teacher_cache_fingerprint(self) -> str:
+        """Identifies the training split's teacher embeddings and classifier, which the strategy is fitted on."""
+        train = self.split_cache("train")
+        h = hashlib.sha256(train.manifest["arrays"]["embedding"]["sha256"].encode())
+        for array in (train.W, train.b):
+            h.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
     def state_dict(self) -> dict:
-        return {"strategy": self.strategy.state_dict()} if self.strategy.fitted else {}
+        if not self.strategy.fitted:
+            return {}
+        return {"strategy": self.strategy.state_dict(), "teacher_cache": self.teacher_cache_fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
-        if "strategy" in state:
-            self.strategy.load_state_dict(state["strategy"])
+        """Restore the fitted strategy (it is not refitted on resume); a strategy fitted on another teacher
+        cache is refused for training, where its targets would silently differ."""
+        if "strategy" not in state:
+            return
+        saved, current = state.get("teacher_cache"), self.teacher_cache_fingerprint()
+        if saved is not None and saved != current:
+            message = (f"the checkpoint's strategy was fitted on other teacher outputs (teacher cache {saved}) than "
+                       f"this run's {self.split_cache('train').path} ({current}); resume with the same teacher and "
+                       "cache (copy the cache folder along with the checkpoint) or start a new fit.")
+            if self.trainer is not None and self.trainer.state.fn == "fit":
+                raise LelpError(message)
+            log.warning("%s The subclass targets are not used outside training, so this run goes on.", message)
+        self.strategy.load_state_dict(state["strategy"])
+        log.info("restored the %s strategy from the checkpoint (fingerprint %s); it is not refitted",
+                 type(self.strategy).__name__, self.strategy.fingerprint())

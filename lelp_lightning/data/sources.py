@@ -8,10 +8,15 @@ downloaded and nothing is copied into the repository.
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
 import hashlib
 import importlib.util
+import io
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +87,7 @@ class TextSource(ABC):
     def split(self, name: str) -> SplitData:
         if self._splits is None:
             self._splits = self._load()
-            _check_splits(self._splits, self.num_classes)
+            _check_splits(self._splits, self.class_names)
         return self._splits[name]
 
     def options(self) -> dict:
@@ -94,18 +99,20 @@ class TextSource(ABC):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _check_splits(splits: dict[str, SplitData], num_classes: int) -> None:
+def _check_splits(splits: dict[str, SplitData], class_names: list[str]) -> None:
     train = splits["train"]
     present = set(np.unique(train.labels).tolist())
     if len(present) < 2:
-        raise LelpError(f"the training split has a single class ({sorted(present)}); distillation needs at least two.")
+        raise LelpError(f"the training split has a single class ({[class_names[c] for c in sorted(present)]}); "
+                        "distillation needs at least two.")
     for name in SPLITS:
         s = splits[name]
         if len(s) == 0:
             raise LelpError(f"the {name} split is empty; expected at least one row (check the split sizes).")
         unseen = set(np.unique(s.labels).tolist()) - present
         if unseen:
-            raise LelpError(f"the {name} split has labels {sorted(unseen)} that never occur in the training split.")
+            raise LelpError(f"the {name} split has labels {[class_names[c] for c in sorted(unseen)]} that never "
+                            "occur in the training split; every class needs training rows.")
 
 
 def _stratified_three_way(labels: np.ndarray, val: float, test: float, seed: int, strata=None):
@@ -251,6 +258,8 @@ class TextFile(TextSource):
     """A user's CSV / TSV / JSONL / Parquet file with a text column and a label column.
 
     Labels may be strings or integers; classes are their sorted unique values in the training rows.
+    Messy text is read, not refused: bytes that are not UTF-8 become U+FFFD (the replacement character) in
+    CSV / TSV / JSONL files, and an empty or missing text becomes ``""`` (an empty bag: the student sees zeros).
     With ``split_column`` the file says which rows are train/val/test; otherwise a stratified split with
     ``val_fraction`` / ``test_fraction`` is drawn under ``seed``.
     """
@@ -282,7 +291,11 @@ class TextFile(TextSource):
     @property
     def class_names(self) -> list[str]:
         labels = self.frame()[self.label_column]
-        return [str(v) for v in sorted(labels.unique().tolist(), key=_label_key)]
+        names = [str(v) for v in sorted(labels.unique().tolist(), key=_label_key)]
+        if len(names) < 2:
+            raise LelpError(f"data file {self.path!r}: column {self.label_column!r} has a single label {names}; "
+                            "distillation needs at least two classes.")
+        return names
 
     def _load(self) -> dict[str, SplitData]:
         df = self.frame()
@@ -324,8 +337,37 @@ def _file_stat(path: str) -> dict:
     return {"size": st.st_size, "sha256": h.hexdigest()[:16]}
 
 
+def _read_delimited(p: Path, delimiter: str, path: str) -> pd.DataFrame:
+    """A CSV / TSV file as strings, through Python's csv module.
+
+    Records end at "\n" or "\r\n" outside quotes; quoted fields keep commas, quotes and line breaks exactly.
+    A bare "\r" (not before "\n") is text, also unquoted (pandas' ``to_csv`` leaves it so; tweets have them):
+    it is swapped for a private-use character the file does not contain while parsing. The one ambiguous
+    case, an unquoted last field ending in "\r" in an LF file, is read as a CRLF line end. A leading
+    byte-order mark is dropped; blank lines are skipped.
+    """
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(p.suffix.lower(), open)
+    with opener(p, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+        text = f.read()
+    bare_cr = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
+    text = re.sub(r"\r(?!\n)", bare_cr, text)
+    records = [[field.replace(bare_cr, "\r") for field in record]
+               for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True) if record]
+    if not records:
+        raise LelpError(f"data file {path!r} has no header; expected a header and at least one row.")
+    header, rows = records[0], records[1:]
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise LelpError(f"data file {path!r}: record {number} has {len(row)} fields but the header has "
+                            f"{len(header)}; check the quoting of that record.")
+    return pd.DataFrame(rows, columns=header, dtype=object)
+
+
 def read_table(path: str, columns: list[str]) -> pd.DataFrame:
-    """Read a CSV/TSV/JSONL/Parquet file, checking it exists, is non-empty and has ``columns``."""
+    """Read a CSV/TSV/JSONL/Parquet file, checking it exists, is non-empty and has ``columns``.
+
+    ``columns[0]`` is the text (undecodable bytes → U+FFFD, missing → ``""``), ``columns[1]`` the label (required).
+    """
     p = Path(path)
     if not p.is_file():
         raise LelpError(f"data file {path!r} does not exist; expected a CSV, TSV, JSONL or Parquet file.")
@@ -334,17 +376,11 @@ def read_table(path: str, columns: list[str]) -> pd.DataFrame:
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix in (".gz", ".bz2") else p.suffix.lower()
     try:
         if suffix.startswith((".jsonl", ".json")):
-            df = pd.read_json(p, lines=True, dtype=False)
+            df = pd.read_json(p, lines=True, dtype=False, encoding="utf-8", encoding_errors="replace")
         elif suffix.startswith(".parquet"):
             df = pd.read_parquet(p)
         elif suffix.startswith((".tsv", ".csv")):
-            # "\n" only: pandas' default also splits on a bare "\r" inside quoted text (tweets have them);
-            # the "\r" of CRLF files is stripped from the last column below.
-            df = pd.read_csv(p, sep="\t" if suffix.startswith(".tsv") else ",", encoding="utf-8",
-                             encoding_errors="replace", keep_default_na=False, lineterminator="\n", dtype=str)
-            df.columns = [str(c).rstrip("\r") for c in df.columns]
-            last = df.columns[-1]
-            df[last] = df[last].str.rstrip("\r")
+            df = _read_delimited(p, "\t" if suffix.startswith(".tsv") else ",", path)
         else:
             raise LelpError(f"data file {path!r} has an unknown extension; expected .csv, .tsv, .jsonl or .parquet.")
     except LelpError:

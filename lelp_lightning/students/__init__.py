@@ -1,5 +1,5 @@
 """Student networks: read raw inputs (not the teacher's embedding) and emit C·S logits."""
 
-from lelp_lightning.students.networks import HashedBagStudent, MLPStudent, Student
+from lelp_lightning.students.networks import HashedBagStudent, MLPStudent, Student, students
 
-__all__ = ["Student", "HashedBagStudent", "MLPStudent"]
+__all__ = ["Student", "students", "HashedBagStudent", "MLPStudent"]

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 
 from lelp_lightning.errors import LelpError
+from lelp_lightning.registry import Registry
+
+students = Registry("student", "lelp_lightning.students", alias_module="lelp_lightning.students.names")
 
 
 class Student(nn.Module):
@@ -18,6 +21,12 @@ class Student(nn.Module):
 
     head: nn.Linear
     embedding_dim: int
+
+    def __init_subclass__(cls, name: str | None = None, description: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            students.register(cls, name, description or "")
+            cls.registered_name = name
 
     def __init__(self, input_dim: int, num_outputs: int):
         super().__init__()
@@ -34,7 +43,8 @@ class Student(nn.Module):
         return self.head(self.embed(inputs))
 
 
-class HashedBagStudent(Student):
+class HashedBagStudent(Student, name="hashed_bag",
+                       description="fastText-style mean of hashed n-gram embeddings, then a C·S linear head."):
     """fastText-style: mean of hashed n-gram embeddings, optional hidden layer, then a C·S linear head."""
 
     def __init__(self, input_dim: int = 2**18, num_outputs: int = 2, embed_dim: int = 64, hidden_dim: int = 0,
@@ -54,7 +64,7 @@ class HashedBagStudent(Student):
         return self.body(bag)
 
 
-class MLPStudent(Student):
+class MLPStudent(Student, name="mlp", description="An MLP over dense input features, then a C·S linear head."):
     """An MLP over dense features (a smaller encoder's output, pixels): input → hidden → ... → C·S."""
 
     def __init__(self, input_dim: int = 384, num_outputs: int = 2, hidden_dims: list[int] = [128],
