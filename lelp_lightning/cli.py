@@ -3,6 +3,7 @@
     lelp fit --config configs/quickstart.yaml      # train, then test and write summary.json
     lelp validate|test|predict --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
     lelp cache --config configs/quickstart.yaml    # run the teacher into the cache ahead of time
+    lelp cache ... --trainer.strategy ddp --trainer.devices N   # ... with N processes (docs/distributed.md)
     lelp strategies | lelp objectives | lelp students   # what is registered (plugins included)
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
@@ -33,6 +34,7 @@ from lelp_lightning.objectives import objectives
 from lelp_lightning.registry import load_plugins
 from lelp_lightning.strategies import strategies
 from lelp_lightning.students import students
+from lelp_lightning.teachers.teacher_pass import build_teacher_cache
 
 
 # options that take a registered class, with the subcommand that describes the choices
@@ -84,8 +86,8 @@ class LelpCLI(LightningCLI):
             "epochs": self.trainer.current_epoch,
             "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
         }
+        run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
         if self.trainer.is_global_zero:
-            run_dir = Path(self.trainer.log_dir or ".")
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2))
@@ -95,7 +97,12 @@ class LelpCLI(LightningCLI):
 
     def after_predict(self) -> None:
         """Write the predictions (row id, predicted class, class probabilities) next to the run's logs."""
-        batches = self.trainer.predict_loop.predictions or []
+        batches = [{k: v.cpu() for k, v in b.items()} for b in self.trainer.predict_loop.predictions or []]
+        run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank r holds shard r
+            shards: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, batches)
+            batches = [b for shard in shards for b in shard]
         if not batches or not self.trainer.is_global_zero:
             return
         row_id = torch.cat([b["row_id"] for b in batches]).numpy()
@@ -105,7 +112,7 @@ class LelpCLI(LightningCLI):
         frame = pd.DataFrame({"row_id": row_id, "prediction": [names[i] for i in pred]})
         for c, name in enumerate(names):
             frame[f"p_{name}"] = probs[:, c]
-        out = Path(self.trainer.log_dir or ".") / "predictions.csv"
+        out = run_dir / "predictions.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out.with_suffix(".csv.tmp"), index=False)
         os.replace(out.with_suffix(".csv.tmp"), out)
@@ -152,7 +159,9 @@ def main(args: list[str] | None = None) -> int:
             return 0
         if args[:1] == ["cache"]:
             cli = build_cli(args[1:], run=False)
-            cli.datamodule.prepare_data()
+            build_teacher_cache(cli.trainer, cli.datamodule)  # Lightning predict over the trainer's processes
+            if not cli.trainer.is_global_zero:
+                return 0
             for split in ("train", "val", "test"):
                 entry = cli.datamodule.split_cache(split)
                 print(f"{split}: {len(entry)} rows, embedding {entry.embedding.shape[1]}-d, cached at {entry.path}")
@@ -176,8 +185,6 @@ def _lelp_error(err: BaseException | None) -> LelpError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
 
 
 def console_main() -> None:

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lelp_lightning.distributed import shard_modules
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import STAGES, Objective, class_logits
 from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
@@ -48,6 +49,14 @@ class DistillModule(LightningModule):
                 datamodule.extra_keys.update(objective.requires)
         for objective in self.objectives:  # before the optimiser exists, so parameters built here train
             objective.setup(self.student, datamodule)
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (``ModelParallelStrategy``): shard the student and any objective with parameters.
+
+        A no-op on one device and under DDP (no device mesh); runs before the optimiser is built.
+        """
+        if self.device_mesh is not None:
+            shard_modules([self.student, *self.objectives], self.device_mesh)
 
     def forward(self, inputs) -> torch.Tensor:
         return self.student(inputs)

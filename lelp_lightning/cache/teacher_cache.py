@@ -5,10 +5,11 @@ Layout of one entry ``<root>/<key>/``::
     embedding.npy [N,D] float32 · logits.npy [N,C] float32 · label.npy [N] int64 · row_id.npy [N] int64
     classifier.npz (W [C,D], b [C]) · manifest.json (written last: fingerprints, shapes, checksums)
 
-A build writes into ``<key>.partial/`` and records after every chunk how many rows are done
-(``progress.json``), so a killed build resumes without redoing finished rows; only a finished build
+A build writes into ``<key>.partial/`` and records about once a second how many rows are done and flushed
+(``progress.json``), so a killed build resumes without redoing recorded rows; only a finished build
 gets its manifest and is renamed to ``<key>/`` in one atomic step. An entry without a manifest, or whose
-arrays do not match the manifest's checksums, is never read back as complete.
+arrays do not match the manifest's checksums, is never read back as complete. Many processes build one
+entry block by block with :mod:`lelp_lightning.cache.blocks` (``lelp cache``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from lelp_lightning.errors import LelpError
 
 FORMAT_VERSION = 1
 ARRAYS = ("embedding", "logits", "label", "row_id")
+RECORD_SECONDS = 1.0  # how often a build flushes its rows and records its progress
 
 
 def cache_key(*parts: str) -> str:
@@ -167,47 +170,71 @@ class TeacherCache:
         if self.exists(key):
             return self.open(key)
         n = int(len(labels))
-        partial = final.with_name(final.name + ".partial")
-        shape_info = {"n": n, "embedding_dim": int(embedding_dim), "num_classes": int(num_classes), "meta": meta}
+        partial, fresh = self.start_partial(key, labels=labels, row_ids=row_ids, embedding_dim=embedding_dim,
+                                            num_classes=num_classes, description={"meta": meta})
+        emb = np.load(partial / "embedding.npy", mmap_mode="r+")
+        logit = np.load(partial / "logits.npy", mmap_mode="r+")
+        progress_file = partial / "progress.json"
+        done = int(json.loads(progress_file.read_text())["rows_done"]) if progress_file.is_file() else 0
+
+        def record() -> None:  # the rows reach the disk before the progress that claims them
+            emb.flush()
+            logit.flush()
+            _atomic_write_json(progress_file, {"rows_done": done})
+
+        last_record = time.monotonic()
+        with tqdm(total=n, initial=done, desc=desc, unit="row", disable=not progress, dynamic_ncols=True) as bar:
+            try:
+                for index, e, lg in batches(done):
+                    check_finite(index, e, lg)
+                    emb[index] = e
+                    logit[index] = lg
+                    done += len(index)
+                    bar.update(len(index))
+                    if time.monotonic() - last_record >= RECORD_SECONDS:  # a flush costs O(N): not every batch
+                        record()
+                        last_record = time.monotonic()
+            finally:  # also when the teacher fails: its finished rows are kept (a SIGKILL redoes ≤ 1 s of rows)
+                record()
+        if done != n:
+            raise LelpError(f"the teacher pass for {desc} produced {done} rows, expected {n}.")
+        del emb, logit
+        entry = self.finish_partial(key, meta, *classifier())
+        (entry.path / "progress.json").unlink()  # only now: a build killed before the rename resumes with every row done
+        return entry
+
+    def start_partial(self, key: str, *, labels: np.ndarray, row_ids: np.ndarray, embedding_dim: int,
+                      num_classes: int, description: dict) -> tuple[Path, bool]:
+        """The ``<key>.partial`` folder of a build: kept when its ``build.json`` matches (a resume), else
+        started afresh with labels, row ids and preallocated embedding/logits arrays. Returns (folder, fresh)."""
+        n = int(len(labels))
+        partial = self.entry(key).with_name(key + ".partial")
+        shape_info = json.loads(json.dumps({"n": n, "embedding_dim": int(embedding_dim),
+                                            "num_classes": int(num_classes), **description}, default=str))
         build_file = partial / "build.json"
         if partial.exists():
             try:
-                same = json.loads(build_file.read_text()) == json.loads(json.dumps(shape_info, default=str))
+                same = json.loads(build_file.read_text()) == shape_info
             except (OSError, json.JSONDecodeError):
                 same = False
-            if not same:
-                shutil.rmtree(partial)
-        fresh = not partial.exists()
-        partial.mkdir(parents=True, exist_ok=True)
-        mode = "w+" if fresh else "r+"
-        emb = np.lib.format.open_memmap(partial / "embedding.npy", mode=mode, dtype=np.float32, shape=(n, embedding_dim))
-        logit = np.lib.format.open_memmap(partial / "logits.npy", mode=mode, dtype=np.float32, shape=(n, num_classes))
-        if fresh:
-            np.save(partial / "label.npy", np.asarray(labels, dtype=np.int64))
-            np.save(partial / "row_id.npy", np.asarray(row_ids, dtype=np.int64))
-            _atomic_write_json(build_file, json.loads(json.dumps(shape_info, default=str)))
-            _atomic_write_json(partial / "progress.json", {"rows_done": 0})
-        progress_file = partial / "progress.json"
-        done = int(json.loads(progress_file.read_text())["rows_done"]) if progress_file.is_file() else 0
-        with tqdm(total=n, initial=done, desc=desc, unit="row", disable=not progress, dynamic_ncols=True) as bar:
-            for index, e, lg in batches(done):
-                if not (np.isfinite(e).all() and np.isfinite(lg).all()):
-                    raise LelpError(f"the teacher produced NaN or Inf outputs for rows {index[:5].tolist()}...; "
-                                    "check the teacher's weights and inputs.")
-                emb[index] = e
-                logit[index] = lg
-                emb.flush()
-                logit.flush()
-                done += len(index)
-                _atomic_write_json(partial / "progress.json", {"rows_done": done})
-                bar.update(len(index))
-        if done != n:
-            raise LelpError(f"the teacher pass for {desc} produced {done} rows, expected {n}.")
-        W, b = classifier()
+            if same:
+                return partial, False
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        for name, width in (("embedding", embedding_dim), ("logits", num_classes)):
+            np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, width))
+        np.save(partial / "label.npy", np.asarray(labels, dtype=np.int64))
+        np.save(partial / "row_id.npy", np.asarray(row_ids, dtype=np.int64))
+        _atomic_write_json(build_file, shape_info)  # last: a folder without it is started over
+        return partial, True
+
+    def finish_partial(self, key: str, meta: dict, W: np.ndarray, b: np.ndarray) -> CachedSplit:
+        """Seal a partial entry whose rows are all written: classifier, checksums, manifest last, atomic rename."""
+        final = self.entry(key)
+        partial = final.with_name(key + ".partial")
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise LelpError("the teacher's classifier (W, b) holds NaN or Inf; check the teacher's final layer.")
         np.savez(partial / "classifier.npz", W=np.asarray(W, np.float32), b=np.asarray(b, np.float32))
-        del emb, logit
         arrays = {name: np.load(partial / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -222,5 +249,11 @@ class TeacherCache:
         if final.exists():  # a stale, unfinished entry under the final name
             shutil.rmtree(final)
         os.replace(partial, final)
-        (final / "progress.json").unlink()  # only now: a build killed before the rename resumes with every row done
         return self.open(key, verify=False)
+
+
+def check_finite(index: np.ndarray, embedding: np.ndarray, logits: np.ndarray) -> None:
+    """Refuse NaN / Inf teacher outputs before they reach the cache."""
+    if not (np.isfinite(embedding).all() and np.isfinite(logits).all()):
+        raise LelpError(f"the teacher produced NaN or Inf outputs for rows {np.asarray(index)[:5].tolist()}...; "
+                        "check the teacher's weights and inputs.")

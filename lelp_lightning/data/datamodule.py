@@ -15,17 +15,20 @@ every batch. The validation split stays labeled (it is where α(x) is estimated)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import os
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from lelp_lightning.cache import CachedSplit, TeacherCache, cache_key
+from lelp_lightning.cache import CachedSplit, PassTarget, TeacherCache, cache_key
 from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
 from lelp_lightning.data.labels import UNLABELED, choose_labeled_rows, hide_labels, rows_fingerprint
+from lelp_lightning.data.samplers import EvalShardSampler, GlobalBatchSampler
 from lelp_lightning.data.sources import SPLITS, TextSource
 from lelp_lightning.data.teacher_accuracy import TeacherAccuracy
 from lelp_lightning.errors import LelpError
@@ -54,8 +57,9 @@ class CacheDataset(Dataset):
             batch[name] = torch.from_numpy(np.ascontiguousarray(array[index]))
         return batch
 
-    def __getitem__(self, i: int) -> dict:
-        return self.__getitems__([i])
+    def __getitem__(self, index) -> dict:
+        """A batch of one row (an int), or of the rows of an index array (what the samplers yield)."""
+        return self.__getitems__(np.atleast_1d(index))
 
 
 def _batch_as_is(batch):
@@ -93,7 +97,8 @@ class DistillDataModule(LightningDataModule):
         strategy: how pseudo-subclasses are made (LELP by default in the configs).
         featurizer: raw text → student inputs (default: hashed word uni+bigrams).
         cache_dir: folder of teacher caches (keep it out of git).
-        batch_size: training batch size; ``eval_batch_size`` for val/test/predict.
+        batch_size: global training batch size: under DDP / FSDP each of W processes takes batch_size / W rows
+            of every batch, so the updates do not depend on W. ``eval_batch_size``: per process, val/test/predict.
         fit_labels: rows are grouped by their true ``label`` or by the ``teacher``'s argmax when fitting the strategy.
         num_workers: DataLoader workers (batches are one gather each, so 0 is usually fastest).
         progress: show the teacher pass's progress bar.
@@ -170,9 +175,21 @@ class DistillDataModule(LightningDataModule):
             parts.append("labeled-" + rows_fingerprint(self.labeled_rows))
         return cache_key(*parts)
 
+    def missing_splits(self) -> list[str]:
+        return [s for s in SPLITS if not self.cache.exists(self.cache_key(s))]
+
+    def _entry(self, split: str) -> dict:
+        """What the cache entry of ``split`` holds besides the teacher's outputs: key, labels, row ids, meta."""
+        data = self.source.split(split)
+        return {"key": self.cache_key(split), "row_ids": data.row_ids,
+                "labels": hide_labels(data.labels, self.labeled_rows if split == "train" else None),
+                "meta": {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
+                         "split": split, "split_fingerprint": data.fingerprint(),
+                         "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled}}
+
     def prepare_data(self) -> None:
         """Run the teacher over every split not cached yet (once per teacher + data + split)."""
-        missing = [s for s in SPLITS if not self.cache.exists(self.cache_key(s))]
+        missing = self.missing_splits()
         if not missing:
             log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
             return
@@ -181,15 +198,34 @@ class DistillDataModule(LightningDataModule):
         for split in missing:
             data = self.source.split(split)
             W, _ = self.teacher.classifier()
-            labels = hide_labels(data.labels, self.labeled_rows if split == "train" else None)
+            entry = self._entry(split)
             self.cache.build(
-                self.cache_key(split), labels=labels, row_ids=data.row_ids, embedding_dim=W.shape[1],
+                entry["key"], labels=entry["labels"], row_ids=entry["row_ids"], embedding_dim=W.shape[1],
                 num_classes=W.shape[0], batches=lambda done, data=data: self.teacher.encode_split(data, done),
                 classifier=self.teacher.classifier, desc=f"teacher pass [{split}]", progress=self.progress,
-                meta={"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
-                      "split": split, "split_fingerprint": data.fingerprint(), "teacher_class": type(self.teacher).__name__,
-                      "num_labeled": self.num_labeled},
+                meta=entry["meta"],
             )
+
+    def teacher_feature_targets(self) -> list[PassTarget]:
+        """The teacher's own label-free entries (a frozen encoder's features) that its ``fit`` reads; for `lelp cache`."""
+        return self.teacher.pass_targets(self.source, self.cache) if self.missing_splits() else []
+
+    def teacher_pass_targets(self) -> list[PassTarget]:
+        """The missing splits' entries as :class:`PassTarget` s for `lelp cache` (fits the teacher first)."""
+        missing = self.missing_splits()
+        if not missing:
+            return []
+        self.teacher.fit(self.source, self.cache, labeled=self.labeled_rows)
+        W, _ = self.teacher.classifier()
+        targets = []
+        for split in missing:
+            data = self.source.split(split)
+            targets.append(PassTarget(
+                **self._entry(split), embedding_dim=W.shape[1], num_classes=W.shape[0],
+                order=self.teacher.row_order(data), block_size=self.teacher.batch_size,
+                encode=functools.partial(self.teacher.encode_rows, data), classifier=self.teacher.classifier,
+                modules=self.teacher.modules(), desc=f"teacher pass [{split}]"))
+        return targets
 
     def setup(self, stage: str | None = None) -> None:
         if self._cached:
@@ -278,10 +314,23 @@ class DistillDataModule(LightningDataModule):
             arrays["weight"] = self.example_weights(split)
         return CacheDataset(self._inputs[split], arrays)
 
+    def _data_parallel(self) -> tuple[int, int]:
+        """(number of data-parallel processes, this process's rank among them); (1, 0) without a trainer."""
+        kwargs = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        return kwargs.get("num_replicas", 1), kwargs.get("rank", 0)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, collate_fn=_batch_as_is, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        """Batches whose rows do not depend on the number of processes (see :mod:`lelp_lightning.data.samplers`)."""
+        dataset = self.dataset(split)
+        world, rank = self._data_parallel()
+        if shuffle:
+            sampler = GlobalBatchSampler(len(dataset), self.batch_size, world, rank,
+                                         seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        else:
+            sampler = EvalShardSampler(len(dataset), self.eval_batch_size, world, rank, split)
+        # the sampler yields index batches: one __getitems__ (one gather per array) per batch
+        return DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_batch_as_is,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -24,25 +24,34 @@ class StudentInputs(ABC):
 
 
 class BagInputs(StudentInputs):
-    """Rows as sparse bags of hashed n-gram ids, weighted so that ``EmbeddingBag(mode='sum')`` means the bag."""
+    """Rows as sparse bags of hashed n-gram ids, weighted so that ``EmbeddingBag(mode='sum')`` means the bag.
+
+    The ids (int64) and per-row normalised weights are laid out once, so a batch is a handful of numpy
+    operations: row lengths, the positions of their entries, two fancy-index gathers.
+    """
 
     def __init__(self, matrix: sp.csr_matrix):
         self.matrix = matrix.tocsr()
+        self.indptr = self.matrix.indptr.astype(np.int64)
+        self.ids = self.matrix.indices.astype(np.int64)
+        counts = np.diff(self.indptr)
+        totals = np.add.reduceat(self.matrix.data, self.indptr[:-1][counts > 0]) if self.ids.size else np.zeros(0)
+        row_total = np.ones(len(counts), np.float64)
+        row_total[counts > 0] = totals
+        self.weights = (self.matrix.data / np.repeat(row_total, counts)).astype(np.float32)
 
     def __len__(self) -> int:
         return self.matrix.shape[0]
 
     def gather(self, index: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = self.matrix[index]
-        counts = np.diff(rows.indptr)
-        weights = rows.data.astype(np.float32)
-        row_of = np.repeat(np.arange(len(index)), counts)
-        totals = np.bincount(row_of, weights=weights, minlength=len(index)).astype(np.float32)
-        weights = weights / np.where(totals > 0, totals, 1.0)[row_of]
+        starts = self.indptr[index]
+        counts = self.indptr[index + 1] - starts
+        offsets = np.cumsum(counts) - counts
+        positions = np.arange(int(counts.sum())) + np.repeat(starts - offsets, counts)
         return {
-            "ids": torch.from_numpy(rows.indices.astype(np.int64)),
-            "offsets": torch.from_numpy(rows.indptr[:-1].astype(np.int64)),
-            "weights": torch.from_numpy(weights),
+            "ids": torch.from_numpy(self.ids[positions]),
+            "offsets": torch.from_numpy(offsets),
+            "weights": torch.from_numpy(self.weights[positions]),
         }
 
 

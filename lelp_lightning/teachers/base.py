@@ -8,8 +8,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import numpy as np
+from torch import nn
 
-from lelp_lightning.cache import TeacherCache
+from lelp_lightning.cache import PassTarget, TeacherCache
 from lelp_lightning.data.sources import SplitData, TextSource
 
 
@@ -53,3 +54,21 @@ class Teacher(ABC):
             index = np.arange(lo, min(lo + self.batch_size, len(split)))
             emb, logits = self.encode([split.texts[i] for i in index])
             yield index, emb, logits
+
+    # -- the teacher pass with many processes (`lelp cache`, Lightning predict) --------------------------
+    def row_order(self, split: SplitData) -> np.ndarray:
+        """The fixed order in which a multi-process pass cuts ``split`` into blocks (default: as stored)."""
+        return np.arange(len(split))
+
+    def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding, logits) of the rows ``index`` of ``split``."""
+        return self.encode([split.texts[i] for i in index])
+
+    def modules(self) -> list[nn.Module]:
+        """The torch modules :meth:`encode` runs, for the pass to put on its device (inputs follow them)."""
+        return []
+
+    def pass_targets(self, source: TextSource, cache: TeacherCache) -> list[PassTarget]:
+        """Label-free cache entries that :meth:`fit` reads (e.g. a frozen encoder's features) and a
+        multi-process pass can fill first; default: none."""
+        return []

@@ -86,15 +86,20 @@ class HFSequenceClassifierTeacher(Teacher):
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         net = self._load()
-        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        device = next(net.parameters()).device  # the CPU, or the device a Lightning teacher pass put it on
+        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length,
+                          return_tensors="pt").to(device)
         self._captured.clear()
         logits = net(**batch).logits
         emb = self._captured[-1]
         if emb.dim() == 3:  # heads that pick a token inside (e.g. the first one) before the final layer
             emb = emb[:, 0]
-        return emb.float().numpy(), logits.float().numpy()
+        return emb.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def modules(self) -> list[nn.Module]:
+        return [self._load()]
 
     def classifier(self) -> tuple[np.ndarray, np.ndarray]:
         self._load()
         b = self._final.bias if self._final.bias is not None else torch.zeros(self._final.out_features)
-        return self._final.weight.detach().float().numpy().copy(), b.detach().float().numpy().copy()
+        return self._final.weight.detach().float().cpu().numpy().copy(), b.detach().float().cpu().numpy().copy()

@@ -7,6 +7,7 @@ so the head can be retrained (other sizes, seeds, label budgets) without running
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lelp_lightning.cache import TeacherCache, cache_key
+from lelp_lightning.cache import PassTarget, TeacherCache, cache_key
 from lelp_lightning.data.labels import rows_fingerprint
 from lelp_lightning.data.sources import SPLITS, SplitData, TextSource
 from lelp_lightning.errors import LelpError
@@ -86,15 +87,17 @@ class SentenceEncoder:
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> np.ndarray:
         net = self._load()
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        device = next(net.parameters()).device  # the CPU, or the device a Lightning teacher pass put it on
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             hidden = net(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         pooled = pooled.float()
         if self._normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.numpy()
+        return pooled.cpu().numpy()
 
     def embed_split(self, split: SplitData, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         order = self.bucketed_order(split.texts)
@@ -144,17 +147,45 @@ class SentenceEncoderTeacher(Teacher):
             "lr": self.head_lr, "wd": self.head_weight_decay, "dropout": self.head_dropout,
             "head_batch_size": self.head_batch_size, "seed": self.seed})
 
-    def features(self, source: TextSource, split: str, cache: TeacherCache) -> np.ndarray:
-        """The encoder's output for one split, from the cache (built on first use, with a progress bar)."""
+    def _feature_entry(self, source: TextSource, split: str) -> tuple[SplitData, str, dict]:
+        """(rows, cache key, meta) of the encoder-feature entry of one split."""
         data = source.split(split)
         key = "encoder-" + cache_key(self.encoder.fingerprint(), source.fingerprint(), data.fingerprint())
+        return data, key, {"encoder": self.encoder.fingerprint(), "source": source.fingerprint(), "split": split}
+
+    def _no_classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((0, self.encoder.embedding_dim)), np.zeros(0)
+
+    def _embed_rows(self, data: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoder.embed([data.texts[i] for i in index]), np.zeros((len(index), 0), np.float32)
+
+    def features(self, source: TextSource, split: str, cache: TeacherCache) -> np.ndarray:
+        """The encoder's output for one split, from the cache (built on first use, with a progress bar)."""
+        data, key, meta = self._feature_entry(source, split)
         entry = cache.build(key, labels=data.labels, row_ids=data.row_ids, embedding_dim=self.encoder.embedding_dim,
                             num_classes=0, batches=lambda done: self.encoder.embed_split(data, done),
-                            classifier=lambda: (np.zeros((0, self.encoder.embedding_dim)), np.zeros(0)),
-                            meta={"encoder": self.encoder.fingerprint(), "source": source.fingerprint(), "split": split},
+                            classifier=self._no_classifier, meta=meta,
                             desc=f"encoder {self.encoder.model} [{split}]") \
             if not cache.exists(key) else cache.open(key)
         return entry.embedding
+
+    def pass_targets(self, source: TextSource, cache: TeacherCache) -> list[PassTarget]:
+        """The encoder features of every split not cached yet: the expensive, label-free part of this teacher.
+
+        A multi-process pass fills them in length-bucketed blocks; :meth:`fit` then trains the head on them
+        (a cheap pass over cached features) and the head's outputs fill the teacher's own entries.
+        """
+        targets = []
+        for split in SPLITS:
+            data, key, meta = self._feature_entry(source, split)
+            if not cache.exists(key):
+                targets.append(PassTarget(
+                    key=key, labels=data.labels, row_ids=data.row_ids, embedding_dim=self.encoder.embedding_dim,
+                    num_classes=0, meta=meta, order=self.encoder.bucketed_order(data.texts),
+                    block_size=self.encoder.batch_size, encode=functools.partial(self._embed_rows, data),
+                    classifier=self._no_classifier, modules=[self.encoder._load()],
+                    desc=f"encoder {self.encoder.model} [{split}]"))
+        return targets
 
     def fit(self, source: TextSource, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
         """Embed every split (cached) and train the head on the training rows in ``labeled`` (default: all)."""
@@ -203,6 +234,10 @@ class SentenceEncoderTeacher(Teacher):
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self._apply_head(self.encoder.embed(texts))
+
+    def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feats = self._features.get(split.fingerprint())
+        return self._apply_head(feats[index]) if feats is not None else super().encode_rows(split, index)
 
     def encode_split(self, split: SplitData, start: int = 0):
         feats = self._features.get(split.fingerprint())

@@ -1,0 +1,158 @@
+"""Process-count-independent samplers and the block-wise cache build, with simulated ranks (one process)."""
+
+import numpy as np
+import pytest
+
+from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache
+from lelp_lightning.data.samplers import EvalShardSampler, GlobalBatchSampler
+from lelp_lightning.errors import LelpError
+
+
+def batches(sampler) -> list[list[int]]:
+    out = [b.tolist() for b in sampler]
+    assert len(out) == len(sampler)
+    return out
+
+
+@pytest.mark.parametrize("n, batch, world", [(61, 8, 2), (61, 8, 4), (64, 8, 2), (40, 12, 3), (17, 16, 4)])
+def test_global_batches_are_the_single_process_batches_split_over_ranks(n, batch, world):
+    single = GlobalBatchSampler(n, batch, 1, 0, seed=3)
+    single.set_epoch(2)
+    reference = batches(single)
+    ranks = []
+    for rank in range(world):
+        sampler = GlobalBatchSampler(n, batch, world, rank, seed=3)
+        sampler.set_epoch(2)
+        ranks.append(batches(sampler))
+        assert all(len(b) <= batch // world for b in ranks[-1])
+    assert {len(r) for r in ranks} == {len(reference)}  # every rank runs the same number of steps
+    for step, rows in enumerate(reference):
+        shares = [r[step] for r in ranks]
+        if len(rows) >= world:  # each row of the global batch on exactly one rank
+            assert sorted(sum(shares, [])) == sorted(rows)
+        else:  # fewer rows than ranks: the rows once, ranks without a share pad with one row
+            assert set(sum(shares, [])) - set(rows) <= {reference[0][0]}
+    assert sorted(sum(reference, [])) == list(range(n))
+    assert batches(GlobalBatchSampler(n, batch, 1, 0, seed=3)) != reference  # reshuffled per epoch
+
+
+def test_global_batch_must_split_evenly_over_ranks():
+    with pytest.raises(LelpError, match="divisible by the number of data-parallel processes"):
+        GlobalBatchSampler(100, 30, num_replicas=4)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_eval_shards_read_every_row_once_in_equally_many_batches(world):
+    for n in range(world, 45):
+        for batch in range(1, 9):
+            per_rank = [batches(EvalShardSampler(n, batch, world, r)) for r in range(world)]
+            assert len({len(p) for p in per_rank}) == 1, (n, batch)
+            assert [i for p in per_rank for chunk in p for i in chunk] == list(range(n))
+            assert max(len(chunk) for p in per_rank for chunk in p) <= max(batch, -(-n // world))
+    assert [len(b) for b in batches(EvalShardSampler(100, 7))] == [7] * 14 + [2]
+
+
+def test_eval_split_smaller_than_the_process_count_is_an_error():
+    with pytest.raises(LelpError, match="val split has 1 rows, fewer than the 2 processes"):
+        EvalShardSampler(1, 8, 2, 0, "val")
+
+
+# -- the block-wise build ---------------------------------------------------------------------------------
+N, D, C = 29, 6, 3
+rng = np.random.default_rng(0)
+EMB = rng.normal(size=(N, D)).astype(np.float32)
+LOGITS = rng.normal(size=(N, C)).astype(np.float32)
+LABELS = rng.integers(0, C, N)
+ORDER = rng.permutation(N)  # a fixed, scattered order, like length buckets
+W, B = rng.normal(size=(C, D)).astype(np.float32), rng.normal(size=C).astype(np.float32)
+
+
+def target(encoded=None):
+    def encode(index):
+        if encoded is not None:
+            encoded.extend(index.tolist())
+        return EMB[index], LOGITS[index]
+    return PassTarget(key="k", labels=LABELS, row_ids=np.arange(N) + 7, embedding_dim=D, num_classes=C,
+                      meta={"what": "blocks"}, order=ORDER, block_size=4, encode=encode, classifier=lambda: (W, B))
+
+
+def run_ranks(build, world, ranks=None):
+    """What TeacherPass does: pending blocks round robin over ``world`` processes; only ``ranks`` run."""
+    pending = [b for b in range(build.target.num_blocks) if b not in build.done_blocks()]
+    for rank in range(world) if ranks is None else ranks:
+        writer = build.writer(rank, sync_seconds=0.0)
+        for block in pending[rank::world]:
+            writer.write(block, *build.target.encode(build.target.block(block)))
+        writer.close()
+
+
+def test_two_writers_build_what_one_process_builds(tmp_path):
+    build = BlockBuild(TeacherCache(tmp_path / "blocks"), target())
+    build.prepare()
+    run_ranks(build, 2, ranks=(1, 0))
+    entry = build.finish()
+    reference = TeacherCache(tmp_path / "single").build(
+        "k", labels=LABELS, row_ids=np.arange(N) + 7, embedding_dim=D, num_classes=C,
+        batches=lambda done: ((ORDER[i:i + 5], EMB[ORDER[i:i + 5]], LOGITS[ORDER[i:i + 5]]) for i in range(done, N, 5)),
+        classifier=lambda: (W, B), meta={"what": "blocks"}, progress=False)
+    for name in ("embedding", "logits", "label", "row_id", "W", "b"):
+        np.testing.assert_array_equal(getattr(entry, name), getattr(reference, name))
+    assert entry.manifest["arrays"] == reference.manifest["arrays"]  # same checksums
+    assert not (tmp_path / "blocks" / "k.partial").exists()
+
+
+def test_a_killed_build_resumes_with_another_process_count_without_redoing_logged_blocks(tmp_path):
+    cache = TeacherCache(tmp_path)
+    first = []
+    build = BlockBuild(cache, target(first))
+    build.prepare()
+    run_ranks(build, 2, ranks=(0,))  # rank 0 finished its share; rank 1 was killed before writing anything
+    writer = build.writer(1, sync_seconds=3600.0)  # rank 1 wrote one block but died before syncing its log
+    writer.write(1, *build.target.encode(build.target.block(1)))
+    with open(build.partial / "blocks-rank1.log", "a") as log:
+        log.write("3")  # a torn line from the kill
+    assert not cache.exists("k")
+    done = build.done_blocks()
+    assert done == set(range(0, build.target.num_blocks, 2))
+
+    second = []
+    resumed = BlockBuild(cache, target(second))
+    resumed.prepare()  # same description: the partial build is kept
+    assert resumed.done_blocks() == done
+    run_ranks(resumed, 3)
+    entry = resumed.finish()
+    logged_rows = {i for b in done for i in ORDER[b * 4: b * 4 + 4]}
+    assert logged_rows.isdisjoint(second) and sorted(second) == sorted(set(range(N)) - logged_rows)
+    np.testing.assert_array_equal(entry.embedding, EMB)
+    np.testing.assert_array_equal(entry.logits, LOGITS)
+
+
+def test_a_partial_build_of_another_block_layout_starts_over(tmp_path):
+    cache = TeacherCache(tmp_path)
+    build = BlockBuild(cache, target())
+    build.prepare()
+    run_ranks(build, 2, ranks=(0,))
+    changed = target()
+    changed.block_size = 5
+    BlockBuild(cache, changed).prepare()
+    assert BlockBuild(cache, changed).done_blocks() == set()
+
+
+def test_sealing_with_blocks_missing_is_an_error_and_nothing_is_readable(tmp_path):
+    cache = TeacherCache(tmp_path)
+    build = BlockBuild(cache, target())
+    build.prepare()
+    run_ranks(build, 2, ranks=(0,))
+    with pytest.raises(LelpError, match=r"left 4 of 8 blocks unwritten; run `lelp cache` again"):
+        build.finish()
+    assert not cache.exists("k")
+
+
+def test_non_finite_teacher_outputs_are_refused(tmp_path):
+    build = BlockBuild(TeacherCache(tmp_path), target())
+    build.prepare()
+    writer = build.writer(0)
+    bad = EMB[build.target.block(0)].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(LelpError, match="NaN or Inf"):
+        writer.write(0, bad, LOGITS[build.target.block(0)])
