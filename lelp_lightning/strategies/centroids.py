@@ -25,9 +25,10 @@ ASSIGNMENTS = ("hard", "soft")
 log = logging.getLogger(__name__)
 
 
-def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """‖x_i − m_k‖² [B,K] for x [B,D], centers [K,D] (expanded form, clamped at 0)."""
-    d = (x * x).sum(1, keepdim=True) - 2.0 * x @ centers.T + (centers * centers).sum(1)
+def squared_distances(x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """‖x_i − m_k‖² [B,K] for x [B,D], centers [K,D] (expanded form, clamped at 0); ``x_sq``: ‖x_i‖² if known."""
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    d = torch.addmm(x_sq[:, None] + (centers * centers).sum(1), x, centers.T, alpha=-2.0)
     return d.clamp_min_(0)
 
 

@@ -67,12 +67,14 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         self._precision = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
         self._log_det = torch.log(torch.diagonal(self._precision, dim1=-2, dim2=-1)).sum(-1)
 
-    def _log_joint(self, xc: torch.Tensor, c: int) -> torch.Tensor:
-        """log w_s + log N(xc | μ_s, Σ_s) [n,S] for rows xc already shifted by class c's reference."""
+    def _log_joint(self, xc: torch.Tensor, c: int, xc_sq: torch.Tensor | None = None) -> torch.Tensor:
+        """log w_s + log N(xc | μ_s, Σ_s) [n,S] for rows xc already shifted by class c's reference
+        (``xc_sq`` = xc², if already computed, for diagonal covariances)."""
         D = xc.shape[1]
         mu, prec = self._means[c], self._precision[c]
         if self.covariance_type == "diag":
-            maha = (xc * xc) @ prec.T - 2 * xc @ (mu * prec).T + (mu * mu * prec).sum(1)
+            xc_sq = xc * xc if xc_sq is None else xc_sq
+            maha = torch.addmm((mu * mu * prec).sum(1), xc_sq, prec.T) - 2 * xc @ (mu * prec).T
         else:
             maha = torch.stack([((xc @ prec[s] - mu[s] @ prec[s]) ** 2).sum(1) for s in range(mu.shape[0])], 1)
         return torch.log(self._weights[c]) - 0.5 * (D * math.log(2 * math.pi) + maha.clamp_min(0)) + self._log_det[c]
@@ -119,12 +121,14 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         sizes = torch.zeros(C, dtype=torch.float64)
         for x, y in iter_chunks(embeddings, labels, self.chunk_size):
             for c in torch.unique(y).tolist():
-                xc = x[y == c] - self._reference[c]
+                xc = x[y == c]  # a copy (boolean indexing), shifted in place
+                xc -= self._reference[c]
+                xc_sq = None if full else xc * xc
                 sizes[c] += xc.shape[0]
                 if centers is not None:
                     resp = torch.nn.functional.one_hot(squared_distances(xc, centers[c]).argmin(1), S).double()
                 else:
-                    log_joint = self._log_joint(xc, c)
+                    log_joint = self._log_joint(xc, c, xc_sq)
                     log_norm = torch.logsumexp(log_joint, 1, keepdim=True)
                     ll[c] += log_norm.sum()
                     resp = torch.exp(log_joint - log_norm)
@@ -134,7 +138,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
                     for s in range(S):
                         sxx[c, s] += (xc * resp[:, s:s + 1]).T @ xc
                 else:
-                    sxx[c] += resp.T @ (xc * xc)
+                    sxx[c] += resp.T @ xc_sq
         self._comm.sum_(nk, sx, sxx, ll, sizes)
         nk = nk + _EPS
         means = sx / nk[..., None]

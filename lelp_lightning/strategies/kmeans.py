@@ -10,8 +10,9 @@ Fitting, per class, memory flat in N:
      chunk serves every run): assign each row to its class's nearest centroid, sum the rows per centroid
      (in the embeddings' own precision per chunk, float64 across chunks, summed over DDP ranks), move the
      centroids, until the squared shift is at most ``tol`` × the class's mean feature variance
-     (scikit-learn's criterion) or ``max_iter`` passes; the run with the lowest inertia on all rows is
-     kept, as scikit-learn's ``n_init``. An empty cluster keeps its centroid.
+     (scikit-learn's criterion), or a pass lowers the inertia by less than ``tol`` relative (a pass costs a
+     read of the data, so a run crawling through a long tail stops), or ``max_iter`` passes; the run with
+     the lowest inertia on all rows is kept, as scikit-learn's ``n_init``. An empty cluster keeps its centroid.
 """
 
 from __future__ import annotations
@@ -31,26 +32,34 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
     """Greedy k-means++ seeding (2 + log k candidates per step, as scikit-learn): k rows of x [n,D]."""
     n = x.shape[0]
     trials = 2 + int(math.log(k))
+    x_sq = (x * x).sum(1)
     centers = [x[torch.randint(n, (1,), generator=generator)].squeeze(0)]
-    closest = squared_distances(x, centers[0][None]).squeeze(1)
+    closest = squared_distances(x, centers[0][None], x_sq).squeeze(1)
     potential = closest.sum()
     for _ in range(1, k):
         draws = torch.rand(trials, generator=generator, dtype=torch.float64) * potential
         candidates = torch.searchsorted(torch.cumsum(closest, 0), draws).clamp_(max=n - 1)
-        d = torch.minimum(closest[None], squared_distances(x[candidates], x))  # [trials, n]
+        d = torch.minimum(closest[None], squared_distances(x, x[candidates], x_sq).T)  # [trials, n]
         best = int(d.sum(1).argmin())
         closest, potential = d[best], d[best].sum()
         centers.append(x[candidates[best]])
     return torch.stack(centers)
 
 
-def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Lloyd's algorithm on in-memory rows x [n,D] from ``centers``; returns (centers, labels, inertia)."""
+def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float,
+          tol_rel: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Lloyd's algorithm on in-memory rows x [n,D] from ``centers``; returns (centers, labels, inertia).
+
+    Stops when no label changes, the squared shift is at most ``tol``, or an iteration lowers the inertia
+    by less than ``tol_rel`` relative.
+    """
     k = centers.shape[0]
-    labels = None
+    x_sq = (x * x).sum(1)
+    labels, inertia = None, math.inf
     for _ in range(max_iter):
-        new_labels = squared_distances(x, centers).argmin(1)
-        if labels is not None and torch.equal(new_labels, labels):
+        nearest, new_labels = squared_distances(x, centers, x_sq).min(1)
+        previous, inertia = inertia, float(nearest.sum())
+        if labels is not None and (torch.equal(new_labels, labels) or previous - inertia <= tol_rel * inertia):
             break
         labels = new_labels
         sums = torch.zeros_like(centers).index_add_(0, labels, x)
@@ -60,9 +69,8 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> 
         centers = moved
         if shift <= tol:
             break
-    d = squared_distances(x, centers)
-    labels = d.argmin(1)
-    return centers, labels, float(d.gather(1, labels[:, None]).sum())
+    nearest, labels = squared_distances(x, centers, x_sq).min(1)
+    return centers, labels, float(nearest.sum())
 
 
 def kmeans_runs(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: float,
@@ -73,7 +81,7 @@ def kmeans_runs(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: float,
     runs = []
     for i in range(n_init):
         gen = torch.Generator().manual_seed(int(seed) * 7919 + i)
-        runs.append(lloyd(x, kmeans_plusplus(x, k, gen), max_iter, tol_abs))
+        runs.append(lloyd(x, kmeans_plusplus(x, k, gen), max_iter, tol_abs, tol))
     return torch.stack([r[0] for r in runs]), torch.tensor([r[2] for r in runs], dtype=torch.float64)
 
 
@@ -92,7 +100,7 @@ def class_samples(strategy, embeddings, labels, rows, size: int) -> list[torch.T
 
 
 def lloyd_on_chunks(strategy, embeddings, labels, centroids: torch.Tensor, active: torch.Tensor,
-                    tol_abs: torch.Tensor, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    tol_abs: torch.Tensor, tol_rel: float, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd passes over all rows for R runs at once, on the (run, class) pairs marked ``active`` [R,C].
 
     ``centroids`` [R,C,S,D]; returns the moved centroids and each (run, class)'s inertia [R,C] at its last pass.
@@ -110,16 +118,19 @@ def lloyd_on_chunks(strategy, embeddings, labels, centroids: torch.Tensor, activ
             d = squared_distances(x, centroids.reshape(-1, D).to(x.dtype)).view(-1, R, C, S)
             nearest, assigned = d[torch.arange(len(y)), :, y].min(-1)  # [B,R]
             run_class = torch.arange(R)[None, :] * C + y[:, None]  # [B,R]
-            slot = (run_class * S + assigned).reshape(-1)
-            sums += torch.zeros(R * C * S, D, dtype=x.dtype).index_add_(0, slot, x.repeat_interleave(R, 0)).double()
-            sizes += torch.bincount(slot, minlength=R * C * S).double()
+            slot = run_class * S + assigned  # [B,R]
+            members = torch.zeros(len(y), R * C * S, dtype=x.dtype).scatter_(1, slot, 1.0)  # one-hot per run
+            sums += (members.T @ x).double()
+            sizes += members.sum(0).double()
             pass_inertia.index_add_(0, run_class.reshape(-1), nearest.reshape(-1).double())
         strategy._comm.sum_(sums, sizes, pass_inertia)
         sums, sizes = sums.view(R, C, S, D), sizes.view(R, C, S, 1)
         moved = torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
         moved[~active] = centroids[~active]
-        inertia = torch.where(active, pass_inertia.view(R, C), inertia)
-        active = active & (((moved - centroids) ** 2).sum((2, 3)) > tol_abs)
+        pass_inertia = pass_inertia.view(R, C)
+        improving = inertia - pass_inertia > tol_rel * pass_inertia
+        inertia = torch.where(active, pass_inertia, inertia)
+        active = active & improving & (((moved - centroids) ** 2).sum((2, 3)) > tol_abs)
         centroids = moved
     return centroids, inertia
 
@@ -152,6 +163,7 @@ class KMeansStrategy(CentroidStrategy, name="kmeans",
         whole = torch.tensor([len(xc) < self.sample_size for xc in samples])  # the sample is every row
         tol_abs = torch.tensor([self.tol * float(xc.var(0, unbiased=False).mean()) for xc in samples])
         active = (~whole)[None, :].expand(self.n_init, -1).clone()
-        centroids, inertia = lloyd_on_chunks(self, embeddings, labels, centroids, active, tol_abs, self.max_iter)
+        centroids, inertia = lloyd_on_chunks(self, embeddings, labels, centroids, active, tol_abs, self.tol,
+                                             self.max_iter)
         best = torch.where(whole[None, :], sample_inertia, inertia).argmin(0)  # [C]
         self._centroids = centroids[best, torch.arange(self.num_classes)]

@@ -15,10 +15,11 @@ and the relative z scale is computed from them too, so a fit is one pass over th
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
+from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy
 
 ROTATIONS = ("per_class", "shared", "none")
 DIRECTIONS = ("pca", "random")
@@ -37,20 +38,37 @@ def haar_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(n, dtype=torch.float64))
 
 
+def top_eigenvectors(m: torch.Tensor, k: int) -> torch.Tensor:
+    """The eigenvectors [D,k] of the k largest eigenvalues of symmetric m, largest first (LAPACK's subset
+    solver: only k vectors are computed)."""
+    D = m.shape[0]
+    vals, vecs = scipy.linalg.eigh(m.numpy(), subset_by_index=[D - k, D - 1])
+    return torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
+
+
 class ClassStatistics:
-    """Per-class count, sum and second moment of embeddings, accumulated chunk by chunk in float64."""
+    """Per-class count, Σh and Σhhᵀ of embeddings, accumulated chunk by chunk in float64.
+
+    A chunk's Gram matrix is computed in the chunk's own precision (float32 for a teacher cache: twice the
+    speed of float64) on the rows minus their chunk mean, and the mean's part is added back in float64, so
+    rounding is relative to the spread of the rows, not to their (often much larger) mean.
+    """
 
     def __init__(self, num_classes: int, dim: int):
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sum = torch.zeros(num_classes, dim, dtype=torch.float64)
         self.outer = torch.zeros(num_classes, dim, dim, dtype=torch.float64)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        for c in torch.unique(y).tolist():
-            xc = x[y == c]
-            self.count[c] += xc.shape[0]
-            self.sum[c] += xc.sum(0)
-            self.outer[c] += xc.T @ xc
+    def add(self, c: int, rows: torch.Tensor) -> None:
+        """Add rows [n,D] of class c (float32 or float64; the caller gives them up: they are centred in place)."""
+        n = rows.shape[0]
+        shift = rows.mean(0)
+        centred = rows.sub_(shift)
+        residual, shift = centred.sum(0).double(), shift.double()  # Σ(x − shift) ≈ 0: its rounding is tiny
+        self.count[c] += n
+        self.sum[c] += residual + n * shift
+        self.outer[c] += ((centred.T @ centred).double() + torch.outer(shift, residual) + torch.outer(residual, shift)
+                          + n * torch.outer(shift, shift))
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.count, self.sum, self.outer]
@@ -91,8 +109,11 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
     def statistics(self, embeddings: np.ndarray, labels: np.ndarray) -> ClassStatistics:
         """Per-class count, Σh, Σhhᵀ of the rows given (summed over ranks in a sharded fit)."""
         stats = ClassStatistics(self.num_classes, embeddings.shape[1])
-        for x, y in iter_chunks(embeddings, labels, self.chunk_size):
-            stats.update(x, y)
+        for lo in range(0, embeddings.shape[0], self.chunk_size):
+            block, y = embeddings[lo:lo + self.chunk_size], np.asarray(labels[lo:lo + self.chunk_size])
+            for c in np.unique(y).tolist():  # each class's rows read straight into their own array
+                rows = np.asarray(block[y == c])  # fancy indexing copies: the rows are ours to centre
+                stats.add(c, torch.from_numpy(rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)))
         self._comm.sum_(*stats.tensors())
         return stats
 
@@ -133,8 +154,7 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
             class_gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + c)
             if self.directions == "pca":
                 cov = P @ stats.second_moment(c, self.center) @ P
-                eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)
-                V = eigvecs[:, torch.argsort(eigvals, descending=True)[:S]]
+                V = top_eigenvectors((cov + cov.T) / 2, S)
             else:
                 V = P @ torch.randn(D, S, generator=class_gen, dtype=torch.float64)
                 V = V / V.norm(dim=0, keepdim=True).clamp(min=1e-12)

@@ -70,6 +70,19 @@ def test_lelp_subspaces_match_scikit_learn_pca_of_the_null_space_projected_rows(
         assert scipy.linalg.subspace_angles(strategy.directions_of(c).numpy(), reference).max() < 1e-4
 
 
+def test_a_float32_cache_gives_the_float64_covariance_despite_a_large_mean():
+    x, y, W, b = gaussian_classes(n_per_class=5000, dim=64, num_classes=2, seed=3)
+    x = x + 50.0  # a mean far larger than the spread: Σxxᵀ/n − μμᵀ in float32 would lose ~4 digits
+    exact = LinearProjectionStrategy(num_subclasses=4, chunk_size=1000).fit(x, y, (W, b))
+    single = LinearProjectionStrategy(num_subclasses=4, chunk_size=1000).fit(x.astype(np.float32), y, (W, b))
+    cov = single.statistics(x.astype(np.float32), y).second_moment(0, center=True).numpy()
+    reference = np.cov(x[y == 0].astype(np.float32).astype(np.float64).T, bias=True)
+    assert np.abs(cov - reference).max() < 1e-6 * np.abs(reference).max()
+    for c in range(2):
+        assert scipy.linalg.subspace_angles(exact.directions_of(c).numpy(), single.directions_of(c).numpy()).max() < 1e-5
+    np.testing.assert_allclose(single.scale.numpy(), exact.scale.numpy(), rtol=1e-5)
+
+
 # -- k-means ------------------------------------------------------------------------------------------------
 def inertia(x, centroids):
     return ((x[:, None, :] - centroids[None]) ** 2).sum(-1).min(1).sum()
