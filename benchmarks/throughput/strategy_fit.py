@@ -11,8 +11,8 @@ Every fit runs in its own subprocess, so its memory is its own:
   (the scikit-learn side excludes loading the class rows into memory, which it needs and our strategies do
   not: that load is reported as ``load_s``);
 - peak memory: the largest anonymous resident memory (``RssAnon`` in /proc/self/status, sampled every 5 ms
-  by a thread) above what the process held before the fit, in MB; for N ≤ 1e5 it is taken in one more fit
-  after the timed ones, since the sampling thread slows small fits measurably. Anonymous memory excludes the memmap's page cache,
+  by a thread) above what the process held before the fit, in MB, taken in the process's first fit (for
+  N ≤ 1e5 an extra, untimed one, since the sampling thread slows small fits measurably). Anonymous memory excludes the memmap's page cache,
   which the kernel can drop at any time; it includes scikit-learn's in-memory copy of the rows;
 - quality, on the same data: PCA: the largest principal angle between our and scikit-learn's per-class
   subspaces; k-means: our inertia / scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
@@ -142,18 +142,13 @@ def kmeans_inertia(x, y, centroids, chunk=65536) -> float:
 
 
 def measure(fit, repeats: int) -> tuple[list[float], float]:
-    """Times of ``repeats`` plain fits, and the peak extra memory of one fit under :class:`PeakMemory`
-    (the last timed fit itself when ``repeats`` is 1)."""
-    times = []
-    for i in range(repeats):
-        if repeats == 1:
-            with PeakMemory() as memory:
-                times.append(fit())
-            return times, memory.extra
-        times.append(fit())
+    """Peak extra memory of a first fit under :class:`PeakMemory` (first, while the process's allocator has
+    nothing to reuse), then the times of ``repeats`` plain fits; with ``repeats`` = 1 the one fit is both."""
     with PeakMemory() as memory:
-        fit()
-    return times, memory.extra
+        first = fit()
+    if repeats == 1:
+        return [first], memory.extra
+    return [fit() for _ in range(repeats)], memory.extra
 
 
 def run_ours(path: Path, method: str, seed: int, repeats: int) -> dict:
@@ -340,7 +335,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--data-dir", default="/tmp/lelp_strategy_fit")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="fits per measurement for N <= 1e5 (best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="fits per measurement for N <= 1e5 (best is kept)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per fit before it is reported as timed out")
     args = parser.parse_args()
     if args.worker:
