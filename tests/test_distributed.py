@@ -130,3 +130,23 @@ def test_two_process_cache_build_resumes_after_sigkill_and_equals_one_process_bu
 
     again = run_lelp(*args, cwd=tmp_path)
     assert again.returncode == 0 and "teacher cache hit" in again.stderr and "teacher pass [" not in again.stderr
+
+
+def test_two_process_cache_build_of_a_hugging_face_teacher_equals_one_process_build(tmp_path):
+    """A teacher without a label-free stage (tiny random BERT classifier): one distributed pass, bit for bit."""
+    from lelp_lightning.cli import build_cli
+
+    def args(cache_dir):
+        return tiny_run_args(cache_dir, tmp_path, "--trainer.accelerator", "cpu",
+                             "--config", str(CONFIGS / "teacher" / "hf_classifier.yaml"), wandb=False)
+
+    proc = run_lelp("cache", *args(tmp_path / "two"), *TWO["ddp"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert encoded_rows(proc.stderr, "outputs") == (TINY_TWEETS["max_rows"], 0)
+    build_cli(args(tmp_path / "one"), run=False).datamodule.prepare_data()
+    keys = sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir())
+    assert keys == sorted(p.name for p in (tmp_path / "two").iterdir() if p.is_dir()) and len(keys) == 3
+    for key in keys:
+        a, b = TeacherCache(tmp_path / "one").open(key), TeacherCache(tmp_path / "two").open(key)
+        for name in ("embedding", "logits", "label", "row_id", "W", "b"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
