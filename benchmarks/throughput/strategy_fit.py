@@ -242,7 +242,9 @@ def worker(spec: dict) -> None:
 
 def run_worker(spec: dict, timeout: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    threads = str(spec["threads"])  # torch, OpenMP (scikit-learn) and BLAS alike, set before they load
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "OPENBLAS_NUM_THREADS": threads}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -285,7 +287,8 @@ def table(record: dict) -> str:
         f"# Strategy fit: time and peak memory (record `{record['file']}`)", "",
         f"git {record['git_sha'][:10]}{' (dirty)' if record['git_dirty'] else ''} · {record['created']} · "
         f"{m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · load average at start {m['load_avg']} · "
-        f"torch {record['versions']['torch']} · scikit-learn {record['versions']['scikit-learn']} · seed {record['seed']}",
+        f"torch {record['versions']['torch']} · scikit-learn {record['versions']['scikit-learn']} · seed {record['seed']} · "
+        f"{record['config']['threads']} thread(s) per fit, both sides",
         "", "ours s: seconds of `fit`, reading the memmap in chunks. sk s: scikit-learn's per-class fits alone; "
         "sk load s: reading the class rows from the memmap into memory, which scikit-learn needs first. "
         "Peak: MB of anonymous memory above the process's own before the fit (scikit-learn's includes its "
@@ -339,6 +342,8 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--data-dir", default="/tmp/lelp_strategy_fit")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="threads for both sides (torch, OpenMP, BLAS); 1 is far less sensitive to a busy machine")
     parser.add_argument("--repeats", type=int, default=5, help="fits per measurement for N <= 1e5 (best is kept)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per fit before it is reported as timed out")
     args = parser.parse_args()
@@ -366,7 +371,7 @@ def main() -> None:
                     continue
                 if isinstance(limit, int) and n > limit:
                     continue
-                spec = {"path": str(path), "method": method, "seed": args.seed,
+                spec = {"path": str(path), "method": method, "seed": args.seed, "threads": args.threads,
                         "repeats": args.repeats if n <= 100_000 else 1}
                 row = {"n": n, "d": d, "method": method, "sklearn_name": sk_name,
                        "ours": run_worker({**spec, "side": "ours"}, args.timeout)}

@@ -31,6 +31,15 @@ def null_space_projector(W: torch.Tensor) -> torch.Tensor:
     return torch.eye(D, dtype=W.dtype) - W.T @ torch.linalg.pinv(W @ W.T) @ W
 
 
+def project_both_sides(m: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """P m P for the null-space projector P of W [C,D], as m − QQᵀm − mQQᵀ + QQᵀmQQᵀ with Q an orthonormal
+    basis of W's rows: O(D²·C) instead of the O(D³) of two D×D products."""
+    u, sv, _ = torch.linalg.svd(W.T, full_matrices=False)
+    Q = u[:, sv > sv.max() * max(W.shape) * torch.finfo(W.dtype).eps]
+    mq = m @ Q
+    return m - Q @ mq.T - mq @ Q.T + Q @ (Q.T @ mq) @ Q.T
+
+
 def haar_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     """A Haar-distributed n×n orthogonal matrix: QR of a Gaussian matrix with the sign of diag(R) fixed."""
     g = torch.randn(n, n, generator=generator, dtype=torch.float64)
@@ -43,31 +52,35 @@ def top_eigenvectors(m: torch.Tensor, k: int) -> torch.Tensor:
     solver: only k vectors are computed)."""
     D = m.shape[0]
     vals, vecs = scipy.linalg.eigh(m.numpy(), subset_by_index=[D - k, D - 1])
-    return torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
+    return torch.from_numpy(vecs[:, ::-1].copy())  # a copy: a [D,1] reversed view keeps its negative stride
 
 
 class ClassStatistics:
     """Per-class count, Σh and Σhhᵀ of embeddings, accumulated chunk by chunk in float64.
 
     A chunk's Gram matrix is computed in the chunk's own precision (float32 for a teacher cache: twice the
-    speed of float64) on the rows minus their chunk mean, and the mean's part is added back in float64, so
-    rounding is relative to the spread of the rows, not to their (often much larger) mean.
+    speed of float64) on the rows minus a shift (the mean of the class's first rows), and the shift's part is
+    added back in float64, so rounding is relative to the spread of the rows, not to their (often much
+    larger) mean. The shift only affects rounding, so ranks of a sharded fit may each use their own.
     """
 
     def __init__(self, num_classes: int, dim: int):
         self.count = torch.zeros(num_classes, dtype=torch.float64)
         self.sum = torch.zeros(num_classes, dim, dtype=torch.float64)
         self.outer = torch.zeros(num_classes, dim, dim, dtype=torch.float64)
+        self._shift: dict[int, torch.Tensor] = {}
 
     def add(self, c: int, rows: torch.Tensor) -> None:
-        """Add rows [n,D] of class c (float32 or float64; the caller gives them up: they are centred in place)."""
+        """Add rows [n,D] of class c (float32 or float64; the caller gives them up: they are shifted in place)."""
         n = rows.shape[0]
-        shift = rows.mean(0)
-        centred = rows.sub_(shift)
-        residual, shift = centred.sum(0).double(), shift.double()  # Σ(x − shift) ≈ 0: its rounding is tiny
+        if c not in self._shift:
+            self._shift[c] = rows.mean(0)
+        centred = rows.sub_(self._shift[c].to(rows.dtype))
+        residual, shift = centred.sum(0).double(), self._shift[c].double()
         self.count[c] += n
         self.sum[c] += residual + n * shift
-        self.outer[c] += ((centred.T @ centred).double() + torch.outer(shift, residual) + torch.outer(residual, shift)
+        gram = torch.from_numpy(centred.numpy().T @ centred.numpy())  # NumPy calls BLAS syrk: half a matmul
+        self.outer[c] += (gram.double() + torch.outer(shift, residual) + torch.outer(residual, shift)
                           + n * torch.outer(shift, shift))
 
     def tensors(self) -> list[torch.Tensor]:
@@ -153,7 +166,8 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
         for c in range(C):
             class_gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + c)
             if self.directions == "pca":
-                cov = P @ stats.second_moment(c, self.center) @ P
+                moment = stats.second_moment(c, self.center)
+                cov = project_both_sides(moment, W) if self.null_space else moment
                 V = top_eigenvectors((cov + cov.T) / 2, S)
             else:
                 V = P @ torch.randn(D, S, generator=class_gen, dtype=torch.float64)
