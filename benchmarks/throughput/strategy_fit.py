@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput/strategy_fit.py                  # N ∈ {1e4,1e5,1e6} × D ∈ {384,768} + 1.6M×768
     .venv/bin/python benchmarks/throughput/strategy_fit.py --sizes 10000 --dims 384 --no-sentiment140   # a quick look
 
-Data: a synthetic two-class cache (each class a mixture of 8 anisotropic Gaussian blobs; fine label = blob),
+Data: a synthetic two-class cache (each class a mixture of 4 anisotropic Gaussian blobs; fine label = blob),
 written as a float32 ``.npy`` memmap under ``--data-dir`` and deleted after its runs (1.6M × 768 is 4.9 GB).
 Every fit runs in its own subprocess, so its memory is its own:
 
@@ -19,7 +19,7 @@ Every fit runs in its own subprocess, so its memory is its own:
   subspaces; k-means: our inertia / scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
   GMM: our mean log-likelihood per row minus scikit-learn's (GaussianMixture, same ``max_iter``/``tol``).
 
-Runs with a pseudo-subclass count S = 4 (the oracle: one per blob, 8). Each run appends an immutable JSON record (git sha, config, seed, machine, versions, rows) to
+Runs with S = 4 pseudo-subclasses per class. Each run appends an immutable JSON record (git sha, config, seed, machine, versions, rows) to
 ``benchmarks/results/strategy_fit/`` and regenerates ``benchmarks/results/strategy_fit/TABLE.md`` from it.
 This is a benchmark, not a test; the machine may be shared, so compare ratios taken in the same run.
 """
@@ -42,8 +42,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "strategy_fit"
-C, BLOBS, RANK = 2, 8, 16
-S = 4  # subclasses per class (the oracle uses one per blob)
+C, BLOBS, RANK = 2, 4, 16
+S = 4  # subclasses per class: one per blob, so the clusterings have one clear optimum to be compared at
 
 # name -> (our strategy and options, the scikit-learn equivalent or None, largest N it is run at);
 # "capped" ones cluster a fixed-size sample, so they run at the grid's smallest and largest N only.

@@ -85,6 +85,7 @@ class SampleClusteringStrategy(CentroidStrategy):
         counts = np.bincount(labels, minlength=self.num_classes)
         centroids = []
         for c, xc in enumerate(sample.finish(self._comm)):
+            xc = xc.double()
             if counts[c] > self.max_rows:
                 log.warning("%s: class %d has %d training rows, above max_rows=%d; clustering a uniform sample of "
                             "%d of them (the method's cost grows with N²).", self.registered_name, c, counts[c],

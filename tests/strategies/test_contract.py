@@ -97,6 +97,18 @@ def test_targets_sum_over_subclasses_to_the_teacher_class_probabilities(entry, d
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_a_float32_memory_mapped_cache_fits_like_the_float64_rows(entry, data, fitted, tmp_path):
+    x, y, W, b, rows = data
+    np.save(tmp_path / "embedding.npy", x.astype(np.float32))
+    cache = np.load(tmp_path / "embedding.npy", mmap_mode="r")  # what a TeacherCache hands over
+    z = make(entry, seed=3).fit(cache, y, (W, b), rows=rows).transform(cache, rows)
+    reference = fitted[entry.name].transform(x, rows)
+    assert z.shape == reference.shape and np.isfinite(z).all()
+    if entry.name in ("lelp", "pca", "random_projection", "kmeans", "gmm", "oracle", "random_split", "none"):
+        np.testing.assert_allclose(z, reference, atol=2e-3 * max(1.0, np.abs(reference).max()))
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
 def test_more_subclasses_than_a_class_has_rows_is_refused_clearly(entry, data):
     x, y, W, b, _ = data
     S = make(entry).num_subclasses
