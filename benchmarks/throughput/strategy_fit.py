@@ -15,8 +15,9 @@ Every fit runs in its own subprocess, so its memory is its own:
   by a thread) above what the process held before the fit, in MB, taken in the process's first fit (for
   N ≤ 1e5 an extra, untimed one, since the sampling thread slows small fits measurably). Anonymous memory excludes the memmap's page cache,
   which the kernel can drop at any time; it includes scikit-learn's in-memory copy of the rows;
-- quality, on the same data: PCA: the largest principal angle between our and scikit-learn's per-class
-  subspaces; k-means: our inertia / scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
+- quality, on the same data: PCA: the variance of the class rows captured by our S directions over that
+  captured by scikit-learn's (1 = as good; the largest principal angle between the subspaces is recorded
+  too, but it is ill-conditioned when the S-th and (S+1)-th eigenvalues are close); k-means: our inertia / scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
   GMM: our mean log-likelihood per row minus scikit-learn's (GaussianMixture, same ``max_iter``/``tol``).
 
 Runs with S = 4 pseudo-subclasses per class. Each run appends an immutable JSON record (git sha, config, seed, machine, versions, rows) to
@@ -123,6 +124,22 @@ class PeakMemory:
 
 
 # -- one fit per process --------------------------------------------------------------------------------------
+def captured_variance_ratio(path: Path, ours: np.ndarray, theirs: np.ndarray, chunk=65536) -> float:
+    """Σ_c Σ_s Var(h·u_{c,s}) over class c's rows for our directions / for scikit-learn's (float64, chunked)."""
+    x = np.load(path / "embedding.npy", mmap_mode="r")
+    y = np.load(path / "label.npy")
+    moments = np.zeros((2, C, 3, S))  # [ours|theirs, class, (n, Σp, Σp²), direction]
+    for lo in range(0, len(y), chunk):
+        xb, yb = np.asarray(x[lo:lo + chunk], dtype=np.float64), y[lo:lo + chunk]
+        for c in range(C):
+            for k, U in enumerate((ours[c], theirs[c])):
+                p = xb[yb == c] @ U
+                moments[k, c] += [np.full(S, len(p)), p.sum(0), (p * p).sum(0)]
+    n, s1, s2 = moments[:, :, 0], moments[:, :, 1], moments[:, :, 2]
+    variance = (s2 / n - (s1 / n) ** 2).sum((1, 2))
+    return float(variance[0] / variance[1])
+
+
 def subspace_angle(a: np.ndarray, b: np.ndarray) -> float:
     import scipy.linalg
 
@@ -257,8 +274,8 @@ def run_worker(spec: dict, timeout: int) -> dict:
 
 # -- the table ------------------------------------------------------------------------------------------------
 def quality(row: dict) -> str:
-    if "angle_rad" in row:
-        return f"angle {row['angle_rad']:.1e} rad"
+    if "variance_ratio" in row:
+        return f"variance captured ×{row['variance_ratio']:.6f} (angle {row['angle_rad']:.1e} rad)"
     if "inertia_ratio" in row:
         text = f"inertia ×{row['inertia_ratio']:.4f}"
         if "minibatch_inertia_ratio" in row:
@@ -385,6 +402,7 @@ def main() -> None:
                 if method == "pca" and (path / "ours_pca.npy").is_file() and (path / "sklearn_pca.npy").is_file():
                     a, b = np.load(path / "ours_pca.npy"), np.load(path / "sklearn_pca.npy")
                     row["angle_rad"] = max(subspace_angle(a[c], b[c]) for c in range(C))
+                    row["variance_ratio"] = captured_variance_ratio(path, a, b)
                 if "inertia" in ours and "inertia" in sk:
                     row["inertia_ratio"] = ours["inertia"] / sk["inertia"]
                     if n >= 100_000:

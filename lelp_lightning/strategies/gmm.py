@@ -5,8 +5,9 @@ For every example and every class c, z[c] = log p(s | h, class c's mixture), so 
 
 Fitting is EM with full passes over the chunked rows, memory flat in N, as scikit-learn's
 ``GaussianMixture(init_params='kmeans')``: the components start from k-means on a uniform sample of each class
-(see :mod:`lelp_lightning.strategies.kmeans`; ``init_starts`` k-means++ starts, one as scikit-learn's
-by default) with hard responsibilities; then each pass computes the
+(see :mod:`lelp_lightning.strategies.kmeans`; the best of ``init_starts`` k-means++ starts, where
+scikit-learn's k-means on all rows uses one: a start on a sample is cheap, and an unlucky one leaves EM
+crawling out of a merged pair of modes) with hard responsibilities; then each pass computes the
 responsibilities under the current parameters and sums their sufficient statistics (Σr, Σr·h, Σr·h², or for
 full covariance Σr·(h − μ_s) and Σr·(h − μ_s)(h − μ_s)ᵀ around the component's current mean, as exact as
 scikit-learn's centring), and the M-step adds ``reg_covar`` to the covariances. Stops when every class's mean
@@ -37,7 +38,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
     shardable = True
 
     def __init__(self, num_subclasses: int = 4, covariance_type: str = "diag", max_iter: int = 100, tol: float = 1e-3,
-                 reg_covar: float = 1e-6, init_starts: int = 1, sample_size: int = 8192, z_scale: str = "absolute",
+                 reg_covar: float = 1e-6, init_starts: int = 3, sample_size: int = 8192, z_scale: str = "absolute",
                  seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, z_scale, seed, chunk_size)
         if covariance_type not in COVARIANCE_TYPES:
