@@ -1,0 +1,317 @@
+"""Regenerate ``benchmarks/RESULTS.md`` and its plots from the accuracy benchmark's JSON records.
+
+    .venv/bin/python benchmarks/accuracy/report.py
+
+Reads only ``benchmarks/results/accuracy/records`` (and the cache-build times in ``.../prepare``); every
+number in the page comes from a record. Accuracy is the test accuracy of the last epoch, mean ± sample std
+over seeds; "n" is the number of seeds. A difference between two methods is called a win or a loss only
+when it exceeds twice its standard error (√(s₁²/n₁ + s₂²/n₂)); otherwise it is "within noise".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import grid  # noqa: E402
+
+OUT = grid.REPO / "benchmarks" / "RESULTS.md"
+PLOTS = grid.REPO / "benchmarks" / "results" / "accuracy" / "plots"
+PREPARE = grid.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
+
+PAPER = """The paper's numbers (student test accuracy %, 3 seeds; from secondary copies of the paper, see
+`../shared/METHODS.md`), for orientation only — different data, teachers, students and scale:
+
+| benchmark (paper) | vanilla KD | Subclass Distillation | clustering baselines | LELP | oracle |
+|---|---|---|---|---|---|
+| binarised CIFAR-100, ResNet92→ResNet56 | 72.87 | — | agglomerative 76.84, k-means 77.03, t-SNE+k-means 77.59 | **79.91** | 86.42 |
+| Amazon Reviews, 5 classes (teacher 77.58) | 75.13 | 76.28 | — | **78.06** | — |
+| Sentiment140-like, binary | 85.95 | 85.93 | — | **87.60** | — |
+| IMDB | — | 89.24 | — | **90.22** | — |
+| SST-2 | — | **92.85** | — | 92.81 | — |
+"""
+
+
+class Stat:
+    """Mean ± sample std of a list of accuracies (in %)."""
+
+    def __init__(self, values: list[float]):
+        self.values = [100 * v for v in values]
+        self.n = len(self.values)
+        self.mean = statistics.fmean(self.values)
+        self.std = statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+    def diff(self, other: "Stat") -> tuple[float, float]:
+        """(difference of means, its standard error)."""
+        return self.mean - other.mean, math.sqrt(self.std**2 / self.n + other.std**2 / other.n)
+
+
+def verdict(delta: float, se: float) -> str:
+    if se == 0 or abs(delta) <= 2 * se:
+        return "within noise"
+    return "win" if delta > 0 else "loss"
+
+
+def group(records: list[dict]) -> dict:
+    """(cell, method, hp as json) -> {seed: record} for tested runs."""
+    out: dict = defaultdict(dict)
+    for r in records:
+        if r["identity"]["test"]:
+            out[(r["cell"], r["method"], json.dumps(r["hp"], sort_keys=True))][r["seed"]] = r
+    return out
+
+
+def final_stats(records: list[dict], seeds: int) -> tuple[dict, dict, dict]:
+    """({cell: {method: Stat}}, {cell: chosen hp}, {cell: teacher/majority test accuracy})."""
+    by_key = {r["key"]: r for r in records}
+    tested = group(records)
+    stats, chosen_all, teacher = {}, {}, {}
+    for name, cell in grid.CELLS.items():
+        chosen, _ = grid.choices(cell, by_key)
+        cell_stats = {}
+        for method in grid.methods_for(cell):
+            if method not in chosen:
+                continue
+            runs = tested.get((name, method, json.dumps(chosen[method], sort_keys=True)), {})
+            runs = [runs[s] for s in range(seeds) if s in runs]
+            if runs:
+                cell_stats[method] = Stat([r["metrics"]["test_accuracy"] for r in runs])
+                teacher[name] = runs[0]["teacher"]
+        if cell_stats:
+            stats[name], chosen_all[name] = cell_stats, chosen
+    return stats, chosen_all, teacher
+
+
+def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
+    cells = [c for c in grid.CELLS if c.startswith(task + "/") and c in stats]
+    if not cells:
+        return []
+    heads = []
+    for c in cells:
+        cell = grid.CELLS[c]
+        heads.append(f"{grid.TEACHERS[cell.teacher][0].split(' (')[0]} → {grid.STUDENTS[cell.student].label}; "
+                     f"{grid.REGIMES[cell.regime][0]}")
+    lines = [f"### {grid.TASKS[task].label}", "",
+             "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cells)]
+    best = {c: max(s.mean for m, s in stats[c].items() if m != "oracle") for c in cells}
+    for method, spec in grid.METHODS.items():
+        row = []
+        for c in cells:
+            s = stats[c].get(method)
+            text = "—" if s is None else str(s)
+            if s is not None and method != "oracle" and s.mean == best[c]:
+                text = f"**{text}**"
+            row.append(text)
+        if any(x != "—" for x in row):
+            lines.append(f"| {spec.label} | " + " | ".join(row) + " |")
+    lines.append("| *teacher* | " + " | ".join(f"*{100 * teacher[c]['test_teacher_accuracy']:.2f}*" for c in cells) + " |")
+    lines.append("| *majority class* | " + " | ".join(f"*{100 * teacher[c]['test_majority_class_rate']:.2f}*"
+                                                   for c in cells) + " |")
+    n = {s.n for c in cells for s in stats[c].values()}
+    lines += ["", f"Test accuracy %, mean ± std over {', '.join(map(str, sorted(n)))} seeds; bold: the best "
+              "method per column (the oracle excluded: it reads the true hidden subclasses)."]
+    return lines + [""]
+
+
+def comparisons(stats: dict) -> list[str]:
+    lines = ["| cell | KD | LELP − KD | best other strategy − KD | LELP − student alone | KD → oracle gap closed by LELP |",
+             "|---|---|---|---|---|---|"]
+    strategies = ("subclass_distillation", "pca", "random_projection", "kmeans", "gmm")
+    for c, s in stats.items():
+        if "kd" not in s or "lelp" not in s:
+            continue
+        d, se = s["lelp"].diff(s["kd"])
+        others = [(s[m].mean, m) for m in strategies if m in s]
+        best_other = max(others) if others else None
+        other_text = "—"
+        if best_other:
+            d2, se2 = s[best_other[1]].diff(s["kd"])
+            other_text = f"{best_other[1]}: {d2:+.2f} ± {se2:.2f} ({verdict(d2, se2)})"
+        dce, sece = s["lelp"].diff(s["ce"]) if "ce" in s else (float("nan"), float("nan"))
+        gap = "—"
+        if "oracle" in s and s["oracle"].mean > s["kd"].mean:
+            gap = f"{100 * (s['lelp'].mean - s['kd'].mean) / (s['oracle'].mean - s['kd'].mean):.0f}%"
+        lines.append(f"| {c} | {s['kd']} | {d:+.2f} ± {se:.2f} ({verdict(d, se)}) | {other_text} | "
+                     f"{dce:+.2f} ± {sece:.2f} ({verdict(dce, sece)}) | {gap} |")
+    return lines + ["", "± here is the standard error of the difference; a win or loss needs |Δ| > 2 SE.", ""]
+
+
+def gap_table(stats: dict) -> list[str]:
+    rows = [(c, s) for c, s in stats.items() if "oracle" in s and "kd" in s]
+    if not rows:
+        return []
+    methods = [m for m in grid.METHODS if m not in ("ce", "kd", "oracle")]
+    lines = ["Share of the KD → oracle gap each method closes ((method − KD) / (oracle − KD), by means):", "",
+             "| cell | KD | oracle | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    for c, s in rows:
+        span = s["oracle"].mean - s["kd"].mean
+        cells = [f"{100 * (s[m].mean - s['kd'].mean) / span:+.0f}%" if m in s and span > 0 else "—" for m in methods]
+        lines.append(f"| {c} | {s['kd'].mean:.2f} | {s['oracle'].mean:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def hp_table(chosen: dict) -> list[str]:
+    lines = ["| cell | " + " | ".join(grid.METHODS) + " |", "|---|" + "---|" * len(grid.METHODS)]
+    for c, ch in chosen.items():
+        row = []
+        for m in grid.METHODS:
+            hp = ch.get(m)
+            row.append("—" if hp is None else ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in hp.items()))
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def ablation_stats(records: list[dict], chosen: dict, seeds: int) -> dict:
+    """{cell: {ablation: [(value, Stat)]}} around LELP's chosen configuration."""
+    tested = group(records)
+    out = {}
+    for c in grid.ABLATION_CELLS:
+        if c not in chosen:
+            continue
+        base = chosen[c]["lelp"]
+        per = {}
+        for name, variants in grid.ABLATIONS.items():
+            points = []
+            values = variants if name in ("S", "beta") else [{}] + variants
+            for change in values:
+                hp = {**base, **change}
+                runs = tested.get((c, "lelp", json.dumps(hp, sort_keys=True)), {})
+                runs = [runs[s] for s in range(seeds) if s in runs]
+                if runs:
+                    label = change[name] if name in change else ("on (default)" if not change else "off")
+                    if name == "rotation" and change:
+                        label = "none"
+                    elif name == "rotation":
+                        label = f"{base.get('rotation', 'per_class')} (default)"
+                    points.append((label, Stat([r["metrics"]["test_accuracy"] for r in runs])))
+            per[name] = points
+        out[c] = per
+    return out
+
+
+def plots(stats: dict, ablations: dict, kd: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for c, per in ablations.items():
+        slug = c.replace("/", "__")
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for ax, name, xlabel in ((axes[0], "S", "S (pseudo-subclasses per class)"), (axes[1], "beta", "β")):
+            points = per.get(name, [])
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            ax.errorbar(xs, [p[1].mean for p in points], yerr=[p[1].std for p in points], marker="o", capsize=3,
+                        label="LELP")
+            if c in kd:
+                ax.axhline(kd[c].mean, color="grey", ls="--", label="vanilla KD")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test accuracy %")
+            ax.legend(fontsize=8)
+        fig.suptitle(c, fontsize=9)
+        fig.tight_layout()
+        path = PLOTS / f"ablation__{slug}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        lines.append(f"![LELP accuracy vs S and β on {c}]({path.relative_to(OUT.parent)})")
+    for c, s in stats.items():
+        methods = [m for m in grid.METHODS if m in s]
+        fig, ax = plt.subplots(figsize=(9, 3.4))
+        ax.bar(range(len(methods)), [s[m].mean for m in methods], yerr=[s[m].std for m in methods], capsize=3,
+               color=["tab:red" if m.startswith("lelp") else "tab:grey" if m in ("ce", "kd") else "tab:blue"
+                      for m in methods])
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+        low = min(s[m].mean - s[m].std for m in methods)
+        high = max(s[m].mean + s[m].std for m in methods)
+        ax.set_ylim(low - 0.15 * (high - low) - 0.5, high + 0.1 * (high - low) + 0.2)
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(c, fontsize=9)
+        fig.tight_layout()
+        path = PLOTS / f"methods__{c.replace('/', '__')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        lines.append(f"![every method on {c}]({path.relative_to(OUT.parent)})")
+    return lines
+
+
+def cost(records: list[dict]) -> list[str]:
+    by_phase: dict = defaultdict(lambda: [0, 0.0])
+    for r in records:
+        by_phase[r["phase"]][0] += 1
+        by_phase[r["phase"]][1] += r["wall_s"]
+    prepare = [json.loads(p.read_text()) for p in sorted(PREPARE.glob("*.json"))]
+    workers = {r.get("workers") for r in records if r.get("workers")} or {2}
+    total = sum(v[1] for v in by_phase.values())
+    lines = ["| phase | runs | run-seconds (sum over runs) |", "|---|---|---|"]
+    lines += [f"| {p} | {n} | {s:,.0f} |" for p, (n, s) in by_phase.items()]
+    lines += [f"| all | {len(records)} | {total:,.0f} |", ""]
+    spans = [r for r in records]
+    if spans:
+        machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in records})
+        lines.append(f"Runs went {max(workers)} at a time, one thread each, on {', '.join(machines)}: about "
+                     f"{total / max(workers) / 3600:.2f} h of wall time for the grid (sum of run times / workers), "
+                     "caches excluded.")
+    if prepare:
+        built = ", ".join(f"{p['cell']} {p['seconds']:.0f} s" for p in prepare if p["seconds"] > 5)
+        lines.append(f"Building the caches (teacher passes, heads, student features; once): "
+                     f"{sum(p['seconds'] for p in prepare) / 60:.1f} min over {len(prepare)} cells ({built}).")
+    return lines + [""]
+
+
+def main(seeds: int = 3) -> None:
+    records = grid.load_records()
+    stats, chosen, teacher = final_stats(records, seeds)
+    kd = {c: s["kd"] for c, s in stats.items() if "kd" in s}
+    ablations = ablation_stats(records, chosen, seeds)
+    lines = ["# Accuracy benchmark: does LELP beat vanilla KD on real few-class data?", "",
+             "Generated by `benchmarks/accuracy/report.py` from the JSON records in `benchmarks/results/accuracy/`; "
+             "do not edit by hand. Reproduce everything (caches, grid, this page) with:", "",
+             "    bash scripts/setup.sh && .venv/bin/python benchmarks/accuracy/grid.py", "",
+             "## Protocol", "",
+             "- Cells: task × teacher → student × regime (below). The teacher is trained once per cell (seed 0) on "
+             "the labeled training rows; students distil on every training row with the teacher's outputs.",
+             f"- Regimes: *supervised* (every training row labeled; α = 0 as in the paper, plus α = 0.5 for KD and "
+             f"LELP) and *few labels* ({grid.FEW_LABELS:,} labeled training rows train the teacher; the student distils "
+             "on all training rows; \"student alone\" trains on those labeled rows only).",
+             f"- Selection on the validation split only, seed 0: student alone: learning rate × {grid.LR_FACTORS}; "
+             f"KD: τ ∈ {grid.TAUS} × the same learning rates; every other method uses KD's learning rate, τ = 1; "
+             f"strategies pick S ∈ {grid.S_GRID} at β = 1; LELP picks S × β ∈ {grid.S_GRID} × {grid.BETAS}; KD α = 0.5 "
+             "and FitNets reuse KD's choice, LELP α = 0.5 LELP's; the oracle's S is the true number of hidden "
+             "subclasses. The test split is read once per final configuration and seed.",
+             f"- Final runs and ablations: {seeds} seeds (student init, batch order, strategy seed); the last epoch is "
+             "reported; teacher accuracy beside it.", ""]
+    lines += ["## Results per task", ""]
+    for task in grid.TASKS:
+        lines += task_table(task, stats, teacher)
+    lines += ["## LELP against vanilla KD and the other strategies", ""] + comparisons(stats) + gap_table(stats)
+    if ablations:
+        lines += ["## Ablations (LELP's selected configuration, one option changed)", ""]
+        for c, per in ablations.items():
+            lines += [f"### {c}", "", "| ablation | value | test accuracy % |", "|---|---|---|"]
+            for name, points in per.items():
+                lines += [f"| {name} | {v} | {s} |" for v, s in points]
+            lines.append("")
+    lines += ["## Plots", ""] + plots(stats, ablations, kd) + [""]
+    lines += ["## Selected hyper-parameters (validation, seed 0)", ""] + hp_table(chosen)
+    lines += ["## Cost", ""] + cost(records)
+    lines += ["## The paper, for comparison", "", PAPER]
+    OUT.write_text("\n".join(lines))
+    print(f"wrote {OUT} from {len(records)} records")
+
+
+if __name__ == "__main__":
+    main()

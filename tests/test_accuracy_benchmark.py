@@ -1,0 +1,116 @@
+"""The accuracy benchmark's harness: selection on validation, the run plan, one real run's record, the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS
+
+sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
+import grid  # noqa: E402
+import report  # noqa: E402
+
+CELL = grid.CELLS["20ng/minilm/bag/sup"]
+
+
+def fake_record(run: grid.Run, val: float, test: float | None = None) -> dict:
+    metrics = {"val_accuracy": val} | ({"test_accuracy": test} if test is not None else {})
+    return {"identity": run.identity(), "key": run.key, "cell": run.cell, "method": run.method, "hp": run.hp_dict,
+            "seed": run.seed, "phase": run.phase, "metrics": metrics, "wall_s": 1.0,
+            "teacher": {"test_teacher_accuracy": 0.9, "test_majority_class_rate": 0.5},
+            "machine": {"cpu": "test cpu", "cores": 2}}
+
+
+def test_stat_and_verdict_match_numpy():
+    values = [0.812, 0.834, 0.801]
+    s = report.Stat(values)
+    assert s.mean == pytest.approx(100 * np.mean(values))
+    assert s.std == pytest.approx(100 * np.std(values, ddof=1))
+    other = report.Stat([0.70, 0.71, 0.72])
+    delta, se = s.diff(other)
+    assert se == pytest.approx(np.sqrt(s.std**2 / 3 + other.std**2 / 3))
+    assert report.verdict(delta, se) == "win" and report.verdict(-delta, se) == "loss"
+    assert report.verdict(0.1, 1.0) == "within noise"
+
+
+def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate():
+    chosen, runs = grid.choices(CELL, {})
+    assert {r.method for r in runs} == {"ce", "kd"} and chosen == {}
+    assert all(not r.test and r.seed == 0 for r in runs)
+    records = {}
+    for r in runs:  # KD best at (lr = 2 × base, τ = 2); the student alone ties everywhere → the first candidate
+        hp = r.hp_dict
+        best = r.method == "kd" and hp["tau"] == 2.0 and hp["lr"] == 2 * grid.STUDENTS["bag"].lr
+        records[r.key] = fake_record(r, 0.9 if best else 0.8 if r.method == "kd" else 0.7)
+    chosen, runs = grid.choices(CELL, records)
+    assert chosen["kd"] == {"lr": 2 * grid.STUDENTS["bag"].lr, "tau": 2.0}
+    assert chosen["ce"] == {"lr": grid.LR_FACTORS[0] * grid.STUDENTS["bag"].lr}
+    assert chosen["kd_alpha"] == {**chosen["kd"], "alpha": 0.5} and chosen["fitnets"] == chosen["kd"]
+    stage2 = [r for r in runs if r.method not in ("ce", "kd")]
+    assert {r.hp_dict["lr"] for r in stage2} == {chosen["kd"]["lr"]}
+    assert sum(r.method == "lelp" for r in stage2) == len(grid.S_GRID) * len(grid.BETAS)
+    assert "oracle" in chosen and chosen["oracle"]["S"] == 10  # one candidate: not selected
+    assert not grid.plan([CELL], 3, records)["final"]  # finals wait for every choice
+    for r in stage2:
+        records[r.key] = fake_record(r, 0.85 if r.hp_dict["S"] == 4 else 0.84)
+    phases = grid.plan([CELL], 3, records)
+    assert len(phases["final"]) == 3 * len(grid.methods_for(CELL)) and all(r.test for r in phases["final"])
+    ablation_runs = sum(len(v) for v in grid.ABLATIONS.values()) * 3
+    assert len(phases["ablation"]) == ablation_runs  # 20ng/minilm/bag/sup is an ablation cell
+
+
+def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
+    chosen, runs = grid.choices(CELL, {})
+    records = {r.key: fake_record(r, 0.8) for r in runs}
+    chosen, runs = grid.choices(CELL, records)
+    records |= {r.key: fake_record(r, 0.8) for r in runs}
+    chosen, _ = grid.choices(CELL, records)
+    tests = {"kd": [0.80, 0.81, 0.82], "lelp": [0.84, 0.85, 0.86], "oracle": [0.90, 0.90, 0.91]}
+    finals = []
+    for r in grid.plan([CELL], 3, records)["final"]:
+        accs = tests.get(r.method, [0.70, 0.71, 0.72])
+        finals.append(fake_record(r, 0.8, accs[r.seed]))
+    monkeypatch.setattr(grid, "load_records", lambda: list(records.values()) + finals)
+    monkeypatch.setattr(report, "OUT", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(report, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(report, "PREPARE", tmp_path / "prepare")
+    report.main(seeds=3)
+    text = (tmp_path / "RESULTS.md").read_text()
+    lelp = report.Stat(tests["lelp"])
+    assert f"**{lelp}**" in text  # the best column entry is bold (the oracle excluded)
+    delta = 100 * (np.mean(tests["lelp"]) - np.mean(tests["kd"]))
+    gap = delta / (100 * (np.mean(tests["oracle"]) - np.mean(tests["kd"])))
+    assert f"{delta:+.2f}" in text and f"{100 * gap:.0f}%" in text
+    assert (tmp_path / "plots" / "methods__20ng__minilm__bag__sup.png").stat().st_size > 1000
+
+
+def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, monkeypatch):
+    """A LELP run on 300 real tweets with the MiniLM teacher, through the LelpCLI objects, tested once."""
+    monkeypatch.setattr(grid, "RECORDS", tmp_path / "records")
+    monkeypatch.setitem(grid.TASKS, "tiny", grid.Task("300 tweets", (
+        "--config", str(CONFIGS / "data" / "tweets_binary.yaml"),
+        "--data.source.init_args.max_rows", str(TINY_TWEETS["max_rows"]), "--data.cache_dir", str(tweets_cache_dir))))
+    monkeypatch.setitem(grid.TEACHERS, "tiny", ("MiniLM", (
+        "--config", str(CONFIGS / "teacher" / "minilm_mlp.yaml"),
+        *(x for k in ("max_length", "head_hidden", "head_epochs") for x in (f"--data.teacher.init_args.{k}",
+                                                                            str(TINY_TEACHER[k]))))))
+    monkeypatch.setitem(grid.STUDENTS, "tiny", grid.Student("bag", grid.STUDENTS["bag"].args, 0.02, 1, 32))
+    cell = grid.Cell("tiny", "tiny", "tiny", "sup")
+    monkeypatch.setitem(grid.CELLS, cell.name, cell)
+    entries = {p.name for p in tweets_cache_dir.iterdir()}
+    run = grid.make_run(cell, "lelp", {"lr": 0.02, "S": 2, "beta": 1.0}, 0, True, "final")
+    record = grid.execute(run, ("0" * 40, False))
+    assert {p.name for p in tweets_cache_dir.iterdir()} == entries  # the teacher's cache is only read
+    saved = json.loads(run.path.read_text())
+    assert saved == record and record["identity"] == run.identity()
+    assert set(record["metrics"]) == {"val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1"}
+    assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0 and record["epochs"] == 1
+    assert record["config"]["data"]["strategy"]["init_args"]["num_subclasses"] == 2
+    assert record["config"]["model"]["lr"] == 0.02 and record["config"]["seed_everything"] == 0
+    assert 0.5 < record["teacher"]["test_teacher_accuracy"] <= 1.0
+    mtime = run.path.stat().st_mtime_ns
+    assert grid.execute(run, ("1" * 40, False)) == record and run.path.stat().st_mtime_ns == mtime
