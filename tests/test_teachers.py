@@ -23,6 +23,21 @@ def test_encoder_matches_sentence_transformers_encode():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_mpnet_from_its_part_wheels_matches_sentence_transformers_encode():
+    """all-mpnet-base-v2, extracted from its five wheels, embeds like sentence-transformers (mean pooling + L2)."""
+    st = pytest.importorskip("sentence_transformers")
+    path = resolve_model_path("sentence-transformers/all-mpnet-base-v2")
+    assert path == resolve_model_path("all-mpnet-base-v2") and (path / "model.safetensors").is_file()
+    ref_model = st.SentenceTransformer(str(path), device="cpu")
+    ref_model.max_seq_length = 32
+    ref = ref_model.encode(TEXTS, batch_size=4, convert_to_numpy=True)
+    enc = SentenceEncoder("all-mpnet-base-v2", max_length=32)
+    out = enc.embed(TEXTS)
+    assert enc.embedding_dim == 768 == out.shape[1]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
 def test_hf_classifier_embedding_is_the_input_of_its_final_linear_layer():
     teacher = HFSequenceClassifierTeacher(
         config={"model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,

