@@ -1,4 +1,4 @@
-"""Hashed n-gram featuriser and the one-gather batches, against scikit-learn and a hand computation."""
+"""Featurisers: hashed n-grams against scikit-learn and a hand computation; a smaller encoder's cached features."""
 
 import numpy as np
 import torch
@@ -37,3 +37,35 @@ def test_student_reads_the_mean_of_its_bag_embeddings():
     assert batch["ids"].tolist() == sorted([a_id, b_id])  # unique ids, counts as weights
     torch.testing.assert_close(bag[0], (2 * emb[a_id] + emb[b_id]) / 3)
     torch.testing.assert_close(bag[1], torch.zeros(3))  # empty text → zero vector, documented
+
+
+def test_encoder_features_come_from_the_cache_entry_a_teacher_of_the_same_encoder_wrote(tweets_cache_dir):
+    """MiniLM features at the tiny teacher's max_length: its ``encoder-`` entries, read without running MiniLM."""
+    from conftest import TINY_TEACHER, tiny_tweets
+    from lelp_lightning.cache import TeacherCache
+    from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
+
+    feats = SentenceEncoderFeaturizer("all-MiniLM-L6-v2", max_length=TINY_TEACHER["max_length"])
+    assert feats.input_dim == 384  # from the model's config.json
+    before = sorted(p.name for p in tweets_cache_dir.iterdir())
+    source = tiny_tweets()
+    inputs = feats.featurize(source, "val", TeacherCache(tweets_cache_dir))
+    assert feats.encoder._net is None  # neither input_dim nor the cached features loaded the model
+    assert sorted(p.name for p in tweets_cache_dir.iterdir()) == before
+    texts = source.split("val").texts
+    batch = inputs.gather(np.array([3, 0, 7]))
+    assert batch.dtype == torch.float32 and batch.shape == (3, 384) and len(inputs) == len(texts)
+    expected = feats.encoder.embed([texts[3], texts[0], texts[7]])
+    np.testing.assert_allclose(batch.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(feats.transform([texts[3], texts[0], texts[7]]).gather(np.arange(3)).numpy(), expected,
+                               atol=1e-5)
+
+
+def test_encoder_featurizer_fingerprint_is_stable_and_follows_the_options():
+    from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
+
+    a, b = SentenceEncoderFeaturizer(), SentenceEncoderFeaturizer(batch_size=8)
+    assert a.fingerprint() == b.fingerprint()  # batch size does not change the features
+    assert a.fingerprint() != SentenceEncoderFeaturizer(max_length=64).fingerprint()
+    assert a.fingerprint() != SentenceEncoderFeaturizer(precision="bf16").fingerprint()
+    assert HashedNgramFeaturizer().fingerprint() == HashedNgramFeaturizer().fingerprint()

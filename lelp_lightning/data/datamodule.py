@@ -188,7 +188,9 @@ class DistillDataModule(LightningDataModule):
                          "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled}}
 
     def prepare_data(self) -> None:
-        """Run the teacher over every split not cached yet (once per teacher + data + split)."""
+        """Run the teacher over every split not cached yet (once per teacher + data + split), and build what
+        the featuriser caches (a smaller encoder's features)."""
+        self.featurizer.prepare(self.source, self.cache)
         missing = self.missing_splits()
         if not missing:
             log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
@@ -244,7 +246,7 @@ class DistillDataModule(LightningDataModule):
                                 f"source has {self.num_classes}; the teacher's classifier does not match the data.")
             check_classifier(entry)
             self._cached[split] = entry
-            self._inputs[split] = self.featurizer.transform(self.source.split(split).texts)
+            self._inputs[split] = self.featurizer.featurize(self.source, split, self.cache)
         train = self._cached["train"]
         for split in ("val", "test"):
             if not (np.array_equal(self._cached[split].W, train.W) and np.array_equal(self._cached[split].b, train.b)):

@@ -78,6 +78,13 @@ class Featurizer(ABC):
     @abstractmethod
     def transform(self, texts: list[str]) -> StudentInputs: ...
 
+    def prepare(self, source, cache) -> None:
+        """Build what this featuriser keeps in the data module's ``cache`` (once, in one process); default: nothing."""
+
+    def featurize(self, source, split: str, cache) -> StudentInputs:
+        """The inputs of one split of ``source``, as the data module asks for them; default: ``transform`` its texts."""
+        return self.transform(source.split(split).texts)
+
     def fingerprint(self) -> str:
         payload = json.dumps({"class": type(self).__qualname__, **vars(self)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
