@@ -1,11 +1,13 @@
 """The `lelp` console script end to end on real data, and every shipped config."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import CONFIGS, REPO, run_lelp, tiny_run_args, write_logger_config
 from lelp_lightning.cli import main
@@ -134,3 +136,40 @@ def test_bad_input_exits_nonzero_with_one_sentence(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lelp: error: data file") and "does not exist" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_mlp_student_on_minilm_features_builds_them_once(tweets_cache_dir, tmp_path):
+    """configs/student/mlp_minilm.yaml end to end: MiniLM features at 128 tokens are cached in data.cache_dir
+    on the first run (beside the teacher's 64-token entries) and read back by the second."""
+    cache = tmp_path / "cache"
+    shutil.copytree(tweets_cache_dir, cache)
+    before = only_dirs(cache)
+    student = ("--config", str(CONFIGS / "student/mlp_minilm.yaml"), "--trainer.max_epochs", "1")
+    proc = run_lelp("fit", *tiny_run_args(cache, tmp_path / "one", *student, wandb=False), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "one").rglob("summary.json")).read_text())
+    assert 0.5 <= summary["student"]["test_accuracy"] <= 1.0 and summary["epochs"] == 1
+    assert summary["config"]["data"]["featurizer"]["class_path"].endswith("SentenceEncoderFeaturizer")
+    state = torch.load(next((tmp_path / "one").rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert state["state_dict"]["student.body.0.weight"].shape == (128, 384)  # input_dim linked from the encoder
+    added = only_dirs(cache) - before
+    assert len(added) == 3 and all(name.startswith("encoder-") for name in added)  # one entry per split
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("manifest.json")}
+    proc = run_lelp("fit", *tiny_run_args(cache, tmp_path / "two", *student, wandb=False), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert only_dirs(cache) == before | added
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("manifest.json")} == stamps
+    again = json.loads(next((tmp_path / "two").rglob("summary.json")).read_text())
+    assert again["student"] == summary["student"]  # same seed, same cached features
+
+
+def test_mpnet_teacher_config_is_the_reference_rotten_tomatoes_teacher():
+    """configs/teacher/mpnet_mlp.yaml builds the teacher of REFERENCE_RESULTS.md (768→256→C, dropout 0.1, AdamW)."""
+    from lelp_lightning.teachers import SentenceEncoderTeacher
+
+    teacher_config = yaml.safe_load((CONFIGS / "teacher/mpnet_mlp.yaml").read_text())["data"]["teacher"]
+    assert teacher_config["class_path"] == "lelp_lightning.teachers.SentenceEncoderTeacher"
+    teacher = SentenceEncoderTeacher(**teacher_config["init_args"])
+    assert (teacher.encoder.model, teacher.encoder.max_length, teacher.encoder.embedding_dim) == ("all-mpnet-base-v2", 128, 768)
+    assert (teacher.head_hidden, teacher.head_dropout, teacher.head_lr, teacher.head_weight_decay,
+            teacher.head_epochs) == (256, 0.1, 1e-3, 1e-2, 20)
