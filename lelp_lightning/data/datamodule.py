@@ -259,8 +259,15 @@ class DistillDataModule(LightningDataModule):
         return self._cached[split]
 
     def rows(self, split: str) -> RowInfo:
-        """What a strategy may read beside the embeddings: the cache's row ids, the source's fine labels."""
-        return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=self.source.split(split).fine_labels)
+        """What a strategy may read beside the embeddings: the cache's row ids, the source's fine labels.
+
+        A fine label is a label: in the semi-supervised setting the transfer set's are hidden (``UNLABELED``)
+        with its class labels, so the oracle knows the subclasses of the labeled rows only.
+        """
+        fine = self.source.split(split).fine_labels
+        if split == "train" and fine is not None:
+            fine = hide_labels(fine, self.labeled_rows)
+        return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=fine)
 
     def _ensure_targets(self) -> None:
         train = self.split_cache("train")

@@ -43,3 +43,22 @@ def test_lelp_fit_with_a_strategy_short_name_writes_its_report_in_the_summary(tw
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert summary["config"]["data"]["strategy"]["class_path"] == "lelp_lightning.strategies.names.subclass_distillation"
     assert 0.5 < summary["strategy"]["retrained_teacher_accuracy"] <= 1.0
+
+
+def test_in_the_semi_supervised_setting_the_oracle_sees_only_the_labeled_rows_fine_labels(tweets_datamodule):
+    """A fine label is a label: hidden with the class label on the transfer set, so z = 0 (uniform) there."""
+    dm = tweets_datamodule(OracleStrategy(num_subclasses=2, margin=10.0), num_labeled=60)
+    for split in ("train", "val", "test"):  # tweets have no topics: give every row a known fine label
+        rows = dm.source.split(split)
+        rows.fine_labels = rows.labels * 2 + rows.row_ids % 2
+    train = dm.source.split("train")
+    labeled = np.zeros(len(train), dtype=bool)
+    labeled[dm.labeled_rows] = True
+    np.testing.assert_array_equal(dm.rows("train").fine_labels, np.where(labeled, train.fine_labels, -1))
+    z = dm.subclass_logits("train")
+    assert not z[~labeled].any()
+    expected = np.zeros_like(z[labeled])
+    rows = np.arange(labeled.sum())
+    expected[rows, train.labels[labeled], train.fine_labels[labeled] % 2] = 10.0
+    np.testing.assert_array_equal(z[labeled], expected)
+    np.testing.assert_array_equal(dm.rows("val").fine_labels, dm.source.split("val").fine_labels)
