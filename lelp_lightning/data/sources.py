@@ -32,10 +32,14 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitData:
-    """One split: texts, integer labels in [0, C), optional fine labels, and stable row ids."""
+    """One split: the raw inputs, integer labels in [0, C), optional fine labels, and stable row ids.
+
+    ``texts`` holds the raw inputs: a list of strings, or a uint8 array [N,H,W] of images
+    (:mod:`lelp_lightning.data.images`).
+    """
 
     name: str
-    texts: list[str]
+    texts: list[str] | np.ndarray
     labels: np.ndarray
     row_ids: np.ndarray
     fine_labels: np.ndarray | None = None
@@ -48,6 +52,10 @@ class SplitData:
         h.update(self.name.encode())
         h.update(np.ascontiguousarray(self.row_ids, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        if isinstance(self.texts, np.ndarray):
+            h.update(f"{self.texts.dtype}{self.texts.shape}".encode())
+            h.update(np.ascontiguousarray(self.texts).tobytes())
+            return h.hexdigest()[:16]
         for t in self.texts:
             h.update(t.encode("utf-8", "surrogatepass"))
             h.update(b"\0")
@@ -65,7 +73,8 @@ def package_dir(name: str) -> Path:
 
 
 class TextSource(ABC):
-    """A labeled text dataset with a deterministic train/val/test split."""
+    """A labeled dataset (texts, or images in :mod:`lelp_lightning.data.images`) with a deterministic
+    train/val/test split."""
 
     def __init__(self, seed: int = 0):
         self.seed = seed
