@@ -1,7 +1,8 @@
 """Teachers: anything that maps a batch of inputs to (embedding [B,D], logits [B,C]) with a final linear layer."""
 
 from lelp_lightning.teachers.base import Teacher
+from lelp_lightning.teachers.cnn import CNNTeacher
 from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
 from lelp_lightning.teachers.sentence_encoder import SentenceEncoder, SentenceEncoderTeacher
 
-__all__ = ["Teacher", "SentenceEncoder", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher"]
+__all__ = ["Teacher", "SentenceEncoder", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher"]
