@@ -1,11 +1,12 @@
 """Strategies inside the DistillDataModule on the real cached tweets: row ids, fine labels and reports."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import run_lelp, tiny_run_args
+from conftest import run_lelp, tiny_run_args, tiny_teacher, tiny_tweets
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import OracleStrategy, RandomSplitStrategy, SubclassDistillationStrategy
 from lelp_lightning.strategies.sampling import row_hash
@@ -45,9 +46,16 @@ def test_lelp_fit_with_a_strategy_short_name_writes_its_report_in_the_summary(tw
     assert 0.5 < summary["strategy"]["retrained_teacher_accuracy"] <= 1.0
 
 
-def test_in_the_semi_supervised_setting_the_oracle_sees_only_the_labeled_rows_fine_labels(tweets_datamodule):
+def test_in_the_semi_supervised_setting_the_oracle_sees_only_the_labeled_rows_fine_labels(tweets_cache_dir, tmp_path):
     """A fine label is a label: hidden with the class label on the transfer set, so z = 0 (uniform) there."""
-    dm = tweets_datamodule(OracleStrategy(num_subclasses=2, margin=10.0), num_labeled=60)
+    from lelp_lightning.data.datamodule import DistillDataModule
+
+    cache = tmp_path / "cache"  # a copy: the 60-label teacher adds entries the shared session cache must not get
+    shutil.copytree(tweets_cache_dir, cache)
+    dm = DistillDataModule(tiny_tweets(), tiny_teacher(), OracleStrategy(num_subclasses=2, margin=10.0),
+                           cache_dir=str(cache), progress=False, num_labeled=60)
+    dm.prepare_data()
+    dm.setup("fit")
     for split in ("train", "val", "test"):  # tweets have no topics: give every row a known fine label
         rows = dm.source.split(split)
         rows.fine_labels = rows.labels * 2 + rows.row_ids % 2
