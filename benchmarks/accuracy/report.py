@@ -193,11 +193,12 @@ def ablation_stats(records: list[dict], chosen: dict, seeds: int) -> dict:
                 runs = tested.get((c, "lelp", json.dumps(hp, sort_keys=True)), {})
                 runs = [runs[s] for s in range(seeds) if s in runs]
                 if runs:
-                    label = change[name] if name in change else ("on (default)" if not change else "off")
-                    if name == "rotation" and change:
-                        label = "none"
-                    elif name == "rotation":
-                        label = f"{base.get('rotation', 'per_class')} (default)"
+                    if name in ("S", "beta"):
+                        label = change[name]
+                    elif name == "null_space":
+                        label = "off" if change else "on (default)"
+                    else:
+                        label = change[name] if change else "per_class (default)"
                     points.append((label, Stat([r["metrics"]["test_accuracy"] for r in runs])))
             per[name] = points
         out[c] = per
