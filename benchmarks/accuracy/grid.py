@@ -11,8 +11,8 @@ is tested). Phases, in order, each waiting for the previous one:
    ``.lelp_cache`` (git-ignored) in this process, so that parallel runs only read caches.
 2. ``select``: seed 0, validation only. The student alone picks its learning rate from ``LR_FACTORS`` × the
    student's base rate; vanilla KD picks (τ, learning rate) from ``TAUS`` × ``LR_FACTORS``; every
-   distillation method then uses KD's learning rate, and picks S from ``S_GRID`` (LELP: S × β from
-   ``BETAS``) at τ = 1. A method with one candidate (KD α = 0.5, FitNets at KD's τ, the oracle at the true
+   distillation method then uses KD's learning rate and τ (so S = 1 is exactly the chosen KD), and picks S
+   from ``S_GRID`` (LELP: S × β from ``BETAS``). A method with one candidate (KD α = 0.5, FitNets at KD's τ, the oracle at the true
    S) is not selected. Ties go to the first candidate in grid order.
 3. ``final``: the selected configuration of every method, ``--seeds`` seeds, the test split read once each.
 4. ``ablation``: on ``ABLATION_CELLS``, LELP's selected configuration with one option changed (S, β,
@@ -175,9 +175,15 @@ class Method:
     regimes: tuple[str, ...] = ("sup", "few")
 
 
+def from_kd(sel: dict, **hp) -> dict:
+    """KD's chosen learning rate and temperature τ (τ recorded only when it is not 1) and ``hp``."""
+    tau = sel["kd"]["tau"]
+    return {"lr": sel["kd"]["lr"], **({"tau": tau} if tau != 1.0 else {}), **hp}
+
+
 def _strategy_method(label: str, name: str, **options) -> Method:
     return Method(label, 2,
-                  lambda cell, sel: [{"lr": sel["kd"]["lr"], "S": s, "beta": 1.0} for s in S_GRID],
+                  lambda cell, sel: [from_kd(sel, S=s, beta=1.0) for s in S_GRID],
                   lambda hp, seed: strategy(name, hp["S"], seed, **options) + subclass_ce(hp))
 
 
@@ -202,7 +208,7 @@ METHODS: dict[str, Method] = {
                           ("embedding_matching", {"standardize": True, "hint_epochs": 0, "weight": 0.1}))),
     "subclass_distillation": _strategy_method("Subclass Distillation (retrained C·S head)", "subclass_distillation"),
     "lelp": Method("LELP", 2,
-                   lambda cell, sel: [{"lr": sel["kd"]["lr"], "S": s, "beta": b} for s in S_GRID for b in BETAS],
+                   lambda cell, sel: [from_kd(sel, S=s, beta=b) for s in S_GRID for b in BETAS],
                    _lelp_args),
     "lelp_alpha": Method("LELP, α = 0.5", 2, lambda cell, sel: [{**sel["lelp"], "alpha": 0.5}], _lelp_args),
     "pca": _strategy_method("PCA only", "pca"),
@@ -211,7 +217,7 @@ METHODS: dict[str, Method] = {
     "gmm": _strategy_method("GMM (diagonal)", "gmm"),
     "random_split": _strategy_method("random split (more logits, no structure)", "random_split"),
     "oracle": Method("oracle (true hidden subclasses)", 2,
-                     lambda cell, sel: [{"lr": sel["kd"]["lr"], "S": TASKS[cell.task].fine_per_class, "beta": 1.0}],
+                     lambda cell, sel: [from_kd(sel, S=TASKS[cell.task].fine_per_class, beta=1.0)],
                      lambda hp, seed: strategy("oracle", hp["S"], seed) + subclass_ce(hp), needs_fine=True),
 }
 

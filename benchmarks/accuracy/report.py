@@ -295,7 +295,7 @@ def main(seeds: int = 3) -> None:
              f"LELP) and *few labels* ({grid.FEW_LABELS:,} labeled training rows train the teacher; the student distils "
              "on all training rows; \"student alone\" trains on those labeled rows only).",
              f"- Selection on the validation split only, seed 0: student alone: learning rate × {grid.LR_FACTORS}; "
-             f"KD: τ ∈ {grid.TAUS} × the same learning rates; every other method uses KD's learning rate, τ = 1; "
+             f"KD: τ ∈ {grid.TAUS} × the same learning rates; every other method uses KD's learning rate and τ; "
              f"strategies pick S ∈ {grid.S_GRID} at β = 1; LELP picks S × β ∈ {grid.S_GRID} × {grid.BETAS}; KD α = 0.5 "
              "and FitNets reuse KD's choice, LELP α = 0.5 LELP's; the oracle's S is the true number of hidden "
              "subclasses. The test split is read once per final configuration and seed.",
