@@ -279,8 +279,15 @@ def cost(records: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def current(records: list[dict], seeds: int) -> list[dict]:
+    """The records the grid's plan names now (a record of a candidate no longer in the grid is ignored)."""
+    by_key = {r["key"]: r for r in records}
+    named = {run.key for runs in grid.plan(list(grid.CELLS.values()), seeds, by_key).values() for run in runs}
+    return [r for r in records if r["key"] in named]
+
+
 def main(seeds: int = 3) -> None:
-    records = grid.load_records()
+    records = current(grid.load_records(), seeds)
     stats, chosen, teacher = final_stats(records, seeds)
     kd = {c: s["kd"] for c, s in stats.items() if "kd" in s}
     ablations = ablation_stats(records, chosen, seeds)
