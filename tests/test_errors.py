@@ -41,7 +41,7 @@ def one_error_line(capsys) -> str:
 
 @pytest.mark.parametrize("args,option,given,registry,command", [
     (["--data.strategy", "kmeens"], "data.strategy", "kmeens", strategies, "strategies"),
-    (["--model.student", "cnn"], "model.student", "cnn", students, "students"),
+    (["--model.student", "resnet"], "model.student", "resnet", students, "students"),
     (["--model.objectives+=distill"], "model.objectives", "distill", objectives, "objectives"),
 ])
 def test_an_unknown_name_lists_the_valid_ones(args, option, given, registry, command, capsys):
