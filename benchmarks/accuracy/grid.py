@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phases", default="prepare,select,final,ablation")
     parser.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete the records the current grid no longer names (after a change of its candidates)")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cells.split(",") if c not in CELLS]
     if unknown:
@@ -464,6 +466,14 @@ def main(argv: list[str] | None = None) -> None:
     cells = [CELLS[c] for c in args.cells.split(",")]
     git = git_state()
     phases = args.phases.split(",")
+    if args.prune:
+        records = {r["key"]: r for r in load_records()}
+        named = {run.key for runs in plan(list(CELLS.values()), args.seeds, records).values() for run in runs}
+        stale = [p for p in RECORDS.glob("*/*.json") if json.loads(p.read_text())["key"] not in named]
+        for path in stale:
+            path.unlink()
+        print(f"deleted {len(stale)} records the grid no longer names")
+        return
     if args.list:
         records = {r["key"]: r for r in load_records()}
         for phase, runs in plan(cells, args.seeds, records).items():
