@@ -5,9 +5,10 @@ For every example and every class c, z[c] = log p(s | h, class c's mixture), so 
 
 Fitting is EM with full passes over the chunked rows, memory flat in N, as scikit-learn's
 ``GaussianMixture(init_params='kmeans')``: the components start from k-means on a uniform sample of each class
-(see :mod:`lelp_lightning.strategies.kmeans`; the best of ``init_starts`` k-means++ starts, where
-scikit-learn's k-means on all rows uses one: a start on a sample is cheap, and an unlucky one leaves EM
-crawling out of a merged pair of modes) with hard responsibilities; then each pass computes the
+(see :mod:`lelp_lightning.strategies.kmeans`; the best of ``init_starts`` k-means++ starts, or of
+``sample_starts`` when the class has more rows than the sample, where scikit-learn's k-means on all rows uses
+one: a start on a sample is cheap, and an unlucky one leaves EM crawling out of a merged pair of modes, one
+full pass after another) with hard responsibilities; then each pass computes the
 responsibilities under the current parameters and sums their sufficient statistics (Σr, Σr·h, Σr·h², or for
 full covariance Σr·(h − μ_s) and Σr·(h − μ_s)(h − μ_s)ᵀ around the component's current mean, as exact as
 scikit-learn's centring), and the M-step adds ``reg_covar`` to the covariances. Stops when every class's mean
@@ -38,14 +39,14 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
     shardable = True
 
     def __init__(self, num_subclasses: int = 4, covariance_type: str = "diag", max_iter: int = 100, tol: float = 1e-3,
-                 reg_covar: float = 1e-6, init_starts: int = 3, sample_size: int = 8192, z_scale: str = "absolute",
-                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
+                 reg_covar: float = 1e-6, init_starts: int = 3, sample_size: int = 8192, sample_starts: int = 10,
+                 z_scale: str = "absolute", seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, z_scale, seed, chunk_size)
         if covariance_type not in COVARIANCE_TYPES:
             raise LelpError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}.")
-        if max_iter < 1 or reg_covar < 0 or init_starts < 1:
-            raise LelpError(f"max_iter and init_starts must be >= 1 and reg_covar >= 0, got {max_iter}, {init_starts} "
-                            f"and {reg_covar}.")
+        if max_iter < 1 or reg_covar < 0 or init_starts < 1 or sample_starts < 1:
+            raise LelpError(f"max_iter, init_starts and sample_starts must be >= 1 and reg_covar >= 0, got {max_iter}, "
+                            f"{init_starts}, {sample_starts} and {reg_covar}.")
         if sample_size < num_subclasses:
             raise LelpError(f"sample_size must be at least num_subclasses={num_subclasses}, got {sample_size}.")
         self.covariance_type = covariance_type
@@ -54,6 +55,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         self.reg_covar = reg_covar
         self.init_starts = init_starts
         self.sample_size = sample_size
+        self.sample_starts = sample_starts
         self._weights = self._means = self._covariances = self._reference = None
         self._precision: torch.Tensor | None = None  # diag: 1/var [C,S,D]; full: Cholesky of the precision [C,S,D,D]
         self._log_det: torch.Tensor | None = None  # log det of the precision's Cholesky factor [C,S]
@@ -108,7 +110,8 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         C, S, D = self.num_classes, self.num_subclasses, embeddings.shape[1]
         samples = class_samples(self, embeddings, labels, rows, self.sample_size)
         self._reference = torch.stack([xc.mean(0, dtype=torch.float64) for xc in samples])
-        centers = torch.stack([kmeans_on_sample(xc - self._reference[c].to(xc.dtype), S, self.init_starts, 300, 1e-4,
+        starts = [self.init_starts if len(xc) < self.sample_size else self.sample_starts for xc in samples]
+        centers = torch.stack([kmeans_on_sample(xc - self._reference[c].to(xc.dtype), S, starts[c], 300, 1e-4,
                                                 self.seed * 1_000_003 + c).double() for c, xc in enumerate(samples)])
         self._em_pass(embeddings, labels, centers, C, S, D)  # M-step from the k-means assignment
         previous = None

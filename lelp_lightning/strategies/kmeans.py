@@ -3,10 +3,14 @@
 Fitting, per class, memory flat in N:
   1. a uniform sample of ``sample_size`` rows (bottom-k of a per-row hash, so it does not depend on row order
      or on DDP sharding);
-  2. ``n_init`` greedy k-means++ seedings on the sample, each followed by Lloyd iterations on the sample
-     (a class with at most ``sample_size`` rows is done here: this is exact k-means on all its rows, and
-     the run with the lowest inertia is kept);
-  3. Lloyd iterations over all rows, chunk by chunk, for all ``n_init`` runs at once (one read of each
+  2. greedy k-means++ seedings on the sample, each followed by Lloyd iterations on the sample: ``n_init``
+     of them for a class with at most ``sample_size`` rows, which is done here (this is exact k-means on all
+     its rows, and the run with the lowest inertia is kept); ``max(sample_starts, n_init)`` for a larger class,
+     whose ``n_init`` best (lowest inertia on the sample) go on to step 3. A start on the sample is cheap,
+     while one that lands in a poor basin (two centroids in one mode, one centroid on two) costs full passes
+     and stays there: on the benchmark's blobs about 3 starts in 10 do, so 3 starts leave a class in it
+     about 2% of the time, 10 screened starts a few times in 10⁶;
+  3. Lloyd iterations over all rows, chunk by chunk, for the ``n_init`` runs at once (one read of each
      chunk serves every run): assign each row to its class's nearest centroid, sum the rows per centroid
      (in the embeddings' own precision per chunk, float64 across chunks, summed over DDP ranks), move the
      centroids, until the squared shift is at most ``tol`` × the class's mean feature variance
@@ -144,25 +148,32 @@ class KMeansStrategy(CentroidStrategy, name="kmeans",
     shardable = True
 
     def __init__(self, num_subclasses: int = 4, assignment: str = "hard", margin: float = 10.0, n_init: int = 3,
-                 max_iter: int = 300, tol: float = 1e-4, sample_size: int = 8192, z_scale: str = "absolute",
-                 seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
+                 max_iter: int = 300, tol: float = 1e-4, sample_size: int = 8192, sample_starts: int = 10,
+                 z_scale: str = "absolute", seed: int = 0, chunk_size: int = DEFAULT_CHUNK):
         super().__init__(num_subclasses, assignment, margin, z_scale, seed, chunk_size)
-        if n_init < 1 or max_iter < 1:
-            raise LelpError(f"n_init and max_iter must be >= 1, got n_init={n_init}, max_iter={max_iter}.")
+        if n_init < 1 or max_iter < 1 or sample_starts < 1:
+            raise LelpError(f"n_init, max_iter and sample_starts must be >= 1, got n_init={n_init}, "
+                            f"max_iter={max_iter}, sample_starts={sample_starts}.")
         if sample_size < num_subclasses:
             raise LelpError(f"sample_size must be at least num_subclasses={num_subclasses}, got {sample_size}.")
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
         self.sample_size = sample_size
+        self.sample_starts = sample_starts
 
     def _fit(self, embeddings, labels, W, b, rows) -> None:
         samples = class_samples(self, embeddings, labels, rows, self.sample_size)
-        runs = [kmeans_runs(xc, self.num_subclasses, self.n_init, self.max_iter, self.tol, self.seed * 1_000_003 + c)
-                for c, xc in enumerate(samples)]
+        whole = torch.tensor([len(xc) < self.sample_size for xc in samples])  # the sample is every row
+        runs = []
+        for c, xc in enumerate(samples):
+            starts = self.n_init if bool(whole[c]) else max(self.n_init, self.sample_starts)
+            centers, inertia = kmeans_runs(xc, self.num_subclasses, starts, self.max_iter, self.tol,
+                                           self.seed * 1_000_003 + c)
+            best = torch.argsort(inertia, stable=True)[: self.n_init]  # screened on the sample
+            runs.append((centers[best], inertia[best]))
         centroids = torch.stack([r[0] for r in runs], 1)  # [R,C,S,D]
         sample_inertia = torch.stack([r[1] for r in runs], 1)  # [R,C]
-        whole = torch.tensor([len(xc) < self.sample_size for xc in samples])  # the sample is every row
         tol_abs = torch.tensor([self.tol * float(xc.var(0, unbiased=False).mean()) for xc in samples])
         active = (~whole)[None, :].expand(self.n_init, -1).clone()
         centroids, inertia = lloyd_on_chunks(self, embeddings, labels, centroids, active, tol_abs, self.tol,

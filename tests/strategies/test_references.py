@@ -101,6 +101,51 @@ def test_kmeans_inertia_is_within_1_percent_of_scikit_learn(sample_size):
         assert ours <= reference * 1.01, (c, ours, reference)
 
 
+def close_blobs(n=6000, dim=32, seed=0):
+    """Two classes, each 4 elongated blobs whose means are about as far apart as their rows are from each
+    other (strategy_fit's synthetic data, smaller): one k-means++ start in three or so lands in a poor basin."""
+    rng = np.random.default_rng(seed)
+    means, bases = rng.normal(size=(2, 4, dim)) * 1.5, rng.normal(size=(2, 4, 4, dim)) / 2
+    y, k = rng.integers(0, 2, n), rng.integers(0, 4, n)
+    x = means[y, k] + 2 * np.einsum("nr,nrd->nd", rng.standard_normal((n, 4)), bases[y, k]) \
+        + rng.standard_normal((n, dim)) * 0.5
+    return x.astype(np.float32), y, np.zeros((2, dim)), np.zeros(2)
+
+
+def test_kmeans_screens_sample_starts_so_a_large_class_does_not_stay_in_a_poor_basin():
+    x, y, W, b = close_blobs()
+    reference = [KMeans(4, n_init=10, random_state=0).fit(x[y == c]).inertia_ for c in range(2)]
+
+    def worst_ratio(sample_starts):
+        ratios = []
+        for seed in range(6):
+            strategy = KMeansStrategy(num_subclasses=4, n_init=1, sample_starts=sample_starts, sample_size=1000,
+                                      seed=seed).fit(x, y, (W, b))
+            ratios += [inertia(x[y == c], strategy.centroids[c].numpy()) / reference[c] for c in range(2)]
+        return max(ratios)
+
+    assert worst_ratio(10) <= 1.01
+    assert worst_ratio(1) > 1.05  # the data does have poor basins: one unscreened start lands in one
+
+
+def test_gmm_initialisation_screens_sample_starts():
+    x, y, W, b = close_blobs()
+    reference = [GaussianMixture(4, covariance_type="diag", n_init=5, random_state=0).fit(x[y == c]).score(x[y == c])
+                 for c in range(2)]
+
+    def worst_shortfall(sample_starts):  # relative: how far below scikit-learn's mean log-likelihood
+        gaps = []
+        for seed in range(4):
+            strategy = GaussianMixtureStrategy(num_subclasses=4, init_starts=1, sample_starts=sample_starts,
+                                               sample_size=1000, seed=seed).fit(x, y, (W, b))
+            ll = strategy.class_log_likelihood(x).numpy()
+            gaps += [(reference[c] - ll[y == c, c].mean()) / abs(reference[c]) for c in range(2)]
+        return max(gaps)
+
+    assert worst_shortfall(10) <= 0.01
+    assert worst_shortfall(1) > 0.02  # one unscreened start leaves EM in a poor basin on this data
+
+
 def test_hard_kmeans_z_is_a_one_hot_of_the_nearest_centroid_and_soft_is_minus_the_squared_distance():
     x, y, W, b = blobs(n_per_class=300, dim=5, seed=5)
     hard = KMeansStrategy(num_subclasses=3, margin=7.0).fit(x, y, (W, b))
