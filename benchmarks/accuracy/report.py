@@ -97,7 +97,7 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
     heads = []
     for c in cells:
         cell = grid.CELLS[c]
-        heads.append(f"{grid.TEACHERS[cell.teacher][0].split(' (')[0]} → {grid.STUDENTS[cell.student].label}; "
+        heads.append(f"{grid.TEACHERS[cell.teacher][0]} → {grid.STUDENTS[cell.student].label}; "
                      f"{grid.REGIMES[cell.regime][0]}")
     lines = [f"### {grid.TASKS[task].label}", "",
              "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cells)]
