@@ -21,7 +21,8 @@ Every fit runs in its own subprocess, so its memory is its own:
   GMM: our mean log-likelihood per row minus scikit-learn's (GaussianMixture, same ``max_iter``/``tol``).
 
 Runs with S = 4 pseudo-subclasses per class. Each run appends an immutable JSON record (git sha, config, seed, machine, versions, rows) to
-``benchmarks/results/strategy_fit/`` and regenerates ``benchmarks/results/strategy_fit/TABLE.md`` from it.
+``benchmarks/results/strategy_fit/`` and regenerates ``benchmarks/results/strategy_fit/TABLE.md`` from every
+record there, newest first (a run of a few methods or sizes adds a section; it does not hide the full run).
 This is a benchmark, not a test; the machine may be shared, so compare ratios taken in the same run.
 """
 
@@ -299,9 +300,11 @@ def cell_memory(side: dict | None) -> str:
 
 
 def table(record: dict) -> str:
+    """One record's section of TABLE.md."""
     m = record["machine"]
+    methods = sorted({r["method"] for r in record["rows"]}, key=list(METHODS).index)
     lines = [
-        f"# Strategy fit: time and peak memory (record `{record['file']}`)", "",
+        f"## Record `{record['file']}`: {', '.join(methods)}", "",
         f"git {record['git_sha'][:10]}{' (dirty)' if record['git_dirty'] else ''} · {record['created']} · "
         f"{m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · load average at start {m['load_avg']} · "
         f"torch {record['versions']['torch']} · scikit-learn {record['versions']['scikit-learn']} · seed {record['seed']} · "
@@ -327,6 +330,14 @@ def table(record: dict) -> str:
                      f"| {r.get('sklearn_name') or '—'} | {cell_time(sk, r.get('sklearn_skipped'))} | {load} "
                      f"| {cell_memory(sk)} | {ratio} | {ratio_load} | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def tables() -> str:
+    """TABLE.md: every record's section, newest first (record names start with their UTC time)."""
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"), reverse=True)]
+    return "# Strategy fit: time and peak memory\n\nEvery run of `benchmarks/throughput/strategy_fit.py`, newest " \
+           "first; compare ratios within a record (the machine differs between records).\n\n" + \
+           "\n".join(table(r) for r in records)
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
@@ -426,7 +437,7 @@ def main() -> None:
     out = RESULTS / name
     with open(out, "x") as f:  # immutable: never overwrite a record
         json.dump(record, f, indent=1)
-    (RESULTS / "TABLE.md").write_text(table(record))
+    (RESULTS / "TABLE.md").write_text(tables())
     print(f"\nrecord: {out}\n\n{table(record)}")
 
 
