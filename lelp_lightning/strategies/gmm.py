@@ -26,7 +26,7 @@ import torch
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
 from lelp_lightning.strategies.centroids import squared_distances
-from lelp_lightning.strategies.kmeans import class_samples, kmeans_on_sample
+from lelp_lightning.strategies.kmeans import class_samples, column_mean, kmeans_on_sample
 
 COVARIANCE_TYPES = ("diag", "full")
 _EPS = 10 * torch.finfo(torch.float64).eps
@@ -109,7 +109,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
     def _fit(self, embeddings, labels, W, b, rows) -> None:
         C, S, D = self.num_classes, self.num_subclasses, embeddings.shape[1]
         samples = class_samples(self, embeddings, labels, rows, self.sample_size)
-        self._reference = torch.stack([xc.mean(0, dtype=torch.float64) for xc in samples])
+        self._reference = torch.stack([column_mean(xc).double() for xc in samples])  # a shift: near the mean will do
         starts = [self.init_starts if len(xc) < self.sample_size else self.sample_starts for xc in samples]
         centers = torch.stack([kmeans_on_sample(xc - self._reference[c].to(xc.dtype), S, starts[c], 300, 1e-4,
                                                 self.seed * 1_000_003 + c).double() for c, xc in enumerate(samples)])

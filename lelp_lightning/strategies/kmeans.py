@@ -77,11 +77,23 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float,
     return centers, labels, float(nearest.sum())
 
 
+def column_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean row of x [n,D] in x's precision, as a BLAS matrix-vector product: on one thread it beats
+    torch's column reductions (``x.mean(0, dtype=float64)`` and ``x.var(0)`` took 10–50× longer here)."""
+    return (x.new_ones(x.shape[0]) @ x) / x.shape[0]
+
+
+def mean_feature_variance(x: torch.Tensor) -> float:
+    """The mean over features of each feature's (population) variance: the scale of scikit-learn's ``tol``."""
+    centred = x - column_mean(x)
+    return float((centred * centred).sum(dtype=torch.float64)) / x.numel()
+
+
 def kmeans_runs(x: torch.Tensor, k: int, n_init: int, max_iter: int, tol: float,
                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_init`` k-means++ + Lloyd runs on x [n,D] (``tol`` relative to the mean feature variance):
     (centers [n_init,k,D], inertia [n_init])."""
-    tol_abs = tol * float(x.var(0, unbiased=False).mean())
+    tol_abs = tol * mean_feature_variance(x)
     runs = []
     for i in range(n_init):
         gen = torch.Generator().manual_seed(int(seed) * 7919 + i)
@@ -174,7 +186,7 @@ class KMeansStrategy(CentroidStrategy, name="kmeans",
             runs.append((centers[best], inertia[best]))
         centroids = torch.stack([r[0] for r in runs], 1)  # [R,C,S,D]
         sample_inertia = torch.stack([r[1] for r in runs], 1)  # [R,C]
-        tol_abs = torch.tensor([self.tol * float(xc.var(0, unbiased=False).mean()) for xc in samples])
+        tol_abs = torch.tensor([self.tol * mean_feature_variance(xc) for xc in samples])
         active = (~whole)[None, :].expand(self.n_init, -1).clone()
         centroids, inertia = lloyd_on_chunks(self, embeddings, labels, centroids, active, tol_abs, self.tol,
                                              self.max_iter)
