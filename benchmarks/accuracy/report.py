@@ -121,34 +121,30 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
     return lines + [""]
 
 
+def delta(s: dict, a: str, b: str) -> str:
+    """Method a − method b in one cell's stats: mean ± SE of the difference and its verdict ("—" if missing)."""
+    if a not in s or b not in s:
+        return "—"
+    d, se = s[a].diff(s[b])
+    return f"{d:+.2f} ± {se:.2f} ({verdict(d, se)})"
+
+
 def comparisons(stats: dict) -> list[str]:
     lines = ["| cell | KD | LELP − KD | best other strategy − KD | LELP − random split | LELP α=0.5 − KD α=0.5 "
              "| LELP − student alone | KD → oracle gap closed by LELP |",
              "|---|---|---|---|---|---|---|---|"]
-
-    def delta(s: dict, a: str, b: str) -> str:
-        if a not in s or b not in s:
-            return "—"
-        d, se = s[a].diff(s[b])
-        return f"{d:+.2f} ± {se:.2f} ({verdict(d, se)})"
-
     strategies = ("subclass_distillation", "pca", "random_projection", "kmeans", "gmm")
     for c, s in stats.items():
         if "kd" not in s or "lelp" not in s:
             continue
-        d, se = s["lelp"].diff(s["kd"])
         others = [(s[m].mean, m) for m in strategies if m in s]
-        best_other = max(others) if others else None
-        other_text = "—"
-        if best_other:
-            d2, se2 = s[best_other[1]].diff(s["kd"])
-            other_text = f"{best_other[1]}: {d2:+.2f} ± {se2:.2f} ({verdict(d2, se2)})"
+        other_text = f"{max(others)[1]}: {delta(s, max(others)[1], 'kd')}" if others else "—"
         gap = "—"
         if "oracle" in s:
             gap = f"{100 * (s['lelp'].mean - s['kd'].mean) / (s['oracle'].mean - s['kd'].mean):.0f}%" \
                 if oracle_beats_kd(s) else "no gap: the oracle does not beat KD"
-        lines.append(f"| {c} | {s['kd']} | {d:+.2f} ± {se:.2f} ({verdict(d, se)}) | {other_text} | "
-                     f"{delta(s, 'lelp', 'random_split')} | {delta(s, 'lelp_alpha', 'kd_alpha')} | {delta(s, 'lelp', 'ce')} | {gap} |")
+        lines.append(f"| {c} | {s['kd']} | {delta(s, 'lelp', 'kd')} | {other_text} | {delta(s, 'lelp', 'random_split')} "
+                     f"| {delta(s, 'lelp_alpha', 'kd_alpha')} | {delta(s, 'lelp', 'ce')} | {gap} |")
     return lines + ["", "± here is the standard error of the difference; a win or loss needs |Δ| > 2 SE.", ""]
 
 

@@ -6,7 +6,7 @@ For every example and every class c, z[c] = log p(s | h, class c's mixture), so 
 Fitting is EM with full passes over the chunked rows, memory flat in N, as scikit-learn's
 ``GaussianMixture(init_params='kmeans')``: the components start from k-means on a uniform sample of each class
 (see :mod:`lelp_lightning.strategies.kmeans`; the best of ``init_starts`` k-means++ starts, or of
-``sample_starts`` when the class has more rows than the sample, where scikit-learn's k-means on all rows uses
+``max(init_starts, sample_starts)`` when the class has more rows than the sample, where scikit-learn's k-means on all rows uses
 one: a start on a sample is cheap, and an unlucky one leaves EM crawling out of a merged pair of modes, one
 full pass after another) with hard responsibilities; then each pass computes the
 responsibilities under the current parameters and sums their sufficient statistics (Σr, Σr·h, Σr·h², or for
@@ -26,7 +26,7 @@ import torch
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
 from lelp_lightning.strategies.centroids import squared_distances
-from lelp_lightning.strategies.kmeans import class_samples, column_mean, kmeans_on_sample
+from lelp_lightning.strategies.kmeans import class_samples, column_mean, kmeans_on_sample, sample_starts_for
 
 COVARIANCE_TYPES = ("diag", "full")
 _EPS = 10 * torch.finfo(torch.float64).eps
@@ -110,7 +110,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         C, S, D = self.num_classes, self.num_subclasses, embeddings.shape[1]
         samples = class_samples(self, embeddings, labels, rows, self.sample_size)
         self._reference = torch.stack([column_mean(xc).double() for xc in samples])  # a shift: near the mean will do
-        starts = [self.init_starts if len(xc) < self.sample_size else self.sample_starts for xc in samples]
+        starts = sample_starts_for(samples, self.sample_size, self.init_starts, self.sample_starts)
         centers = torch.stack([kmeans_on_sample(xc - self._reference[c].to(xc.dtype), S, starts[c], 300, 1e-4,
                                                 self.seed * 1_000_003 + c).double() for c, xc in enumerate(samples)])
         self._em_pass(embeddings, labels, centers, C, S, D)  # M-step from the k-means assignment
