@@ -3,13 +3,15 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.sparse.linalg
 import torch
 
 from conftest import gaussian_classes
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives import SubclassCrossEntropy, class_logits, subclass_targets
 from lelp_lightning.strategies import LinearProjectionStrategy
-from lelp_lightning.strategies.linear_projection import haar_orthogonal, null_space_projector
+from lelp_lightning.strategies.linear_projection import (LANCZOS_MIN_DIM, haar_orthogonal, project_out, row_space_basis,
+                                                         top_eigenvectors)
 
 
 def numpy_null_projector(W):
@@ -18,12 +20,57 @@ def numpy_null_projector(W):
 
 def test_null_space_projector_kills_the_classifier_rows():
     x, y, W, b = gaussian_classes(dim=10, num_classes=3)
-    P = null_space_projector(torch.from_numpy(W)).numpy()
+    P = project_out(torch.eye(10, dtype=torch.float64), row_space_basis(torch.from_numpy(W))).numpy()
     np.testing.assert_allclose(P @ W.T, 0, atol=1e-10)
     np.testing.assert_allclose(P, P.T, atol=1e-12)
     np.testing.assert_allclose(P @ P, P, atol=1e-10)
     assert np.linalg.matrix_rank(P) == 10 - 3
     np.testing.assert_allclose(P, numpy_null_projector(W), atol=1e-10)
+
+
+def covariance_with_spectrum(spectrum: np.ndarray, seed: int = 0) -> np.ndarray:
+    q = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(spectrum), len(spectrum))))[0]
+    return (q * spectrum) @ q.T
+
+
+SPECTRA = {  # D = 384: the Lanczos path
+    "power law": 1 / np.arange(1, 385),
+    "repeated top": np.r_[[5.0] * 3, 3.0, np.linspace(1, 0.1, 380)],  # a 3-fold eigenvalue inside the top 4
+    "blobs": np.r_[[40.0, 30, 20, 10], np.full(60, 4.0), np.full(320, 0.25)],
+}
+
+
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+@pytest.mark.parametrize("null_space", [False, True])
+def test_top_eigenvectors_by_lanczos_match_lapack(spectrum, null_space):
+    """At D >= LANCZOS_MIN_DIM the top eigenvectors come from ARPACK; they must span LAPACK's subspace to
+    rounding (repeated eigenvalues included) and come out largest first, orthonormal, sign-normalised."""
+    D, k = 384, 4
+    assert D >= LANCZOS_MIN_DIM
+    m = covariance_with_spectrum(SPECTRA[spectrum])
+    W = np.random.default_rng(1).standard_normal((3, D))
+    Q = row_space_basis(torch.from_numpy(W)) if null_space else None
+    P = numpy_null_projector(W) if null_space else np.eye(D)
+    vals, vecs = scipy.linalg.eigh(P @ m @ P, subset_by_index=[D - k, D - 1])
+    U = top_eigenvectors(torch.from_numpy(m), k, Q).numpy()
+    assert scipy.linalg.subspace_angles(U, vecs).max() < 1e-9
+    np.testing.assert_allclose(U.T @ U, np.eye(k), atol=1e-12)
+    np.testing.assert_allclose(np.einsum("ds,de,es->s", U, P @ m @ P, U), vals[::-1], rtol=1e-10)
+    assert (U[np.abs(U).argmax(0), np.arange(k)] > 0).all()
+    if null_space:
+        np.testing.assert_allclose(W @ U, 0, atol=1e-10)
+
+
+def test_top_eigenvectors_fall_back_to_lapack_when_lanczos_does_not_converge(monkeypatch):
+    m = covariance_with_spectrum(1 / np.arange(1, 301))
+    expected = top_eigenvectors(torch.from_numpy(m), 3).numpy()
+
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("not converged", np.zeros(0), np.zeros((300, 0)))
+
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    fallback = top_eigenvectors(torch.from_numpy(m), 3).numpy()
+    np.testing.assert_allclose(fallback, expected, atol=1e-10)  # same vectors, same signs, same order
 
 
 def test_haar_rotation_is_orthogonal_and_seeded():

@@ -33,6 +33,7 @@ strategies = Registry("strategy", "lelp_lightning.strategies", alias_module="lel
 
 Z_SCALES = ("relative", "absolute")
 DEFAULT_CHUNK = 16384
+BLOCK_BYTES = 6 << 20  # rows per step of a per-class pass: about what stays in a CPU's cache
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,35 @@ def iter_row_chunks(embeddings: np.ndarray, labels: np.ndarray, rows: RowInfo, c
         x = torch.from_numpy(np.array(embeddings[lo: lo + chunk_size], dtype=dtype))
         y = torch.from_numpy(np.array(labels[lo: lo + chunk_size], dtype=np.int64))
         yield lo, x, y, rows.slice(lo, lo + chunk_size)
+
+
+def class_blocks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(class c, class c's rows) for each block of about ``BLOCK_BYTES`` (at most ``chunk_size`` rows) of a
+    possibly memory-mapped array, in the embeddings' precision (float32 stays float32, others become float64).
+
+    The block is read into one reused buffer and each class's rows gathered into a second one, so the
+    elementwise work a caller does on them (shift, square) stays in the CPU cache: a fresh 16k-row chunk per
+    step went to memory at a quarter of the speed. The rows are overwritten by the next step: the caller uses
+    them (and may modify them in place) before asking for more.
+    """
+    N, D = embeddings.shape
+    dtype = torch.float32 if embeddings.dtype == np.float32 else torch.float64
+    block = max(1, min(chunk_size, BLOCK_BYTES // (D * dtype.itemsize), N))
+    buffer, gathered = torch.empty(block, D, dtype=dtype), torch.empty(block, D, dtype=dtype)
+    for lo in range(0, N, block):
+        x = buffer[:min(block, N - lo)]
+        np.copyto(x.numpy(), embeddings[lo:lo + block])
+        y = np.asarray(labels[lo:lo + block])
+        for c in np.unique(y).tolist():
+            index = torch.from_numpy(np.flatnonzero(y == c))
+            yield c, torch.index_select(x, 0, index, out=gathered[:len(index)])
+
+
+def column_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean row of x [n,D] in x's precision, as a BLAS matrix-vector product: on one thread torch's column
+    reductions took far longer on a 5,000 × 768 float32 sample (``x.mean(0, dtype=float64)`` 15×, ``x.var(0)``
+    55×)."""
+    return (x.new_ones(x.shape[0]) @ x) / x.shape[0]
 
 
 def one_hot_logits(index: torch.Tensor, size: int, margin: float) -> torch.Tensor:

@@ -24,9 +24,9 @@ import math
 import torch
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, iter_chunks
+from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrategy, class_blocks, column_mean
 from lelp_lightning.strategies.centroids import squared_distances
-from lelp_lightning.strategies.kmeans import class_samples, column_mean, kmeans_on_sample, sample_starts_for
+from lelp_lightning.strategies.kmeans import class_samples, kmeans_on_sample, sample_starts_for
 
 COVARIANCE_TYPES = ("diag", "full")
 _EPS = 10 * torch.finfo(torch.float64).eps
@@ -131,31 +131,28 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         sxx = torch.zeros(C, S, D, D, dtype=torch.float64) if full else torch.zeros(C, S, D, dtype=torch.float64)
         ll = torch.zeros(C, dtype=torch.float64)
         sizes = torch.zeros(C, dtype=torch.float64)
-        for x, y in iter_chunks(embeddings, labels, self.chunk_size, dtype=None):
-            x = x if x.dtype in (torch.float32, torch.float64) else x.double()
-            for c in torch.unique(y).tolist():
-                xc = x[y == c]  # a copy (boolean indexing), shifted in place
-                xc -= self._reference[c].to(x.dtype)
-                sizes[c] += xc.shape[0]
-                diffs = [xc - around[c, s].to(x.dtype) for s in range(S)] if full else None
-                xc_sq = None if full else xc * xc
-                if centers is not None:
-                    resp = torch.nn.functional.one_hot(squared_distances(xc, centers[c].to(x.dtype)).argmin(1), S)
-                    resp = resp.to(x.dtype)
-                else:
-                    log_joint = self._log_joint(xc, c, xc_sq, diffs)
-                    log_norm = torch.logsumexp(log_joint, 1, keepdim=True)
-                    ll[c] += log_norm.sum(dtype=torch.float64)
-                    resp = torch.exp(log_joint - log_norm)
-                nk[c] += resp.sum(0, dtype=torch.float64)
-                if full:
-                    for s, diff in enumerate(diffs):
-                        weighted = diff * resp[:, s:s + 1]
-                        sx[c, s] += weighted.sum(0, dtype=torch.float64)
-                        sxx[c, s] += (weighted.T @ diff).double()
-                else:
-                    sx[c] += (resp.T @ xc).double()
-                    sxx[c] += (resp.T @ xc_sq).double()
+        for c, xc in class_blocks(embeddings, labels, self.chunk_size):  # xc: a reused buffer, shifted in place
+            xc -= self._reference[c].to(xc.dtype)
+            sizes[c] += xc.shape[0]
+            diffs = [xc - around[c, s].to(xc.dtype) for s in range(S)] if full else None
+            xc_sq = None if full else xc * xc
+            if centers is not None:
+                resp = torch.nn.functional.one_hot(squared_distances(xc, centers[c].to(xc.dtype)).argmin(1), S)
+                resp = resp.to(xc.dtype)
+            else:
+                log_joint = self._log_joint(xc, c, xc_sq, diffs)
+                log_norm = torch.logsumexp(log_joint, 1, keepdim=True)
+                ll[c] += log_norm.sum(dtype=torch.float64)
+                resp = torch.exp(log_joint - log_norm)
+            nk[c] += resp.sum(0, dtype=torch.float64)
+            if full:
+                for s, diff in enumerate(diffs):
+                    weighted = diff * resp[:, s:s + 1]
+                    sx[c, s] += weighted.sum(0, dtype=torch.float64)
+                    sxx[c, s] += (weighted.T @ diff).double()
+            else:
+                sx[c] += (resp.T @ xc).double()
+                sxx[c] += (resp.T @ xc_sq).double()
         self._comm.sum_(nk, sx, sxx, ll, sizes)
         nk = nk + _EPS
         if full:  # sums around μ_old: μ = μ_old + δ, Σ = Σr(h − μ_old)(h − μ_old)ᵀ/N − δδᵀ

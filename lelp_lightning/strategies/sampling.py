@@ -28,6 +28,11 @@ def row_hash(row_ids: np.ndarray, seed: int) -> np.ndarray:
     return _splitmix64(np.asarray(row_ids, dtype=np.int64).astype(np.uint64) ^ key)
 
 
+def rows(x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """x[index] by ``index_select``: several times faster than torch's advanced indexing on one thread."""
+    return torch.index_select(x, 0, torch.from_numpy(np.asarray(index, dtype=np.int64)))
+
+
 class ClassSample:
     """The ``size`` rows of each class with the smallest row hashes, collected chunk by chunk."""
 
@@ -41,12 +46,10 @@ class ClassSample:
         h = row_hash(row_ids, self.seed)
         y_np = y.numpy()
         for c in np.unique(y_np).tolist():
-            mask = y_np == c
-            hc, xc = h[mask], x[torch.from_numpy(mask)]
+            index = np.flatnonzero(y_np == c)
             if len(self.hashes[c]) >= self.size:  # only rows that can still enter the sample
-                keep = hc < self.hashes[c].max()
-                hc, xc = hc[keep], xc[torch.from_numpy(keep)]
-            self._merge(c, hc, xc)
+                index = index[h[index] < self.hashes[c].max()]
+            self._merge(c, h[index], rows(x, index))
 
     def _merge(self, c: int, h: np.ndarray, x: torch.Tensor) -> None:
         if len(h) == 0:
@@ -55,7 +58,7 @@ class ClassSample:
         x = x if self.rows[c] is None else torch.cat([self.rows[c], x.to(self.rows[c].dtype)])
         if len(h) > self.size:
             keep = np.argpartition(h, self.size - 1)[: self.size]
-            h, x = h[keep], x[torch.from_numpy(keep)]
+            h, x = h[keep], rows(x, keep)
         self.hashes[c], self.rows[c] = h, x
 
     def finish(self, comm) -> list[torch.Tensor]:
@@ -68,6 +71,5 @@ class ClassSample:
                 h, x = rank_parts[c]
                 if x is not None:
                     self._merge(c, h, x)
-            order = torch.from_numpy(np.argsort(self.hashes[c], kind="stable"))
-            out.append(self.rows[c][order])
+            out.append(rows(self.rows[c], np.argsort(self.hashes[c], kind="stable")))
         return out

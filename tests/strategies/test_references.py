@@ -51,9 +51,10 @@ def blobs(n_per_class=1500, dim=8, num_classes=2, centers=5, seed=0):
 
 
 # -- PCA / LELP subspaces ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [16, 320])  # 320: LANCZOS_MIN_DIM and up, the eigenvectors come from ARPACK
 @pytest.mark.parametrize("chunk_size", [64, 100_000])
-def test_pca_subspaces_match_scikit_learn_pca_per_class(chunk_size):
-    x, y, W, b = gaussian_classes(n_per_class=400, dim=16, num_classes=3, seed=2)
+def test_pca_subspaces_match_scikit_learn_pca_per_class(chunk_size, dim):
+    x, y, W, b = gaussian_classes(n_per_class=400, dim=dim, num_classes=3, seed=2)
     S = 4
     strategy = PCAStrategy(num_subclasses=S, chunk_size=chunk_size).fit(x, y, (W, b))
     for c in range(3):
@@ -61,9 +62,10 @@ def test_pca_subspaces_match_scikit_learn_pca_per_class(chunk_size):
         assert scipy.linalg.subspace_angles(strategy.directions_of(c).numpy(), reference).max() < 1e-4
 
 
-def test_lelp_subspaces_match_scikit_learn_pca_of_the_null_space_projected_rows():
-    x, y, W, b = gaussian_classes(n_per_class=400, dim=16, num_classes=3, seed=3)
-    P = np.eye(16) - W.T @ np.linalg.pinv(W @ W.T) @ W
+@pytest.mark.parametrize("dim", [16, 320])
+def test_lelp_subspaces_match_scikit_learn_pca_of_the_null_space_projected_rows(dim):
+    x, y, W, b = gaussian_classes(n_per_class=400, dim=dim, num_classes=3, seed=3)
+    P = np.eye(dim) - W.T @ np.linalg.pinv(W @ W.T) @ W
     strategy = LinearProjectionStrategy(num_subclasses=4, chunk_size=77).fit(x, y, (W, b))
     for c in range(3):
         reference = PCA(n_components=4, svd_solver="full").fit(x[y == c] @ P).components_.T
