@@ -64,8 +64,9 @@ def iter_row_chunks(embeddings: np.ndarray, labels: np.ndarray, rows: RowInfo, c
         yield lo, x, y, rows.slice(lo, lo + chunk_size)
 
 
-def class_blocks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(class c, class c's rows) for each block of about ``BLOCK_BYTES`` (at most ``chunk_size`` rows) of a
+def class_blocks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int,
+                 block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+    """(class c, class c's rows) for each block of about ``block_bytes`` (at most ``chunk_size`` rows) of a
     possibly memory-mapped array, in the embeddings' precision (float32 stays float32, others become float64).
 
     The block is read into one reused buffer and each class's rows gathered into a second one, so the
@@ -75,7 +76,7 @@ def class_blocks(embeddings: np.ndarray, labels: np.ndarray, chunk_size: int) ->
     """
     N, D = embeddings.shape
     dtype = torch.float32 if embeddings.dtype == np.float32 else torch.float64
-    block = max(1, min(chunk_size, BLOCK_BYTES // (D * dtype.itemsize), N))
+    block = max(1, min(chunk_size, block_bytes // (D * dtype.itemsize), N))
     buffer, gathered = torch.empty(block, D, dtype=dtype), torch.empty(block, D, dtype=dtype)
     for lo in range(0, N, block):
         x = buffer[:min(block, N - lo)]

@@ -27,6 +27,9 @@ from lelp_lightning.strategies.base import DEFAULT_CHUNK, RowInfo, SubclassStrat
 
 ROTATIONS = ("per_class", "shared", "none")
 LANCZOS_MIN_DIM = 256  # below it LAPACK's dense solver is as fast as Lanczos
+# Rows per step of the statistics pass: the Gram product dominates it and runs ~20% slower on 1,000-row
+# class blocks than on 4,000-row ones at D = 768 (1.37 s vs 1.14 s for 1e5 × 768; no difference at D = 384).
+GRAM_BLOCK_BYTES = 24 << 20
 DIRECTIONS = ("pca", "random")
 
 
@@ -169,7 +172,7 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
         """Per-class count, Σh, Σhhᵀ of the rows given (summed over ranks in a sharded fit), read block by
         block (:func:`~lelp_lightning.strategies.base.class_blocks`)."""
         stats = ClassStatistics(self.num_classes, embeddings.shape[1])
-        for c, rows in class_blocks(embeddings, labels, self.chunk_size):
+        for c, rows in class_blocks(embeddings, labels, self.chunk_size, GRAM_BLOCK_BYTES):
             stats.add(c, rows)
         stats.finish()
         self._comm.sum_(*stats.tensors())
