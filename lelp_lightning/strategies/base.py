@@ -33,7 +33,7 @@ strategies = Registry("strategy", "lelp_lightning.strategies", alias_module="lel
 
 Z_SCALES = ("relative", "absolute")
 DEFAULT_CHUNK = 16384
-BLOCK_BYTES = 6 << 20  # rows per step of a per-class pass: about what stays in a CPU's cache
+BLOCK_BYTES = 6 << 20  # bytes read per step of a per-class pass: about what stays in a CPU's cache
 
 
 @dataclass(frozen=True)
