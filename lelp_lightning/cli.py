@@ -7,7 +7,8 @@
     lelp strategies | lelp objectives | lelp students   # what is registered (plugins included)
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
-before any argument is parsed, so their classes work by short name in YAML. Bad input (a
+before any argument is parsed, so their classes work by short name in YAML; a short name is recorded in the
+saved config as its class's import path. Bad input (a
 :class:`~lelp_lightning.errors.LelpError`, also when jsonargparse wraps it) ends as one line
 ``lelp: error: ...`` on stderr and exit status 2.
 """
@@ -15,11 +16,11 @@ before any argument is parsed, so their classes work by short name in YAML. Bad 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 import time
-import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -27,15 +28,14 @@ import pandas as pd
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lelp_lightning.cache.teacher_pass import build_teacher_cache
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
 from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
-from lelp_lightning.registry import load_plugins
+from lelp_lightning.registry import load_plugins, resolve_short_names
 from lelp_lightning.strategies import strategies
 from lelp_lightning.students import students
-from lelp_lightning.teachers.teacher_pass import build_teacher_cache
-
 
 # options that take a registered class, with the subcommand that describes the choices
 _REGISTERED = {"data.strategy": (strategies, "strategies"), "model.objectives": (objectives, "objectives"),
@@ -46,8 +46,13 @@ _GIVEN_CLASS = re.compile(r"(?:Expected a dot import path string: |Problem with 
 
 
 class LelpArgumentParser(LightningArgumentParser):
-    """Turns jsonargparse's long usage error for an unknown strategy / objective / student into one line
-    naming the valid short names."""
+    """Resolves registered short names (``class_path: kmeans``) to their classes' import paths, and turns
+    jsonargparse's long usage error for an unknown strategy / objective / student into one line naming the
+    valid short names."""
+
+    def __init__(self, *args, **kwargs):
+        resolve_short_names()  # before any value is parsed; see lelp_lightning.registry
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         key, given = _PARSER_KEY.match(message), _GIVEN_CLASS.search(message)
@@ -81,7 +86,7 @@ class LelpCLI(LightningCLI):
             "student": {"test_accuracy": student.get("accuracy"), "test_macro_f1": student.get("macro_f1")},
             "teacher": {"test_accuracy": reference["teacher_accuracy"], "test_macro_f1": reference["teacher_macro_f1"]},
             "majority_class_rate": reference["majority_class_rate"],
-            "strategy": self.datamodule.strategy_report("test"),
+            "strategy": self.datamodule.targets.report("test"),
             "fit_seconds": round(fit_seconds, 2),
             "epochs": self.trainer.current_epoch,
             "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
@@ -140,10 +145,19 @@ def build_cli(args: list[str], run: bool = True) -> LelpCLI:
                    parser_class=LelpArgumentParser)
 
 
+def _hide_notices_a_user_cannot_act_on() -> None:
+    """Lightning's notices that say nothing about this run: its advice for ``args`` in a script (we are the
+    script), its own internal use of a deprecated torch pytree API, and an advertisement for its cloud logger."""
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡 Tip: For seamless cloud logging"))
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     args = list(sys.argv[1:] if args is None else args)
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    _hide_notices_a_user_cannot_act_on()
     logging.basicConfig(format="lelp: %(message)s")
     logging.getLogger("lelp_lightning").setLevel(logging.INFO)
     try:
@@ -159,7 +173,7 @@ def main(args: list[str] | None = None) -> int:
             return 0
         if args[:1] == ["cache"]:
             cli = build_cli(args[1:], run=False)
-            build_teacher_cache(cli.trainer, cli.datamodule)  # Lightning predict over the trainer's processes
+            build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
             if not cli.trainer.is_global_zero:
                 return 0
             for split in ("train", "val", "test"):

@@ -24,3 +24,7 @@ class AutoWandbLogger(WandbLogger):
         os.environ.setdefault("WANDB_SILENT", "true")
         super().__init__(save_dir=save_dir, project=project, name=name,
                          offline=(not wandb_online_configured()) if offline is None else offline, **kwargs)
+        # Lightning always hands wandb.init ``anonymous`` (None when unset), a setting wandb now ignores and warns
+        # about on every run; leave it out unless the user set it.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)

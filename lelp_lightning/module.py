@@ -42,13 +42,16 @@ class DistillModule(LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
+    @property
+    def batch_keys(self) -> set[str]:
+        """The batch keys this model's objectives read beyond the defaults; the data module serves them."""
+        return {key for objective in self.objectives for key in objective.requires}
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "extra_keys"):
-            for objective in self.objectives:
-                datamodule.extra_keys.update(objective.requires)
+        teacher = datamodule.teacher_statistics() if hasattr(datamodule, "teacher_statistics") else None
         for objective in self.objectives:  # before the optimiser exists, so parameters built here train
-            objective.setup(self.student, datamodule)
+            objective.setup(self.student, teacher)
 
     def configure_model(self) -> None:
         """Under FSDP2 (``ModelParallelStrategy``): shard the student and any objective with parameters.
@@ -67,11 +70,11 @@ class DistillModule(LightningModule):
     def active_objectives(self, epoch: int) -> list[Objective]:
         """The terms that train in ``epoch``: those whose stage is ``'alone'`` if any, else those ``'on'``."""
         stages = [objective.stage(epoch) for objective in self.objectives]
-        for objective, stage in zip(self.objectives, stages):
+        for objective, stage in zip(self.objectives, stages, strict=True):
             if stage not in STAGES:
                 raise LelpError(f"{type(objective).__name__}.stage returned {stage!r}; expected one of {STAGES}.")
         wanted = "alone" if "alone" in stages else "on"
-        active = [objective for objective, stage in zip(self.objectives, stages) if stage == wanted]
+        active = [objective for objective, stage in zip(self.objectives, stages, strict=True) if stage == wanted]
         if not active:
             raise LelpError(f"no objective trains in epoch {epoch}; add a term that is on after the others stop "
                             "(e.g. kd after embedding_matching's hint_epochs).")

@@ -5,23 +5,26 @@ third-party packages add theirs through the entry-point groups ``lelp_lightning.
 ``lelp_lightning.objectives`` and ``lelp_lightning.students``, which :func:`load_plugins` imports before the
 CLI parses its arguments.
 
-Short names in YAML and on the command line (``class_path: kmeans``, ``--data.strategy kmeans``): a
-registry given an ``alias_module`` puts a class named after each short name into that module.
-jsonargparse resolves a bare ``class_path`` by class name among the subclasses of the annotated base, so
-it finds the alias; calling the alias builds an instance of the registered class itself, so nothing
-downstream (state, fingerprints, checkpoints) can tell which name was used.
+Short names in YAML and on the command line (``class_path: kmeans``, ``--data.strategy kmeans``,
+``--model.objectives+=kd``): :func:`resolve_short_names` makes jsonargparse turn a registered short name
+into the registered class's own import path (``lelp_lightning.strategies.kmeans.KMeansStrategy``), so
+``--print_config``, the saved ``config.yaml`` and ``summary.json`` name the real class and re-run as they are.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import importlib.metadata
+import inspect
 import re
 from dataclasses import dataclass
 
 from lelp_lightning.errors import LelpError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Run configs, checkpoints and benchmark records written before short names resolved to the real class
+# name a generated stand-in, ``lelp_lightning.<kind>.names.<short name>``; those still load.
+_LEGACY_PATH = re.compile(r"^lelp_lightning\.(?:strategies|objectives|students)\.names\.([a-z][a-z0-9_]*)$")
 
 
 @dataclass(frozen=True)
@@ -30,15 +33,20 @@ class Entry:
     cls: type
     description: str
 
+    @property
+    def class_path(self) -> str:
+        """Where the class is defined: what a saved config records for this entry."""
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
 
 class Registry:
     """Maps a short name to a class; unknown names raise with the list of valid ones."""
 
-    def __init__(self, kind: str, entry_point_group: str, alias_module: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str):
         self.kind = kind
         self.entry_point_group = entry_point_group
-        self.alias_module = alias_module
         self._entries: dict[str, Entry] = {}
+        _REGISTRIES.append(self)
 
     def register(self, cls: type, name: str, description: str) -> None:
         if not _NAME.match(name):
@@ -51,9 +59,6 @@ class Registry:
                 f"{self.kind} name {name!r} is already taken by {existing.cls.__module__}.{existing.cls.__qualname__}."
             )
         self._entries[name] = Entry(name, cls, description.strip())
-        if self.alias_module is not None and name != cls.__name__:
-            module = importlib.import_module(self.alias_module)
-            setattr(module, name, _alias(cls, name, module.__name__))
 
     def get(self, name: str) -> type:
         key = name.lower()
@@ -74,15 +79,57 @@ class Registry:
         return name.lower() in self._entries
 
 
-def _alias(cls: type, name: str, module: str) -> type:
-    """A subclass of ``cls`` called ``name`` (same ``__init__`` signature) whose call builds a plain ``cls``."""
+_REGISTRIES: list[Registry] = []
 
-    class Alias(type(cls)):
-        def __call__(alias, *args, **kwargs):
-            return cls(*args, **kwargs)
 
-    return Alias(name, (cls,), {"__module__": module, "__qualname__": name,
-                                "__doc__": f"``{name}``: short name of :class:`{cls.__module__}.{cls.__qualname__}`."})
+def registered_class_path(base: type | tuple, name: str) -> str | None:
+    """The import path of the class registered as ``name`` (a short name, or a legacy
+    ``lelp_lightning.<kind>.names.<name>`` path) if that class is a subclass of ``base`` (a class or a tuple
+    of classes, as jsonargparse passes the annotated type); None otherwise. A miss loads the plugins once."""
+    legacy = _LEGACY_PATH.match(name)
+    short = legacy.group(1) if legacy else name
+    if not _NAME.match(short):
+        return None
+    bases = tuple(b for b in (base if isinstance(base, tuple) else (base,)) if inspect.isclass(b))
+    for attempt in range(2):
+        for registry in _REGISTRIES:
+            entry = registry._entries.get(short)
+            if entry is not None and issubclass(entry.cls, bases):
+                return entry.class_path
+        if attempt == 0 and not load_plugins():
+            break
+    return None
+
+
+def resolve_short_names() -> None:
+    """Make jsonargparse resolve a registered short name to its class's import path (idempotent).
+
+    jsonargparse resolves a ``class_path`` without a dot only by *class name* among the subclasses of the
+    annotated type, in one function, ``jsonargparse._typehints.resolve_class_path_by_name``, which every
+    input goes through (``--data.strategy kmeans``, ``--model.objectives+=kd``, JSON values, stacked
+    ``--config`` files, subclass config files, nested ``init_args``). jsonargparse 4.53 has no public hook
+    for names other than class names, and rewriting the names before jsonargparse reads its inputs would
+    mean re-implementing how it reads each of those forms; so this wraps that one private function, and
+    only answers for registered names whose class fits the annotated type. The path it returns is what
+    jsonargparse stores as ``class_path``, so saved configs record the real class. An unknown name still
+    reaches jsonargparse unchanged and fails there (``LelpArgumentParser.error`` turns that into one line).
+    """
+    from jsonargparse import _typehints  # the private module: see above
+
+    original = getattr(_typehints, "resolve_class_path_by_name", None)
+    if original is None:  # a jsonargparse that moved it: fail loudly rather than lose short names
+        raise RuntimeError("this jsonargparse has no _typehints.resolve_class_path_by_name; lelp's short names "
+                           "(class_path: kmeans) need it: install a jsonargparse version lelp supports.")
+    if getattr(original, "_lelp_short_names", False):
+        return
+
+    @functools.wraps(original)
+    def resolve_class_path_by_name(cls, name):
+        path = registered_class_path(cls, name) if isinstance(name, str) else None
+        return path if path is not None else original(cls, name)
+
+    resolve_class_path_by_name._lelp_short_names = True
+    _typehints.resolve_class_path_by_name = resolve_class_path_by_name
 
 
 _plugins_loaded = False

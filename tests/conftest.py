@@ -24,7 +24,7 @@ TINY_TEACHER = {"encoder": "all-MiniLM-L6-v2", "max_length": 64, "head_hidden": 
 
 
 def tiny_tweets():
-    from lelp_lightning.data.sources import Tweets
+    from lelp_lightning.sources import Tweets
 
     return Tweets(**TINY_TWEETS)
 
@@ -92,7 +92,7 @@ def write_logger_config(run_dir: Path, wandb: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = [f"    - class_path: lightning.pytorch.loggers.CSVLogger\n      init_args: {{save_dir: '{run_dir}', name: tiny}}"]
     if wandb:
-        loggers.append(f"    - class_path: lelp_lightning.loggers.AutoWandbLogger\n      init_args: {{save_dir: '{run_dir}', offline: true}}")
+        loggers.append(f"    - class_path: AutoWandbLogger\n      init_args: {{save_dir: '{run_dir}', offline: true}}")
     path = run_dir / "loggers.yaml"
     path.write_text("trainer:\n  logger:\n" + "\n".join(loggers) + "\n")
     return path

@@ -7,17 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS
 
 sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
 import grid  # noqa: E402
 import report  # noqa: E402
+import spec  # noqa: E402
+from selection import choices  # noqa: E402
 
-CELL = grid.CELLS["20ng/minilm/bag/sup"]
+CELL = spec.CELLS["20ng/minilm/bag/sup"]
 
 
-def fake_record(run: grid.Run, val: float, test: float | None = None) -> dict:
+def fake_record(run: spec.Run, val: float, test: float | None = None) -> dict:
     metrics = {"val_accuracy": val} | ({"test_accuracy": test} if test is not None else {})
     return {"identity": run.identity(), "key": run.key, "cell": run.cell, "method": run.method, "hp": run.hp_dict,
             "seed": run.seed, "phase": run.phase, "metrics": metrics, "wall_s": 1.0,
@@ -38,46 +39,46 @@ def test_stat_and_verdict_match_numpy():
 
 
 def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeypatch):
-    chosen, runs = grid.choices(CELL, {})
+    chosen, runs = choices(CELL, {})
     assert {r.method for r in runs} == {"ce", "kd"} and chosen == {}
     assert all(not r.test and r.seed == 0 for r in runs)
     records = {}
     for r in runs:  # KD best at (lr = 2 × base, τ = 2); the student alone ties everywhere → the first candidate
         hp = r.hp_dict
-        best = r.method == "kd" and hp["tau"] == 2.0 and hp["lr"] == 2 * grid.STUDENTS["bag"].lr
+        best = r.method == "kd" and hp["tau"] == 2.0 and hp["lr"] == 2 * spec.STUDENTS["bag"].lr
         records[r.key] = fake_record(r, 0.9 if best else 0.8 if r.method == "kd" else 0.7)
-    chosen, runs = grid.choices(CELL, records)
-    assert chosen["kd"] == {"lr": 2 * grid.STUDENTS["bag"].lr, "tau": 2.0}
-    assert chosen["ce"] == {"lr": grid.LR_FACTORS[0] * grid.STUDENTS["bag"].lr}
+    chosen, runs = choices(CELL, records)
+    assert chosen["kd"] == {"lr": 2 * spec.STUDENTS["bag"].lr, "tau": 2.0}
+    assert chosen["ce"] == {"lr": spec.LR_FACTORS[0] * spec.STUDENTS["bag"].lr}
     assert chosen["kd_alpha"] == {**chosen["kd"], "alpha": 0.5} and chosen["fitnets"] == chosen["kd"]
     stage2 = [r for r in runs if r.method not in ("ce", "kd")]
     assert {r.hp_dict["lr"] for r in stage2} == {chosen["kd"]["lr"]}
     assert {r.hp_dict["tau"] for r in stage2} == {2.0}  # KD's τ too, so S = 1 would be exactly KD
-    assert sum(r.method == "lelp" for r in stage2) == len(grid.S_GRID) * len(grid.BETAS)
+    assert sum(r.method == "lelp" for r in stage2) == len(spec.S_GRID) * len(spec.BETAS)
     assert "oracle" in chosen and chosen["oracle"]["S"] == 10  # one candidate: not selected
     assert not grid.plan([CELL], 3, records)["final"]  # finals wait for every choice
     for r in stage2:
         records[r.key] = fake_record(r, 0.85 if r.hp_dict["S"] == 4 else 0.84)
     phases = grid.plan([CELL], 3, records)
-    assert len(phases["final"]) == 3 * len(grid.methods_for(CELL)) and all(r.test for r in phases["final"])
+    assert len(phases["final"]) == 3 * len(spec.methods_for(CELL)) and all(r.test for r in phases["final"])
     assert not phases["ablation"]  # 20ng/minilm/bag/sup is not an ablation cell
-    monkeypatch.setattr(grid, "ABLATION_CELLS", (CELL.name,))
+    monkeypatch.setattr(spec, "ABLATION_CELLS", (CELL.name,))
     phases = grid.plan([CELL], 3, records)
-    assert len(phases["ablation"]) == sum(len(v) for v in grid.ABLATIONS.values()) * 3
+    assert len(phases["ablation"]) == sum(len(v) for v in spec.ABLATIONS.values()) * 3
 
 
 def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
-    chosen, runs = grid.choices(CELL, {})
+    chosen, runs = choices(CELL, {})
     records = {r.key: fake_record(r, 0.8) for r in runs}
-    chosen, runs = grid.choices(CELL, records)
+    chosen, runs = choices(CELL, records)
     records |= {r.key: fake_record(r, 0.8) for r in runs}
-    chosen, _ = grid.choices(CELL, records)
+    chosen, _ = choices(CELL, records)
     tests = {"kd": [0.80, 0.81, 0.82], "lelp": [0.84, 0.85, 0.86], "oracle": [0.90, 0.90, 0.91]}
     finals = []
     for r in grid.plan([CELL], 3, records)["final"]:
         accs = tests.get(r.method, [0.70, 0.71, 0.72])
         finals.append(fake_record(r, 0.8, accs[r.seed]))
-    monkeypatch.setattr(grid, "load_records", lambda: list(records.values()) + finals)
+    monkeypatch.setattr(spec, "load_records", lambda: list(records.values()) + finals)
     monkeypatch.setattr(report, "OUT", tmp_path / "RESULTS.md")
     monkeypatch.setattr(report, "PLOTS", tmp_path / "plots")
     monkeypatch.setattr(report, "PREPARE", tmp_path / "prepare")
@@ -93,19 +94,19 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
 
 def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, monkeypatch):
     """A LELP run on 300 real tweets with the MiniLM teacher, through the LelpCLI objects, tested once."""
-    monkeypatch.setattr(grid, "RECORDS", tmp_path / "records")
-    monkeypatch.setitem(grid.TASKS, "tiny", grid.Task("300 tweets", (
+    monkeypatch.setattr(spec, "RECORDS", tmp_path / "records")
+    monkeypatch.setitem(spec.TASKS, "tiny", spec.Task("300 tweets", (
         "--config", str(CONFIGS / "data" / "tweets_binary.yaml"),
         "--data.source.init_args.max_rows", str(TINY_TWEETS["max_rows"]), "--data.cache_dir", str(tweets_cache_dir))))
-    monkeypatch.setitem(grid.TEACHERS, "tiny", ("MiniLM", (
+    monkeypatch.setitem(spec.TEACHERS, "tiny", ("MiniLM", (
         "--config", str(CONFIGS / "teacher" / "minilm_mlp.yaml"),
         *(x for k in ("max_length", "head_hidden", "head_epochs") for x in (f"--data.teacher.init_args.{k}",
                                                                             str(TINY_TEACHER[k]))))))
-    monkeypatch.setitem(grid.STUDENTS, "tiny", grid.Student("bag", grid.STUDENTS["bag"].args, 0.02, 1, 32))
-    cell = grid.Cell("tiny", "tiny", "tiny", "sup")
-    monkeypatch.setitem(grid.CELLS, cell.name, cell)
+    monkeypatch.setitem(spec.STUDENTS, "tiny", spec.Student("bag", spec.STUDENTS["bag"].args, 0.02, 1, 32))
+    cell = spec.Cell("tiny", "tiny", "tiny", "sup")
+    monkeypatch.setitem(spec.CELLS, cell.name, cell)
     entries = {p.name for p in tweets_cache_dir.iterdir()}
-    run = grid.make_run(cell, "lelp", {"lr": 0.02, "S": 2, "beta": 1.0}, 0, True, "final")
+    run = spec.make_run(cell, "lelp", {"lr": 0.02, "S": 2, "beta": 1.0}, 0, True, "final")
     record = grid.execute(run, ("0" * 40, False))
     assert {p.name for p in tweets_cache_dir.iterdir()} == entries  # the teacher's cache is only read
     saved = json.loads(run.path.read_text())

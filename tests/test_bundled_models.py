@@ -6,9 +6,9 @@ import zipfile
 
 import pytest
 
+from lelp_lightning.encoders import bundled as bundled_models
+from lelp_lightning.encoders.bundled import COMPLETE, extract_split_zip, is_complete, wheel_part
 from lelp_lightning.errors import LelpError
-from lelp_lightning.teachers import bundled_models
-from lelp_lightning.teachers.bundled_models import COMPLETE, extract_split_zip, is_complete, wheel_part
 
 FILES = {"model/config.json": b'{"hidden_size": 8}', "model/weights.bin": bytes(range(256)) * 40,
          "model/sub/vocab.txt": b"a\nb\n"}

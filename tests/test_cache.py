@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_teacher, tiny_tweets
-from lelp_lightning.cache import TeacherCache
+
+from lelp_lightning.cache import PassTarget, TeacherCache, build_entry
 from lelp_lightning.data.datamodule import DistillDataModule
-from lelp_lightning.data.sources import Tweets
 from lelp_lightning.errors import LelpError
+from lelp_lightning.sources import Tweets
 from lelp_lightning.strategies import LinearProjectionStrategy
 from lelp_lightning.teachers import SentenceEncoderTeacher
 
@@ -21,28 +21,40 @@ LABELS = rng.integers(0, C, N)
 W, B = rng.normal(size=(C, D)).astype(np.float32), rng.normal(size=C).astype(np.float32)
 
 
-def make_batches(seen, fail_after=None, order=None):
-    order = np.arange(N)[::-1] if order is None else order  # a fixed, non-trivial order (like length buckets)
-
-    def batches(done):
-        for k, lo in enumerate(range(done, N, 4)):
-            if fail_after is not None and k == fail_after:
-                raise KeyboardInterrupt("killed")
-            index = order[lo: lo + 4]
-            seen.extend(index.tolist())
-            yield index, EMB[index], LOGITS[index]
-    return batches
+ORDER = np.arange(N)[::-1]  # a fixed, non-trivial order (like length buckets)
+BLOCK = 4  # 6 blocks, the last one short
 
 
-def build(cache, batches, key="k"):
-    return cache.build(key, labels=LABELS, row_ids=np.arange(N) + 100, embedding_dim=D, num_classes=C,
-                       batches=batches, classifier=lambda: (W, B), meta={"what": "test"}, progress=False)
+def target(seen, fail_after=None, order=ORDER, row_ids=None, meta=None, emb=EMB):
+    """The entry's build: ``encode`` records the rows it encodes; it raises on its ``fail_after``-th block."""
+    calls = [0]
+
+    def encode(index):
+        if calls[0] == fail_after:
+            raise KeyboardInterrupt("killed")
+        calls[0] += 1
+        seen.extend(index.tolist())
+        return emb[index], LOGITS[index]
+
+    return PassTarget(key="k", labels=LABELS, row_ids=np.arange(N) + 100 if row_ids is None else row_ids,
+                      embedding_dim=D, num_classes=C,
+                      meta={"what": "test"} if meta is None else meta, order=order, block_size=BLOCK, encode=encode,
+                      classifier=lambda: (W, B))
+
+
+def build(cache, seen, **kwargs):
+    return build_entry(cache, target(seen, **kwargs), progress=False)
+
+
+def logged_blocks(folder):
+    """The block numbers in a build folder's block logs (whole lines only)."""
+    return {int(line) for log in folder.glob("blocks-rank*.log") for line in log.read_text().splitlines()}
 
 
 def test_round_trip(tmp_path):
     cache = TeacherCache(tmp_path)
     seen = []
-    entry = build(cache, make_batches(seen))
+    entry = build(cache, seen)
     assert sorted(seen) == list(range(N))
     again = TeacherCache(tmp_path).open("k")
     np.testing.assert_array_equal(again.embedding, EMB)
@@ -52,36 +64,49 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(again.W, W)
     assert isinstance(again.embedding, np.memmap)
     assert again.manifest["meta"] == {"what": "test"} == entry.manifest["meta"]
+    seen_again = []
+    assert build(cache, seen_again).manifest == entry.manifest and seen_again == []  # a finished entry is reused
 
 
 def test_interrupted_build_is_not_complete_and_resumes_without_redoing_rows(tmp_path):
+    """The teacher fails in its 4th block: the 3 finished blocks are synced and logged on the way out (the
+    writer is closed in a ``finally``) and the next build encodes only the rows of the other blocks."""
     cache = TeacherCache(tmp_path)
     first = []
     with pytest.raises(KeyboardInterrupt):
-        build(cache, make_batches(first, fail_after=3))
+        build(cache, first, fail_after=3)
     assert len(first) == 12
+    assert logged_blocks(tmp_path / "k.partial") == {0, 1, 2}
     assert not cache.exists("k")
     with pytest.raises(LelpError, match="missing or unfinished"):
         cache.open("k")
     second = []
-    entry = build(cache, make_batches(second))
+    entry = build(cache, second)
     assert set(first).isdisjoint(second) and sorted(first + second) == list(range(N))
+    assert set(first) == set(ORDER[:3 * BLOCK].tolist())  # exactly the rows of the logged blocks were kept
     np.testing.assert_array_equal(entry.embedding, EMB)
+    np.testing.assert_array_equal(entry.logits, LOGITS)
 
 
-def test_partial_build_with_other_shapes_starts_over(tmp_path):
+@pytest.mark.parametrize("change", [{"meta": {"what": "other"}, "row_ids": np.arange(N)},
+                                    {"order": np.arange(N)}])
+def test_partial_build_with_another_description_starts_over(tmp_path, change):
+    """A partial build of other metadata (other fingerprints) or another row order is not resumed."""
     cache = TeacherCache(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        build(cache, make_batches([], fail_after=2))
+        build(cache, [], fail_after=2)
+    assert logged_blocks(tmp_path / "k.partial") == {0, 1}
     seen = []
-    cache.build("k", labels=LABELS, row_ids=np.arange(N), embedding_dim=D, num_classes=C, batches=make_batches(seen),
-                classifier=lambda: (W, B), meta={"what": "other"}, progress=False)
+    entry = build(cache, seen, **change)
     assert sorted(seen) == list(range(N))
+    np.testing.assert_array_equal(entry.row_id, change.get("row_ids", np.arange(N) + 100))
+    assert entry.manifest["meta"] == change.get("meta", {"what": "test"})
+    np.testing.assert_array_equal(TeacherCache(tmp_path).open("k").embedding, EMB)
 
 
 def test_corrupted_array_fails_its_checksum(tmp_path):
     cache = TeacherCache(tmp_path)
-    build(cache, make_batches([]))
+    build(cache, [])
     path = tmp_path / "k" / "embedding.npy"
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
@@ -91,36 +116,46 @@ def test_corrupted_array_fails_its_checksum(tmp_path):
 
 
 def test_manifest_is_written_last(tmp_path, monkeypatch):
+    """When manifest.json is written the classifier is on disk and the block logs cover every block; the
+    finished entry then holds neither the block logs nor build.json, and no partial folder is left."""
     import lelp_lightning.cache.teacher_cache as tc
 
     cache = TeacherCache(tmp_path)
     real = tc._atomic_write_json
+    written = []
 
     def guarded(path, payload):
         if path.name == "manifest.json":
             assert (path.parent / "classifier.npz").is_file()
-            assert json.loads((path.parent / "progress.json").read_text()) == {"rows_done": N}
+            assert logged_blocks(path.parent) == set(range(6))
+            assert (path.parent / "build.json").is_file()
+        written.append(path.name)
         real(path, payload)
 
     monkeypatch.setattr(tc, "_atomic_write_json", guarded)
-    build(cache, make_batches([]))
+    build(cache, [])
+    assert written == ["build.json", "manifest.json"]
     assert json.loads((tmp_path / "k" / "manifest.json").read_text())["arrays"]["embedding"]["shape"] == [N, D]
-    assert not (tmp_path / "k" / "progress.json").exists()
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == [
+        "classifier.npz", "embedding.npy", "label.npy", "logits.npy", "manifest.json", "row_id.npy"]
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
 
 
 def test_nan_teacher_output_is_refused(tmp_path):
-    def bad(done):
-        e = EMB[:4].copy(); e[0, 0] = np.nan
-        yield np.arange(4), e, LOGITS[:4]
+    bad = EMB.copy()
+    bad[ORDER[5], 0] = np.nan  # a row of the second block
+    seen = []
     with pytest.raises(LelpError, match="NaN or Inf"):
-        build(TeacherCache(tmp_path), bad)
+        build(TeacherCache(tmp_path), seen, emb=bad)
+    assert not TeacherCache(tmp_path).exists("k")
+    assert logged_blocks(tmp_path / "k.partial") == {0}  # the NaN block is neither kept nor logged
 
 
 def test_fingerprint_changes_with_teacher_data_and_split_and_a_changed_one_reruns(tweets_cache_dir):
     def key(source=None, teacher=None, split="train"):
         dm = DistillDataModule(source or tiny_tweets(), teacher or tiny_teacher(), LinearProjectionStrategy(2),
                                cache_dir=str(tweets_cache_dir))
-        return dm.cache_key(split)
+        return dm.plan.key(split)
 
     base = key()
     assert base == key()  # stable across instances

@@ -2,29 +2,76 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import CONFIGS, run_lelp, tiny_run_args, write_logger_config
 
-from conftest import CONFIGS, REPO, run_lelp, tiny_run_args, write_logger_config
 from lelp_lightning.cli import main
 
-ALL_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
+ROOT = CONFIGS.parent
+# Every shipped config: all of configs/ (every folder, new ones included) and the YAML under benchmarks/ and
+# examples/ (benchmarks/results/ holds run records, not configs).
+ALL_CONFIGS = sorted(p.relative_to(ROOT).as_posix() for folder in ("configs", "benchmarks", "examples")
+                     for p in (ROOT / folder).rglob("*.yaml") if "results" not in p.relative_to(ROOT).parts)
+
+
+def test_the_shipped_config_list_covers_every_folder_of_configs():
+    folders = {p.parent.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml")}
+    assert folders <= {Path(c).parent.as_posix() for c in ALL_CONFIGS}
+    assert {"configs/method", "configs/experiments", "benchmarks/accuracy"} <= {Path(c).parent.as_posix() for c in ALL_CONFIGS}
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_every_shipped_config_parses(config, capsys):
     stack = ["--config", str(CONFIGS / "quickstart.yaml")]
-    if config != "quickstart.yaml":
-        stack += ["--config", str(CONFIGS / config)]
+    if config != "configs/quickstart.yaml":
+        stack += ["--config", str(ROOT / config)]
     with pytest.raises(SystemExit) as done:
         main(["fit", *stack, "--print_config"])
     assert done.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: lelp_lightning" in printed
+
+
+def bare_class_paths(node):
+    """Every ``class_path`` in a loaded YAML document that is a bare name (no module path)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("class_path"), str) and "." not in node["class_path"]:
+            yield node["class_path"]
+        for value in node.values():
+            yield from bare_class_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from bare_class_paths(value)
+
+
+def test_every_bare_class_path_is_imported_before_lelp_parses():
+    """jsonargparse resolves a bare ``class_path`` only among subclasses already imported (and lelp's short
+    names among the registered classes), so in one pytest process a module another test imported could hide
+    a name that fails in a fresh ``lelp``: check in a fresh interpreter that imports what the console script
+    imports before it parses."""
+    names = sorted({name for config in ALL_CONFIGS
+                    for name in bare_class_paths(yaml.safe_load((ROOT / config).read_text()))})
+    script = ("import sys\n"
+              "import lelp_lightning.cli\n"
+              "from lelp_lightning.registry import load_plugins\n"
+              "load_plugins()\n"
+              "from lelp_lightning.objectives import objectives\n"
+              "from lelp_lightning.strategies import strategies\n"
+              "from lelp_lightning.students import students\n"
+              "known = {v.__name__ for m in list(sys.modules.values()) if m is not None\n"
+              "         for v in list(vars(m).values()) if isinstance(v, type)}\n"
+              "known |= {n for r in (strategies, objectives, students) for n in r.names()}  # short names\n"
+              "print('\\n'.join(n for n in sys.argv[1:] if n not in known))\n")
+    proc = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [], f"bare class_path names no module imported before parsing: {proc.stdout.split()}"
 
 
 def test_strategies_subcommand_lists_names_and_descriptions(capsys):
@@ -58,12 +105,14 @@ def test_fit_prints_and_writes_the_summary_with_config_and_logs(finished_run, tw
     assert summary["config"]["data"]["strategy"]["init_args"]["num_subclasses"] == 2
     assert "student" in proc.stdout and "teacher" in proc.stdout and "majority class" in proc.stdout
     assert (version / "config.yaml").is_file()  # LightningCLI's resolved config
+    lelp = "lelp_lightning.strategies.linear_projection.LinearProjectionStrategy"  # `class_path: lelp`, as the class
+    assert summary["config"]["data"]["strategy"]["class_path"] == lelp
+    assert yaml.safe_load((version / "config.yaml").read_text())["data"]["strategy"]["class_path"] == lelp
     metrics = pd.read_csv(version / "metrics.csv")
     assert {"train/loss", "val/accuracy", "test/accuracy"} <= set(metrics.columns)
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B wrote its offline run
     assert "teacher cache hit" in proc.stderr  # the session cache fixture built it; the CLI reused it
     # the teacher's test accuracy is recomputed from the cache
-    from lelp_lightning.cache import TeacherCache
     dm_key = [p for p in tweets_cache_dir.iterdir() if p.is_dir() and not p.name.startswith("encoder-")]
     assert len(dm_key) == 3
 
@@ -97,7 +146,7 @@ def test_validate_test_and_predict_on_the_checkpoint(finished_run, tmp_path):
     predictions = pd.read_csv(next(tmp_path.rglob("predictions.csv")))
     assert list(predictions.columns) == ["row_id", "prediction", "p_negative", "p_positive"]
     assert len(predictions) == 60 and set(predictions["prediction"]) <= {"negative", "positive"}
-    assert (predictions[["p_negative", "p_positive"]].sum(1) - 1).abs().max() < 1e-5
+    assert (predictions[["p_negative", "p_positive"]].sum(axis=1) - 1).abs().max() < 1e-5
 
 
 def test_one_subclass_is_vanilla_kd_through_the_same_path(tweets_cache_dir, tmp_path):
@@ -111,10 +160,10 @@ def test_one_subclass_is_vanilla_kd_through_the_same_path(tweets_cache_dir, tmp_
 
 def test_user_csv_with_a_hugging_face_teacher(tmp_path):
     """configs/data/text_file.yaml + configs/teacher/hf_classifier.yaml (tiny random BERT, no download)."""
-    from lelp_lightning.data.sources import Tweets
+    from lelp_lightning.sources import Tweets
 
     tweets = Tweets(max_rows=200)
-    rows = [(t, ["neg", "pos"][l]) for s in ("train", "val", "test") for t, l in zip(tweets.split(s).texts, tweets.split(s).labels)]
+    rows = [(t, ["neg", "pos"][l]) for s in ("train", "val", "test") for t, l in zip(tweets.split(s).texts, tweets.split(s).labels, strict=True)]
     pd.DataFrame(rows, columns=["tweet", "mood"]).to_csv(tmp_path / "mine.csv", index=False)
     logs = write_logger_config(tmp_path / "runs", wandb=False)
     proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/text_file.yaml"),
@@ -164,11 +213,11 @@ def test_mlp_student_on_minilm_features_builds_them_once(tweets_cache_dir, tmp_p
 
 
 def test_mpnet_teacher_config_is_the_reference_rotten_tomatoes_teacher():
-    """configs/teacher/mpnet_mlp.yaml builds the teacher of REFERENCE_RESULTS.md (768→256→C, dropout 0.1, AdamW)."""
+    """configs/teacher/mpnet_mlp.yaml builds the reference prototype's Rotten Tomatoes teacher (768→256→C, dropout 0.1, AdamW)."""
     from lelp_lightning.teachers import SentenceEncoderTeacher
 
     teacher_config = yaml.safe_load((CONFIGS / "teacher/mpnet_mlp.yaml").read_text())["data"]["teacher"]
-    assert teacher_config["class_path"] == "lelp_lightning.teachers.SentenceEncoderTeacher"
+    assert teacher_config["class_path"] == "SentenceEncoderTeacher"  # a bare class name, resolved by jsonargparse
     teacher = SentenceEncoderTeacher(**teacher_config["init_args"])
     assert (teacher.encoder.model, teacher.encoder.max_length, teacher.encoder.embedding_dim) == ("all-mpnet-base-v2", 128, 768)
     assert (teacher.head_hidden, teacher.head_dropout, teacher.head_lr, teacher.head_weight_decay,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import CONFIGS, LELP, TINY_TWEETS, run_lelp, tiny_run_args, write_logger_config
+
 from lelp_lightning.cache import TeacherCache
 
 pytestmark = pytest.mark.slow

@@ -7,17 +7,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import CONFIGS, run_lelp, tiny_run_args, tiny_teacher, tiny_tweets
-from lelp_lightning.cache import TeacherCache
+
+from lelp_lightning.cache import PassTarget, TeacherCache, build_entry
+from lelp_lightning.cache.plan import check_classifier
 from lelp_lightning.cache.teacher_cache import _checksum, _classifier_checksum
 from lelp_lightning.cli import build_cli, main
-from lelp_lightning.data.datamodule import DistillDataModule, check_classifier
+from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.data.featurizers import HashedNgramFeaturizer
-from lelp_lightning.data.sources import TextFile
 from lelp_lightning.errors import LelpError
 from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
+from lelp_lightning.sources import TextFile
 from lelp_lightning.strategies import LinearProjectionStrategy, strategies
 from lelp_lightning.students import HashedBagStudent, students
 
@@ -178,9 +179,10 @@ def small_cache(tmp_path, W=None):
     W_true, b = rng.normal(size=(2, 4)).astype(np.float32), rng.normal(size=2).astype(np.float32)
     logits = emb @ W_true.T + b
     cache = TeacherCache(tmp_path)
-    cache.build("k", labels=np.arange(12) % 2, row_ids=np.arange(12), embedding_dim=4, num_classes=2,
-                batches=lambda done: iter([(np.arange(12), emb, logits)]),
-                classifier=lambda: (W_true if W is None else W, b), meta={}, progress=False)
+    build_entry(cache, PassTarget(key="k", labels=np.arange(12) % 2, row_ids=np.arange(12), embedding_dim=4,
+                                  num_classes=2, meta={}, order=np.arange(12), block_size=12,
+                                  encode=lambda index: (emb[index], logits[index]),
+                                  classifier=lambda: (W_true if W is None else W, b)), progress=False)
     return cache
 
 
@@ -240,7 +242,7 @@ def copied_tweets_cache(tweets_cache_dir, tmp_path):
 
 def test_a_real_cache_whose_classifier_was_swapped_is_refused(copied_tweets_cache):
     cache, datamodule = copied_tweets_cache
-    entry = cache / datamodule().cache_key("train")
+    entry = cache / datamodule().plan.key("train")
     with np.load(entry / "classifier.npz") as clf:
         W, b = clf["W"], clf["b"]
     W = np.random.default_rng(1).permutation(W, axis=1)  # same shape, another teacher's layer
@@ -256,7 +258,7 @@ def test_a_cache_entry_built_for_other_data_is_refused_not_reused(copied_tweets_
     """An entry under the run's key whose manifest names other fingerprints (a copied or renamed folder)."""
     cache, datamodule = copied_tweets_cache
     dm = datamodule()
-    train, val = cache / dm.cache_key("train"), cache / dm.cache_key("val")
+    train, val = cache / dm.plan.key("train"), cache / dm.plan.key("val")
     shutil.rmtree(train)
     shutil.copytree(val, train)
     with pytest.raises(LelpError, match=rf"the teacher cache {train} was built for another split_fingerprint "

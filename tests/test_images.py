@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import CONFIGS, run_lelp, write_logger_config
+
 from lelp_lightning.cache import TeacherCache
-from lelp_lightning.data.images import FASHION_MNIST_DIR, Digits, FashionMNIST, PixelFeaturizer, read_idx
+from lelp_lightning.data.pixels import PixelFeaturizer
 from lelp_lightning.errors import LelpError
+from lelp_lightning.sources import Digits, FashionMNIST
+from lelp_lightning.sources.fashion_mnist import FASHION_MNIST_DIR
+from lelp_lightning.sources.images import read_idx
 from lelp_lightning.students import CNNStudent, students
 from lelp_lightning.teachers import CNNTeacher
 
@@ -146,9 +149,7 @@ def test_cnn_teacher_fit_is_deterministic_cached_and_linear_in_its_embedding(tmp
     loaded = CNNTeacher(**TINY_CNN, seed=1)
     loaded.fit(source, TeacherCache(tmp_path / "a"))
     np.testing.assert_array_equal(loaded.encode(test.texts)[1], logits)
-    rows = list(loaded.encode_split(test, start=100))
-    np.testing.assert_array_equal(np.concatenate([r[0] for r in rows]), np.arange(100, len(test)))
-    np.testing.assert_array_equal(np.concatenate([r[2] for r in rows]), logits[100:])
+    np.testing.assert_array_equal(loaded.encode_rows(test, np.arange(100, len(test)))[1], logits[100:])
 
 
 def test_cnn_teacher_trains_on_the_labeled_rows_only(tmp_path, monkeypatch):
@@ -170,7 +171,7 @@ def digits_cache(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("student, strategy", [("mlp", "lelp.yaml"), ("cnn", "oracle.yaml")])
 def test_lelp_fit_on_digits_with_the_cnn_teacher(student, strategy, digits_cache, tmp_path):
     logs = write_logger_config(tmp_path, wandb=False)
-    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/digits.yaml"),
+    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "experiments/digits.yaml"),
                     "--config", str(CONFIGS / "strategy" / strategy), "--config", str(CONFIGS / f"student/{student}.yaml"),
                     "--config", str(logs), "--data.cache_dir", str(digits_cache), "--data.progress", "false",
                     "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",

@@ -5,13 +5,18 @@ import pytest
 import scipy.linalg
 import scipy.sparse.linalg
 import torch
-
 from conftest import gaussian_classes
+
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives import SubclassCrossEntropy, class_logits, subclass_targets
 from lelp_lightning.strategies import LinearProjectionStrategy
-from lelp_lightning.strategies.linear_projection import (LANCZOS_MIN_DIM, haar_orthogonal, project_out, row_space_basis,
-                                                         top_eigenvectors)
+from lelp_lightning.strategies.linear_projection import (
+    LANCZOS_MIN_DIM,
+    haar_orthogonal,
+    project_out,
+    row_space_basis,
+    top_eigenvectors,
+)
 
 
 def numpy_null_projector(W):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from lelp_lightning.data.featurizers import HashedNgramFeaturizer
-from lelp_lightning.data.sources import TextFile, read_table
+from lelp_lightning.sources import TextFile, read_table
 
 # any Unicode text a file can hold (no lone surrogates: UTF-8 cannot encode them), with the characters
 # that break naive CSV handling drawn often

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache
-from lelp_lightning.data.samplers import EvalShardSampler, GlobalBatchSampler
+from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache, build_entry
 from lelp_lightning.errors import LelpError
+from lelp_lightning.samplers import EvalShardSampler, GlobalBatchSampler
 
 
 def batches(sampler) -> list[list[int]]:
@@ -91,14 +91,15 @@ def test_two_writers_build_what_one_process_builds(tmp_path):
     build.prepare()
     run_ranks(build, 2, ranks=(1, 0))
     entry = build.finish()
-    reference = TeacherCache(tmp_path / "single").build(
-        "k", labels=LABELS, row_ids=np.arange(N) + 7, embedding_dim=D, num_classes=C,
-        batches=lambda done: ((ORDER[i:i + 5], EMB[ORDER[i:i + 5]], LOGITS[ORDER[i:i + 5]]) for i in range(done, N, 5)),
-        classifier=lambda: (W, B), meta={"what": "blocks"}, progress=False)
+    encoded = []
+    reference = build_entry(TeacherCache(tmp_path / "single"), target(encoded), progress=False)  # one process
+    assert sorted(encoded) == list(range(N))
     for name in ("embedding", "logits", "label", "row_id", "W", "b"):
         np.testing.assert_array_equal(getattr(entry, name), getattr(reference, name))
     assert entry.manifest["arrays"] == reference.manifest["arrays"]  # same checksums
-    assert not (tmp_path / "blocks" / "k.partial").exists()
+    assert entry.manifest == reference.manifest
+    for folder in ("blocks", "single"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == ["k"]  # no partial folder left behind
 
 
 def test_a_killed_build_resumes_with_another_process_count_without_redoing_logged_blocks(tmp_path):
@@ -123,6 +124,31 @@ def test_a_killed_build_resumes_with_another_process_count_without_redoing_logge
     entry = resumed.finish()
     logged_rows = {i for b in done for i in ORDER[b * 4: b * 4 + 4]}
     assert logged_rows.isdisjoint(second) and sorted(second) == sorted(set(range(N)) - logged_rows)
+    np.testing.assert_array_equal(entry.embedding, EMB)
+    np.testing.assert_array_equal(entry.logits, LOGITS)
+
+
+def test_a_torn_log_line_never_runs_into_the_next_logged_block(tmp_path):
+    """A kill mid-write leaves a torn last line ("1" of "1\\n"); the writer appending to that log next must not
+    make it "11\\n", which would log block 11 (never written) as done and seal its rows as zeros."""
+    wide = PassTarget(key="k", labels=LABELS, row_ids=np.arange(N), embedding_dim=D, num_classes=C, meta={},
+                      order=ORDER, block_size=2, encode=lambda index: (EMB[index], LOGITS[index]),
+                      classifier=lambda: (W, B))
+    assert wide.num_blocks == 15
+    cache = TeacherCache(tmp_path)
+    build = BlockBuild(cache, wide)
+    build.prepare()
+    writer = build.writer(0, sync_seconds=0.0)
+    for block in (0, 1):
+        writer.write(block, *wide.encode(wide.block(block)))
+    (build.partial / "blocks-rank0.log").write_text("0\n1")  # killed while logging block 1
+    assert build.done_blocks() == {0}
+    resumed = BlockBuild(cache, wide)
+    resumed.prepare()
+    writer = resumed.writer(0, sync_seconds=0.0)  # the resumed build logs block 1, then is killed
+    writer.write(1, *wide.encode(wide.block(1)))
+    assert resumed.done_blocks() == {0, 1}
+    entry = build_entry(cache, wide, progress=False)
     np.testing.assert_array_equal(entry.embedding, EMB)
     np.testing.assert_array_equal(entry.logits, LOGITS)
 

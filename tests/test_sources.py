@@ -1,4 +1,4 @@
-"""Real data sources: sizes stated in DATA.md, deterministic stratified splits, user files."""
+"""Real data sources: the sizes README "Data" states, deterministic stratified splits, user files."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lelp_lightning.data.sources import SPLITS, Newsgroups20, TextFile, Tweets
 from lelp_lightning.errors import LelpError
+from lelp_lightning.sources import SPLITS, Newsgroups20, TextFile, Tweets
 
 
 def all_rows(source):
@@ -59,7 +59,7 @@ def test_text_file_csv_and_jsonl_with_string_labels(tmp_path):
         total = sum(len(source.split(s)) for s in SPLITS)
         assert total == 60
         train = source.split("train")
-        assert all(("good" in t) == (l == 1) for t, l in zip(train.texts, train.labels))
+        assert all(("good" in t) == (l == 1) for t, l in zip(train.texts, train.labels, strict=True))
 
 
 def test_text_file_split_column_and_fingerprint_tracks_file_content(tmp_path):

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from lelp_lightning.data.sources import SplitData
-from lelp_lightning.teachers import HFSequenceClassifierTeacher, SentenceEncoder
-from lelp_lightning.teachers.sentence_encoder import resolve_model_path
+from lelp_lightning.encoders import SentenceEncoder, resolve_model_path
+from lelp_lightning.teachers import HFSequenceClassifierTeacher
 
 TEXTS = ["a short one", "this is a somewhat longer sentence about movies and their plots", "", "☃ ünïcödé"]
 
@@ -16,11 +15,7 @@ def test_encoder_matches_sentence_transformers_encode():
     ref_model.max_seq_length = 32
     ref = ref_model.encode(TEXTS, batch_size=2, convert_to_numpy=True)
     enc = SentenceEncoder("all-MiniLM-L6-v2", max_length=32, batch_size=2)
-    split = SplitData("x", TEXTS, np.zeros(4, int), np.arange(4))
-    out = np.zeros((4, enc.embedding_dim), np.float32)
-    for index, emb, _ in enc.embed_split(split):
-        out[index] = emb
-    np.testing.assert_allclose(out, ref, atol=1e-5)
+    np.testing.assert_allclose(enc.embed_all(TEXTS), ref, atol=1e-5)
 
 
 def test_mpnet_from_its_part_wheels_matches_sentence_transformers_encode():

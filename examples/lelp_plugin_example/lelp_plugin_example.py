@@ -17,7 +17,7 @@ class NormBinsStrategy(SubclassStrategy, name="norm_bins",
                        description="Example plugin: S bins of the embedding norm per class (mean ± 1 std)."):
     """z[c,s] = −((‖h‖ − centre_{c,s}) / σ_c)², centres evenly spaced over μ_c ± σ_c of class c's norms."""
 
-    shardable = True  # the fit is a function of sums, passed through self._comm
+    shardable = True  # the fit is a function of sums, passed through self.comm
 
     def _fit(self, embeddings, labels, W, b, rows) -> None:
         C = self.num_classes
@@ -27,7 +27,7 @@ class NormBinsStrategy(SubclassStrategy, name="norm_bins",
             count.index_add_(0, y, torch.ones_like(norm))
             total.index_add_(0, y, norm)
             total_sq.index_add_(0, y, norm ** 2)
-        self._comm.sum_(count, total, total_sq)
+        self.comm.sum_(count, total, total_sq)
         mean = total / count
         self._std = (total_sq / count - mean ** 2).clamp_min(1e-24).sqrt()
         offsets = torch.linspace(-1.0, 1.0, self.num_subclasses, dtype=torch.float64) if self.num_subclasses > 1 \

@@ -1,13 +1,13 @@
-"""A cache entry built block by block by many processes at once, resumable with any number of processes.
+"""The one way a cache entry is written: block by block, by one process or many, resumable with any number.
 
 A :class:`PassTarget` fixes an entry's rows in one order that depends only on the data (e.g. longest
-first), cut into blocks of ``block_size`` rows. Rank 0 preallocates ``<key>.partial/`` (the same layout as a
-single-process build); every process then encodes its blocks and writes their rows straight into the
+first), cut into blocks of ``block_size`` rows. Rank 0 preallocates ``<key>.partial/``; every process then encodes its blocks and writes their rows straight into the
 preallocated arrays with positional writes (``os.pwrite``: disjoint byte ranges, safe for many writers on
 one file, also on shared file systems), and appends each finished block's number to its own log
 ``blocks-rank<r>.log`` only after the rows are synced. A killed build resumes from the union of those logs,
 whatever the number of processes then; rank 0 seals the entry (classifier, checksums, manifest last,
-atomic rename) once every block is logged.
+atomic rename) once every block is logged. :func:`build_entry` is this build with one process (rank 0);
+``lelp cache`` runs it with many (:mod:`lelp_lightning.cache.teacher_pass`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from torch import nn
+from tqdm.auto import tqdm
 
 from lelp_lightning.cache.teacher_cache import CachedSplit, TeacherCache, check_finite
 from lelp_lightning.errors import LelpError
@@ -82,11 +83,14 @@ class BlockBuild:
 
     def finish(self) -> CachedSplit:
         """Rank 0, after every process closed its writer: seal the entry, or say how many blocks are missing."""
-        missing = self.target.num_blocks - len(self.done_blocks())
+        missing = len(set(range(self.target.num_blocks)) - self.done_blocks())
         if missing:
             raise LelpError(f"the {self.target.desc} left {missing} of {self.target.num_blocks} blocks unwritten; "
                             "run `lelp cache` again to finish it.")
-        return self.cache.finish_partial(self.target.key, self.target.meta, *self.target.classifier())
+        entry = self.cache.finish_partial(self.target.key, self.target.meta, *self.target.classifier())
+        for file in [*entry.path.glob("blocks-rank*.log"), entry.path / "build.json"]:  # only the build needed them
+            file.unlink()
+        return entry
 
 
 class BlockWriter:
@@ -99,7 +103,11 @@ class BlockWriter:
         for name in ("embedding", "logits"):
             offset = np.load(partial / f"{name}.npy", mmap_mode="r").offset
             self.files[name] = (os.open(partial / f"{name}.npy", os.O_WRONLY), offset)
-        self.log = open(partial / f"blocks-rank{rank}.log", "a")
+        log = partial / f"blocks-rank{rank}.log"
+        text = log.read_bytes() if log.is_file() else b""
+        if text and not text.endswith(b"\n"):  # a torn last line (a kill mid-write) must not run into the next one
+            os.truncate(log, text.rfind(b"\n") + 1)
+        self.log = open(log, "a")
         self.pending: list[int] = []
         self.last_sync = time.monotonic()
         self.rows_written = 0
@@ -122,7 +130,7 @@ class BlockWriter:
         order = np.argsort(index, kind="stable")
         index, values = index[order], values[order]
         starts = np.flatnonzero(np.diff(index, prepend=-2) != 1)  # runs of consecutive rows: one write each
-        for lo, hi in zip(starts, [*starts[1:], len(index)]):
+        for lo, hi in zip(starts, [*starts[1:], len(index)], strict=True):
             os.pwrite(fd, values[lo:hi].tobytes(), offset + int(index[lo]) * row_bytes)
 
     def sync(self) -> None:
@@ -142,3 +150,29 @@ class BlockWriter:
         for fd, _ in self.files.values():
             os.close(fd)
         self.log.close()
+
+
+def build_entry(cache: TeacherCache, target: PassTarget, progress: bool = True,
+                sync_seconds: float = 1.0) -> CachedSplit:
+    """Build (or resume building) ``target``'s entry in this process: the many-process build with one rank.
+
+    A failing or killed build keeps every block it had logged; the next call encodes only the others. Finished
+    blocks are synced and logged every ``sync_seconds`` (a kill redoes at most that much work) and on the way out.
+    """
+    if cache.exists(target.key):
+        return cache.open(target.key)
+    build = BlockBuild(cache, target)
+    build.prepare()
+    done = build.done_blocks()
+    writer = build.writer(rank=0, sync_seconds=sync_seconds)
+    rows_done = sum(len(target.block(b)) for b in done)
+    try:
+        with tqdm(total=len(target.order), initial=rows_done, desc=target.desc, unit="row", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for block in range(target.num_blocks):
+                if block not in done:
+                    writer.write(block, *target.encode(target.block(block)))
+                    bar.update(len(target.block(block)))
+    finally:
+        writer.close()
+    return build.finish()

@@ -5,11 +5,10 @@ Layout of one entry ``<root>/<key>/``::
     embedding.npy [N,D] float32 · logits.npy [N,C] float32 · label.npy [N] int64 · row_id.npy [N] int64
     classifier.npz (W [C,D], b [C]) · manifest.json (written last: fingerprints, shapes, checksums)
 
-A build writes into ``<key>.partial/`` and records about once a second how many rows are done and flushed
-(``progress.json``), so a killed build resumes without redoing recorded rows; only a finished build
-gets its manifest and is renamed to ``<key>/`` in one atomic step. An entry without a manifest, or whose
-arrays do not match the manifest's checksums, is never read back as complete. Many processes build one
-entry block by block with :mod:`lelp_lightning.cache.blocks` (``lelp cache``).
+A build writes into ``<key>.partial/`` block by block, by one process or many (:mod:`lelp_lightning.cache.blocks`:
+one write protocol, whatever the number of processes), so a killed build resumes without redoing the blocks it
+had logged; only a finished build gets its manifest and is renamed to ``<key>/`` in one atomic step. An entry
+without a manifest, or whose arrays do not match the manifest's checksums, is never read back as complete.
 """
 
 from __future__ import annotations
@@ -18,19 +17,15 @@ import hashlib
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lelp_lightning.errors import LelpError
 
 FORMAT_VERSION = 1
 ARRAYS = ("embedding", "logits", "label", "row_id")
-RECORD_SECONDS = 1.0  # how often a build flushes its rows and records its progress
 
 
 def cache_key(*parts: str) -> str:
@@ -145,63 +140,6 @@ class TeacherCache:
                             "to rebuild, and check the teacher's final layer.")
         return CachedSplit(path, arrays["embedding"], arrays["logits"], arrays["label"], arrays["row_id"],
                            W, b, manifest)
-
-    def build(
-        self,
-        key: str,
-        *,
-        labels: np.ndarray,
-        row_ids: np.ndarray,
-        embedding_dim: int,
-        num_classes: int,
-        batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]],
-        classifier: Callable[[], tuple[np.ndarray, np.ndarray]],
-        meta: dict,
-        desc: str = "teacher pass",
-        progress: bool = True,
-    ) -> CachedSplit:
-        """Build (or resume building) an entry.
-
-        ``batches(rows_done)`` yields ``(index, embedding, logits)`` for the rows not yet done, in a fixed
-        order that depends only on the data; ``index`` are row positions in ``[0, N)``. ``classifier()``
-        returns the teacher's final linear layer ``(W [C,D], b [C])``, asked for once the rows are done.
-        """
-        final = self.entry(key)
-        if self.exists(key):
-            return self.open(key)
-        n = int(len(labels))
-        partial, fresh = self.start_partial(key, labels=labels, row_ids=row_ids, embedding_dim=embedding_dim,
-                                            num_classes=num_classes, description={"meta": meta})
-        emb = np.load(partial / "embedding.npy", mmap_mode="r+")
-        logit = np.load(partial / "logits.npy", mmap_mode="r+")
-        progress_file = partial / "progress.json"
-        done = int(json.loads(progress_file.read_text())["rows_done"]) if progress_file.is_file() else 0
-
-        def record() -> None:  # the rows reach the disk before the progress that claims them
-            emb.flush()
-            logit.flush()
-            _atomic_write_json(progress_file, {"rows_done": done})
-
-        last_record = time.monotonic()
-        with tqdm(total=n, initial=done, desc=desc, unit="row", disable=not progress, dynamic_ncols=True) as bar:
-            try:
-                for index, e, lg in batches(done):
-                    check_finite(index, e, lg)
-                    emb[index] = e
-                    logit[index] = lg
-                    done += len(index)
-                    bar.update(len(index))
-                    if time.monotonic() - last_record >= RECORD_SECONDS:  # a flush costs O(N): not every batch
-                        record()
-                        last_record = time.monotonic()
-            finally:  # also when the teacher fails: its finished rows are kept (a SIGKILL redoes ≤ 1 s of rows)
-                record()
-        if done != n:
-            raise LelpError(f"the teacher pass for {desc} produced {done} rows, expected {n}.")
-        del emb, logit
-        entry = self.finish_partial(key, meta, *classifier())
-        (entry.path / "progress.json").unlink()  # only now: a build killed before the rename resumes with every row done
-        return entry
 
     def start_partial(self, key: str, *, labels: np.ndarray, row_ids: np.ndarray, embedding_dim: int,
                       num_classes: int, description: dict) -> tuple[Path, bool]:

@@ -1,1 +1,10 @@
-"""Data side: sources of labeled text, student featurisers and the DistillDataModule."""
+"""Data side: student featurisers, the subclass targets, batches and the DistillDataModule.
+
+The featurisers are imported here so that configs name them by class (``class_path: PixelFeaturizer``).
+"""
+
+from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
+from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer
+from lelp_lightning.data.pixels import PixelFeaturizer
+
+__all__ = ["Featurizer", "HashedNgramFeaturizer", "PixelFeaturizer", "SentenceEncoderFeaturizer"]

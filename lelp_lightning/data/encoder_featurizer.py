@@ -8,13 +8,10 @@ fingerprints; resumable, checksummed): built once, memory-mapped on every later 
 
 from __future__ import annotations
 
-import numpy as np
-
 from lelp_lightning.cache import TeacherCache
+from lelp_lightning.core import SPLITS, Source, fingerprint_of
 from lelp_lightning.data.featurizers import DenseInputs, Featurizer
-from lelp_lightning.data.sources import SPLITS, SplitData, TextSource
-from lelp_lightning.teachers.base import fingerprint_of
-from lelp_lightning.teachers.sentence_encoder import SentenceEncoder
+from lelp_lightning.encoders import SentenceEncoder
 
 
 class SentenceEncoderFeaturizer(Featurizer):
@@ -33,15 +30,11 @@ class SentenceEncoderFeaturizer(Featurizer):
 
     def transform(self, texts: list[str]) -> DenseInputs:
         """Features of ``texts`` computed now, without a cache (a few texts outside a data module)."""
-        split = SplitData("texts", list(texts), np.zeros(len(texts), np.int64), np.arange(len(texts)))
-        out = np.zeros((len(texts), self.input_dim), np.float32)
-        for index, emb, _ in self.encoder.embed_split(split):
-            out[index] = emb
-        return DenseInputs(out)
+        return DenseInputs(self.encoder.embed_all(list(texts)))
 
-    def prepare(self, source: TextSource, cache: TeacherCache) -> None:
+    def prepare(self, source: Source, cache: TeacherCache) -> None:
         for split in SPLITS:
             self.encoder.features(source, split, cache)
 
-    def featurize(self, source: TextSource, split: str, cache: TeacherCache) -> DenseInputs:
+    def featurize(self, source: Source, split: str, cache: TeacherCache) -> DenseInputs:
         return DenseInputs(self.encoder.features(source, split, cache))

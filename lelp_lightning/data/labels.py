@@ -8,14 +8,10 @@ every batch, so neither the teacher's head nor any objective can read its true l
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from lelp_lightning.errors import LelpError
-
-UNLABELED = -1
 
 
 def choose_labeled_rows(labels: np.ndarray, num_labeled: int, seed: int) -> np.ndarray:
@@ -31,18 +27,3 @@ def choose_labeled_rows(labels: np.ndarray, num_labeled: int, seed: int) -> np.n
         raise LelpError(f"num_labeled={num_labeled} cannot hold a stratified sample of the {n} training rows "
                         f"({err}); use at least one row per class on both sides.") from None
     return np.sort(rows).astype(np.int64)
-
-
-def rows_fingerprint(rows: np.ndarray) -> str:
-    """A short stable name for a set of row positions (part of cache keys)."""
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def hide_labels(labels: np.ndarray, labeled_rows: np.ndarray | None) -> np.ndarray:
-    """A copy of ``labels`` with ``UNLABELED`` at every position not in ``labeled_rows`` (None: all visible)."""
-    out = np.array(labels, dtype=np.int64)
-    if labeled_rows is not None:
-        visible = np.zeros(len(out), dtype=bool)
-        visible[labeled_rows] = True
-        out[~visible] = UNLABELED
-    return out

@@ -3,9 +3,9 @@ docs/objectives.md for what each computes, its paper and the open choices it mak
 
 from lelp_lightning.objectives.base import Objective, class_logits, objectives, subclass_targets
 from lelp_lightning.objectives.cross_entropy import GroundTruthCrossEntropy, SubclassCrossEntropy
-from lelp_lightning.objectives.kd import KnowledgeDistillation
 from lelp_lightning.objectives.dkd import DecoupledKD
 from lelp_lightning.objectives.embedding_matching import EmbeddingMatching
+from lelp_lightning.objectives.kd import KnowledgeDistillation
 from lelp_lightning.objectives.rkd import RelationalKD
 from lelp_lightning.objectives.slam import StudentLabelMixing
 from lelp_lightning.objectives.weighted import WeightedDistillation

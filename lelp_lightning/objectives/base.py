@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lelp_lightning.data.labels import UNLABELED
+from lelp_lightning.core import UNLABELED, TeacherStatistics
 from lelp_lightning.errors import LelpError
 from lelp_lightning.registry import Registry
 
-objectives = Registry("objective", "lelp_lightning.objectives", alias_module="lelp_lightning.objectives.names")
+objectives = Registry("objective", "lelp_lightning.objectives")
 
 STAGES = ("on", "off", "alone")
 
@@ -73,8 +73,9 @@ class Objective(nn.Module):
     def log_name(self) -> str:
         return getattr(self, "registered_name", type(self).__name__.lower())
 
-    def setup(self, student: nn.Module, datamodule) -> None:
-        """Build what depends on sizes or data known only once the cache exists; runs before the optimiser."""
+    def setup(self, student: nn.Module, teacher: TeacherStatistics | None) -> None:
+        """Build what depends on sizes or teacher statistics known only once the cache exists (``teacher``:
+        ``None`` without a data module); runs before the optimiser."""
 
     def stage(self, epoch: int) -> str:
         """``'on'`` (add this term), ``'off'`` (skip it) or ``'alone'`` (train on the ``'alone'`` terms only)."""

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.objectives.base import (Objective, check_fraction, check_positive, class_logits,
-                                            labeled_cross_entropy, subclass_targets)
+from lelp_lightning.objectives.base import (
+    Objective,
+    check_fraction,
+    check_positive,
+    class_logits,
+    labeled_cross_entropy,
+    subclass_targets,
+)
 
 
 class SubclassCrossEntropy(Objective, name="subclass_ce",

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
+from lelp_lightning.core import TeacherStatistics
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import Objective
-
-
-def _column_mean_std(x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and (population) std of a possibly memory-mapped [N,D] array, read in chunks."""
-    total, total_sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for lo in range(0, x.shape[0], chunk):
-        part = np.asarray(x[lo:lo + chunk], dtype=np.float64)
-        total += part.sum(0)
-        total_sq += (part * part).sum(0)
-    mean = total / x.shape[0]
-    return mean, np.sqrt(np.maximum(total_sq / x.shape[0] - mean * mean, 0.0))
 
 
 class EmbeddingMatching(Objective, name="embedding_matching",
@@ -50,15 +39,15 @@ class EmbeddingMatching(Objective, name="embedding_matching",
             self.register_buffer("teacher_mean", torch.zeros(teacher_dim))
             self.register_buffer("teacher_std", torch.ones(teacher_dim))
 
-    def setup(self, student: nn.Module, datamodule) -> None:
+    def setup(self, student: nn.Module, teacher: TeacherStatistics | None) -> None:
         if self.projection is not None:
             return
-        if datamodule is None or not hasattr(datamodule, "teacher_embedding_dim"):
-            raise LelpError("embedding_matching needs the DistillDataModule (it reads the teacher's embedding "
-                            "size and statistics from the cache).")
-        self._build(student.embedding_dim, datamodule.teacher_embedding_dim)
+        if teacher is None:
+            raise LelpError("embedding_matching needs the teacher's embedding statistics (its size, and mean / std "
+                            "with standardize), which the DistillDataModule provides from the cache.")
+        self._build(student.embedding_dim, teacher.embedding_dim)
         if self.standardize:
-            mean, std = _column_mean_std(datamodule.split_cache("train").embedding)
+            mean, std = teacher.embedding_mean_std
             self.teacher_mean.copy_(torch.from_numpy(mean))
             self.teacher_std.copy_(torch.from_numpy(std).clamp(min=1e-6))
 

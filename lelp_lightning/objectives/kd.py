@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lelp_lightning.objectives.base import (Objective, check_fraction, check_positive, class_logits,
-                                            labeled_cross_entropy)
+from lelp_lightning.objectives.base import (
+    Objective,
+    check_fraction,
+    check_positive,
+    class_logits,
+    labeled_cross_entropy,
+)
 
 
 def kd_per_row(student_class_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -22,7 +27,7 @@ class KnowledgeDistillation(Objective, name="kd",
     """(1−α)·T²·KL(softmax(f/T) ‖ softmax(g/T)) + α·CE(y, softmax(g)), averaged over the batch.
 
     g are the student's class logits (logsumexp over each class's S logits, so any head width works).
-    α is the weight of the ground-truth term, as in ``subclass_ce`` (METHODS.md writes Hinton's form with
+    α is the weight of the ground-truth term, as in ``subclass_ce`` (docs/methods.md: Hinton's form often has
     α on the soft term: this α is one minus that one). The T² factor keeps the soft term's gradient
     size independent of T; its gradient w.r.t. g is (1−α)·T·(softmax(g/T) − softmax(f/T)) / B.
     """

@@ -14,7 +14,7 @@ class WeightedDistillation(KnowledgeDistillation, name="weighted_kd",
 
     w(x) is the batch's ``weight``: the teacher's accuracy at x's margin, estimated by isotonic regression
     on the labeled validation split and normalised to mean 1 over the training split (the paper's exact
-    formula is an open choice; this is the reading METHODS.md names). Rows the teacher probably gets
+    formula is an open choice; this is the reading docs/methods.md gives). Rows the teacher probably gets
     wrong count less. ``unlabeled_only`` restricts the soft term to the transfer set (rows whose label is
     hidden), the paper's semi-supervised setting; the labeled rows then train through ``alpha`` or ``ce``.
     """

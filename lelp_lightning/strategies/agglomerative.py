@@ -1,4 +1,4 @@
-"""Agglomerative clustering per class (METHODS.md): the paper's hierarchical-clustering baseline.
+"""Agglomerative clustering per class (docs/methods.md): the paper's hierarchical-clustering baseline.
 
 scikit-learn's ``AgglomerativeClustering`` (``linkage``: 'ward' by default) cuts each class's tree into S
 clusters. It is O(N²) in memory, so it runs on at most ``max_rows`` rows per class (a uniform sample fixed by

@@ -10,13 +10,19 @@ Subclasses register by name: ``class MyStrategy(SubclassStrategy, name="mine", d
 Fitting reads the embeddings in chunks (they may be a memory-mapped cache larger than memory). Strategies
 that need more than embeddings (row ids for a random split, fine labels for the oracle) name the
 :class:`RowInfo` fields they read in ``requires``; the DataModule passes them for every split.
-A strategy whose fit is a function of sums sets ``shardable = True`` and sums through ``self._comm``, so
+A strategy whose fit is a function of sums sets ``shardable = True`` and sums through ``self.comm``, so
 under DDP each rank fits on its shard (see :mod:`lelp_lightning.strategies.distributed`).
+
+Options follow scikit-learn's ``get_params`` rule: every ``__init__`` parameter is stored as an attribute of
+the same name, and :meth:`SubclassStrategy.get_params` reads them through the constructor's
+signature; the fingerprint and the saved state use them, less ``execution_params`` (``chunk_size``: how many
+rows are read at a time, not what is fitted).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -27,9 +33,9 @@ import torch
 
 from lelp_lightning.errors import LelpError
 from lelp_lightning.registry import Registry
-from lelp_lightning.strategies.distributed import LOCAL, ProcessGroupComm
+from lelp_lightning.strategies.distributed import LOCAL, Comm, ProcessGroupComm
 
-strategies = Registry("strategy", "lelp_lightning.strategies", alias_module="lelp_lightning.strategies.names")
+strategies = Registry("strategy", "lelp_lightning.strategies")
 
 Z_SCALES = ("relative", "absolute")
 DEFAULT_CHUNK = 16384
@@ -43,7 +49,7 @@ class RowInfo:
     row_ids: np.ndarray | None = None
     fine_labels: np.ndarray | None = None
 
-    def slice(self, lo: int, hi: int) -> "RowInfo":
+    def slice(self, lo: int, hi: int) -> RowInfo:
         return replace(self, **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[lo:hi]
                                 for f in fields(self)})
 
@@ -103,7 +109,8 @@ class SubclassStrategy(ABC):
     """Splits every class into ``num_subclasses`` pseudo-subclasses from the teacher's embeddings."""
 
     requires: tuple[str, ...] = ()  # RowInfo fields needed beside the embeddings
-    shardable: bool = False  # fit sums through self._comm, so each DDP rank can fit on its shard
+    shardable: bool = False  # fit sums through self.comm, so each DDP rank can fit on its shard
+    execution_params: tuple[str, ...] = ("chunk_size",)  # parameters that change how, not what, it fits
 
     def __init_subclass__(cls, name: str | None = None, description: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -133,7 +140,7 @@ class SubclassStrategy(ABC):
         """Fit on (possibly memory-mapped) embeddings [N,D] with labels [N]; W,b is the teacher's classifier.
 
         ``rows.row_ids`` is always set (row positions when the caller had none). In a sharded fit the
-        arguments are this rank's shard and every sum the fit depends on goes through ``self._comm.sum_``.
+        arguments are this rank's shard and every sum the fit depends on goes through ``self.comm.sum_``.
         """
 
     @abstractmethod
@@ -152,8 +159,15 @@ class SubclassStrategy(ABC):
     def fitted(self) -> bool:
         return self.scale is not None
 
+    @property
+    def comm(self) -> Comm:
+        """How ``_fit`` combines statistics over the processes of a sharded fit: ``comm.sum_(*tensors)`` adds
+        each tensor in place over the ranks, ``comm.gather(obj)`` lists every rank's ``obj``. In one process
+        (and outside ``fit``) the sums are already global: ``sum_`` does nothing, ``gather`` gives ``[obj]``."""
+        return self._comm
+
     def fit(self, embeddings: np.ndarray, labels: np.ndarray, classifier: tuple[np.ndarray, np.ndarray],
-            rows: RowInfo | None = None, sharded: bool = False) -> "SubclassStrategy":
+            rows: RowInfo | None = None, sharded: bool = False) -> SubclassStrategy:
         """Fit on the training split; returns self.
 
         ``rows`` carries per-row ids / fine labels (row ids default to positions). ``sharded=True`` means
@@ -182,7 +196,7 @@ class SubclassStrategy(ABC):
         self._comm = ProcessGroupComm() if sharded else LOCAL
         try:
             counts = torch.from_numpy(np.bincount(labels, minlength=C).astype(np.float64))
-            self._comm.sum_(counts)
+            self.comm.sum_(counts)
             too_few = [c for c in range(C) if counts[c] < self.num_subclasses]
             if too_few:
                 raise LelpError(f"class(es) {too_few} have {[int(counts[c]) for c in too_few]} training rows, fewer "
@@ -224,7 +238,7 @@ class SubclassStrategy(ABC):
             total.index_add_(0, y, own.sum(1))
             total_sq.index_add_(0, y, (own ** 2).sum(1))
             count.index_add_(0, y, torch.full((len(y),), float(self.num_subclasses), dtype=torch.float64))
-        self._comm.sum_(total, total_sq, count)
+        self.comm.sum_(total, total_sq, count)
         return total, total_sq, count
 
     def _check_fitted(self) -> None:
@@ -255,9 +269,30 @@ class SubclassStrategy(ABC):
         """Numbers this strategy measures about itself on a split (e.g. a retrained head's accuracy)."""
         return {}
 
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The names of the ``__init__`` parameters (scikit-learn's ``_get_param_names``)."""
+        names = []
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:  # [0] is self
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{cls.__qualname__}.__init__ takes {p}: a strategy names each of its "
+                                "parameters, so that get_params() can read them back.")
+            names.append(p.name)
+        return sorted(names)
+
+    def get_params(self) -> dict:
+        """Every ``__init__`` parameter and its value, read from the attribute of the same name, so that
+        ``type(s)(**s.get_params())`` configures an equal strategy (scikit-learn's rule)."""
+        missing = [n for n in self._param_names() if not hasattr(self, n)]
+        if missing:
+            raise TypeError(f"{type(self).__qualname__}.__init__ takes {missing} but does not store them as "
+                            f"attributes of the same name; a strategy keeps each constructor parameter as self.<name>.")
+        return {n: getattr(self, n) for n in self._param_names()}
+
     def options(self) -> dict:
-        return {k: v for k, v in vars(self).items()
-                if not k.startswith("_") and k not in ("scale", "num_classes", "embedding_dim", "chunk_size")}
+        """The parameters that define what is fitted: :meth:`get_params` less ``execution_params``. The
+        fingerprint and the saved state are keyed on them."""
+        return {k: v for k, v in self.get_params().items() if k not in self.execution_params}
 
     def state_dict(self) -> dict:
         self._check_fitted()

@@ -84,7 +84,7 @@ class SampleClusteringStrategy(CentroidStrategy):
             sample.update(x, y, chunk_rows.row_ids)
         counts = np.bincount(labels, minlength=self.num_classes)
         centroids = []
-        for c, xc in enumerate(sample.finish(self._comm)):
+        for c, xc in enumerate(sample.finish(self.comm)):
             xc = xc.double()
             if counts[c] > self.max_rows:
                 log.warning("%s: class %d has %d training rows, above max_rows=%d; clustering a uniform sample of "

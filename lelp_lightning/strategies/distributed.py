@@ -1,16 +1,30 @@
 """Fitting a strategy under DDP: each rank fits on its shard and the statistics are summed over ranks.
 
 A strategy that sets ``shardable = True`` fits from sums (counts, Σh, Σhhᵀ, centroid sums, responsibilities)
-that it passes through ``self._comm.sum_``; :func:`fit_strategy` hands each rank a contiguous shard and the
+that it passes through ``self.comm.sum_``; :func:`fit_strategy` hands each rank a contiguous shard and the
 all-reduce makes every rank end with the state a single-process fit on all rows gives. Any other strategy
 (t-SNE, agglomerative, Subclass Distillation's head) is fitted on rank 0 and its state broadcast.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from lelp_lightning.core import shard_bounds
+
+
+class Comm(Protocol):
+    """What a strategy's ``_fit`` reaches through ``self.comm``: the processes that fit it together."""
+
+    def sum_(self, *tensors: torch.Tensor) -> None:
+        """Add each tensor in place over the ranks (every rank ends with the global sum)."""
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order."""
 
 
 class LocalComm:
@@ -44,11 +58,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous rows [lo, hi) of ``rank``'s shard of n rows."""
-    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def fit_strategy(strategy, embeddings: np.ndarray, labels: np.ndarray, classifier, rows) -> None:

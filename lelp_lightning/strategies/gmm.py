@@ -1,4 +1,4 @@
-"""Gaussian mixture per class (METHODS.md, "GMM per class"): z[c,s] = log posterior of component s.
+"""Gaussian mixture per class (docs/methods.md, "gmm"): z[c,s] = log posterior of component s.
 
 For every example and every class c, z[c] = log p(s | h, class c's mixture), so softmax(z[c]/β) with β = 1
 (and ``z_scale='absolute'``, the default) is exactly the mixture's posterior.
@@ -153,7 +153,7 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
             else:
                 sx[c] += (resp.T @ xc).double()
                 sxx[c] += (resp.T @ xc_sq).double()
-        self._comm.sum_(nk, sx, sxx, ll, sizes)
+        self.comm.sum_(nk, sx, sxx, ll, sizes)
         nk = nk + _EPS
         if full:  # sums around μ_old: μ = μ_old + δ, Σ = Σr(h − μ_old)(h − μ_old)ᵀ/N − δδᵀ
             delta = sx / nk[..., None]

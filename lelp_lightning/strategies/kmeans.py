@@ -1,4 +1,4 @@
-"""k-means per class: S centroids fitted on class c's training rows (METHODS.md, "k-means per class").
+"""k-means per class: S centroids fitted on class c's training rows (docs/methods.md, "kmeans").
 
 Fitting, per class, memory flat in N:
   1. a uniform sample of ``sample_size`` rows (bottom-k of a per-row hash, so it does not depend on row order
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from lelp_lightning.errors import LelpError
@@ -113,7 +112,7 @@ def class_samples(strategy, embeddings, labels, rows, size: int) -> list[torch.T
     sample = ClassSample(strategy.num_classes, size, strategy.seed)
     for _, x, y, chunk_rows in iter_row_chunks(embeddings, labels, rows, strategy.chunk_size, dtype=None):
         sample.update(x if x.dtype in (torch.float32, torch.float64) else x.double(), y, chunk_rows.row_ids)
-    return sample.finish(strategy._comm)
+    return sample.finish(strategy.comm)
 
 
 def lloyd_on_chunks(strategy, embeddings, labels, centroids: torch.Tensor, active: torch.Tensor,
@@ -141,7 +140,7 @@ def lloyd_on_chunks(strategy, embeddings, labels, centroids: torch.Tensor, activ
             sums += (members.T @ x).double()
             sizes += members.sum(0).double()
             pass_inertia.index_add_(0, run_class.reshape(-1), nearest.reshape(-1).double())
-        strategy._comm.sum_(sums, sizes, pass_inertia)
+        strategy.comm.sum_(sums, sizes, pass_inertia)
         sums, sizes = sums.view(R, C, S, D), sizes.view(R, C, S, 1)
         moved = torch.where(sizes > 0, sums / sizes.clamp(min=1), centroids)
         moved[~active] = centroids[~active]

@@ -1,6 +1,6 @@
 """LELP (Loo et al. 2024, arXiv 2409.20449) and its ablations: PCA only, random projections.
 
-Per class c, on the training rows of class c (METHODS.md, LELP steps 1-5):
+Per class c, on the training rows of class c (docs/methods.md, LELP steps 1-5):
   1. null-space projection h̃ = P h, P = I − Wᵀ(WWᵀ)⁺W (``null_space``): drop what the classifier reads;
   2. top-S principal directions V_c of the projected class covariance (``directions='pca'``), or S
      Gaussian directions (``directions='random'``);
@@ -120,7 +120,7 @@ class ClassStatistics:
         self.sum[c] += torch.from_numpy(np.ones(rows.shape[0], centred.dtype) @ centred)  # BLAS gemv
         self.outer[c] += torch.from_numpy(centred.T @ centred)  # NumPy calls BLAS syrk: half a matmul
 
-    def finish(self) -> "ClassStatistics":
+    def finish(self) -> ClassStatistics:
         """Turn the sums around each class's shift s into raw sums: Σh = r + n·s and
         Σhhᵀ = G + s·rᵀ + r·sᵀ + n·s·sᵀ = G + s·uᵀ + u·sᵀ with u = r + n·s/2 (two rank-1 updates in place)."""
         for c, shift in self._shift.items():
@@ -173,7 +173,7 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
         for c, rows in class_blocks(embeddings, labels, self.chunk_size, GRAM_BLOCK_BYTES):
             stats.add(c, rows)
         stats.finish()
-        self._comm.sum_(*stats.tensors())
+        self.comm.sum_(*stats.tensors())
         return stats
 
     def _fit(self, embeddings, labels, W, b, rows) -> None:

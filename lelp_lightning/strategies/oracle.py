@@ -1,4 +1,4 @@
-"""Oracle (METHODS.md): the data source's known fine labels as subclasses, the upper bound.
+"""Oracle (docs/methods.md): the data source's known fine labels as subclasses, the upper bound.
 
 Fitting lists, for each class c, the distinct fine labels of its training rows (sorted) and gives them the
 subclass slots 0, 1, …; a class with more fine labels than S is refused (set ``num_subclasses`` to the
@@ -41,7 +41,7 @@ class OracleStrategy(SubclassStrategy, name="oracle",
     def _fit(self, embeddings, labels, W, b, rows) -> None:
         fine = np.asarray(rows.fine_labels, dtype=np.int64)
         pairs = np.unique(np.stack([np.asarray(labels, dtype=np.int64), fine], 1)[fine >= 0], axis=0)
-        pairs = np.unique(np.concatenate(self._comm.gather(pairs)), axis=0)
+        pairs = np.unique(np.concatenate(self.comm.gather(pairs)), axis=0)
         slots = torch.full((self.num_classes, self.num_subclasses), -1, dtype=torch.int64)
         for c in range(self.num_classes):
             members = pairs[pairs[:, 0] == c, 1]

@@ -1,4 +1,4 @@
-"""Random split (METHODS.md): the "just more output logits" control.
+"""Random split (docs/methods.md): the "just more output logits" control.
 
 Every row gets a fixed random subclass s(row) = hash(row id, seed) mod S, the same for every class, so
 z[c] = margin · one-hot(s(row)) for all c and the target is p[c,s] = softmax(f/τ)[c] · [s = s(row)]

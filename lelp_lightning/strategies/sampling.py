@@ -63,7 +63,7 @@ class ClassSample:
 
     def finish(self, comm) -> list[torch.Tensor]:
         """Each class's sample [k_c, D], in hash order, merged over ranks (``comm.gather``)."""
-        parts = comm.gather([(h, x) for h, x in zip(self.hashes, self.rows)])
+        parts = comm.gather(list(zip(self.hashes, self.rows, strict=True)))
         out = []
         for c in range(len(self.hashes)):
             self.hashes[c], self.rows[c] = np.zeros(0, np.uint64), None

@@ -2,7 +2,7 @@
 
 With the teacher's encoder frozen and cached, the head is a new linear layer h ↦ g ∈ R^{C·S} trained on the
 cached training embeddings (random init, seeded): class logits are logsumexp over each class's S logits and
-the loss is CE(y, class softmax) + λ·aux (:func:`subclass_distillation_aux_loss`, METHODS.md), Adam, batches
+the loss is CE(y, class softmax) + λ·aux (:func:`subclass_distillation_aux_loss`, docs/methods.md), Adam, batches
 of ``batch_size`` drawn chunk by chunk from the memory-mapped cache in a seeded order. Its z is the retrained
 head's subclass logits, z[c,s] = g[c·S + s] (``z_scale='absolute'``: softmax(z[c]) is the head's own
 subclass distribution). The retrained head classifies too, and its accuracy differs from the original
@@ -113,7 +113,10 @@ class SubclassDistillationStrategy(SubclassStrategy, name="subclass_distillation
     def class_logits(self, embeddings) -> torch.Tensor:
         """The retrained head's class logits [B,C] (logsumexp over each class's S logits)."""
         self._check_fitted()
-        x = torch.from_numpy(np.array(embeddings, dtype=np.float64))
+        if isinstance(embeddings, torch.Tensor):
+            x = embeddings.double()
+        else:
+            x = torch.from_numpy(np.array(embeddings, dtype=np.float64))
         return torch.logsumexp(self._raw_logits(x, RowInfo()), -1)
 
     def report(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:

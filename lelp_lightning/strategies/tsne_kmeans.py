@@ -1,4 +1,4 @@
-"""t-SNE + k-means per class (METHODS.md; the paper's vision ablation).
+"""t-SNE + k-means per class (docs/methods.md; the paper's vision ablation).
 
 Each class's rows are mapped to ``tsne_dim`` dimensions by scikit-learn's t-SNE (PCA init, ``perplexity``
 capped at (n − 1)/3, seeded) and clustered there by k-means (``n_init`` k-means++ starts). t-SNE is O(N²),

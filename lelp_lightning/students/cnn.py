@@ -17,7 +17,7 @@ class CNNStudent(Student, name="cnn", description="A small CNN over square image
     Reads [B,1,H,W] images or the same images flattened to [B,H·W]; ``embed`` is everything before the head.
     """
 
-    def __init__(self, input_dim: int = 784, num_outputs: int = 2, channels: list[int] = [8, 16],
+    def __init__(self, input_dim: int = 784, num_outputs: int = 2, channels: tuple[int, ...] = (8, 16),
                  hidden_dim: int = 0, dropout: float = 0.0):
         super().__init__(input_dim, num_outputs)
         side = math.isqrt(input_dim)

@@ -8,7 +8,7 @@ from torch import nn
 from lelp_lightning.errors import LelpError
 from lelp_lightning.registry import Registry
 
-students = Registry("student", "lelp_lightning.students", alias_module="lelp_lightning.students.names")
+students = Registry("student", "lelp_lightning.students")
 
 
 class Student(nn.Module):
@@ -67,7 +67,7 @@ class HashedBagStudent(Student, name="hashed_bag",
 class MLPStudent(Student, name="mlp", description="An MLP over dense input features, then a C·S linear head."):
     """An MLP over dense features (a smaller encoder's output, pixels): input → hidden → ... → C·S."""
 
-    def __init__(self, input_dim: int = 384, num_outputs: int = 2, hidden_dims: list[int] = [128],
+    def __init__(self, input_dim: int = 384, num_outputs: int = 2, hidden_dims: tuple[int, ...] = (128,),
                  dropout: float = 0.0):
         super().__init__(input_dim, num_outputs)
         layers: list[nn.Module] = []

@@ -3,6 +3,6 @@
 from lelp_lightning.teachers.base import Teacher
 from lelp_lightning.teachers.cnn import CNNTeacher
 from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
-from lelp_lightning.teachers.sentence_encoder import SentenceEncoder, SentenceEncoderTeacher
+from lelp_lightning.teachers.sentence_encoder import SentenceEncoderTeacher
 
-__all__ = ["Teacher", "SentenceEncoder", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher"]
+__all__ = ["Teacher", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher"]

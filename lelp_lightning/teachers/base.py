@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 
 import numpy as np
 from torch import nn
 
 from lelp_lightning.cache import PassTarget, TeacherCache
-from lelp_lightning.data.sources import SplitData, TextSource
+from lelp_lightning.core import Source, SplitData
 
 
 def fingerprint_of(kind: str, options: dict) -> str:
@@ -29,7 +28,7 @@ class Teacher(ABC):
 
     batch_size: int = 64
 
-    def fit(self, source: TextSource, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
+    def fit(self, source: Source, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
         """Prepare the teacher on ``source``'s training split (default: nothing to prepare).
 
         ``labeled``: positions of the training rows whose labels it may read (semi-supervised setting);
@@ -48,16 +47,9 @@ class Teacher(ABC):
     def fingerprint(self) -> str:
         """Changes whenever the teacher's outputs could change (weights, options, preprocessing)."""
 
-    def encode_split(self, split: SplitData, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (row positions, embedding, logits) for ``split`` from row ``start`` on, in a fixed order."""
-        for lo in range(start, len(split), self.batch_size):
-            index = np.arange(lo, min(lo + self.batch_size, len(split)))
-            emb, logits = self.encode([split.texts[i] for i in index])
-            yield index, emb, logits
-
-    # -- the teacher pass with many processes (`lelp cache`, Lightning predict) --------------------------
+    # -- the teacher pass: blocks of rows in a fixed order, by one process or many (`lelp cache`) ---------
     def row_order(self, split: SplitData) -> np.ndarray:
-        """The fixed order in which a multi-process pass cuts ``split`` into blocks (default: as stored)."""
+        """The fixed order in which the teacher pass cuts ``split`` into blocks (default: as stored)."""
         return np.arange(len(split))
 
     def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +60,7 @@ class Teacher(ABC):
         """The torch modules :meth:`encode` runs, for the pass to put on its device (inputs follow them)."""
         return []
 
-    def pass_targets(self, source: TextSource, cache: TeacherCache) -> list[PassTarget]:
+    def pass_targets(self, source: Source, cache: TeacherCache) -> list[PassTarget]:
         """Label-free cache entries that :meth:`fit` reads (e.g. a frozen encoder's features) and a
         multi-process pass can fill first; default: none."""
         return []

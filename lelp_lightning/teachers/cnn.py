@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from lelp_lightning.cache import TeacherCache, cache_key
-from lelp_lightning.data.images import scale_pixels
-from lelp_lightning.data.labels import rows_fingerprint
-from lelp_lightning.data.sources import SplitData, TextSource
+from lelp_lightning.core import Source, SplitData, fingerprint_of, rows_fingerprint
 from lelp_lightning.errors import LelpError
-from lelp_lightning.teachers.base import Teacher, fingerprint_of
+from lelp_lightning.sources.images import scale_pixels
+from lelp_lightning.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class CNNTeacher(Teacher):
     it trains (``None``: torch's default, one per core).
     """
 
-    def __init__(self, channels: list[int] = [32, 64], hidden: int = 128, epochs: int = 4, lr: float = 1e-3,
+    def __init__(self, channels: tuple[int, ...] = (32, 64), hidden: int = 128, epochs: int = 4, lr: float = 1e-3,
                  train_batch_size: int = 256, batch_size: int = 1024, mean: float = 0.0, std: float = 1.0,
                  threads: int | None = None, seed: int = 0):
         if not channels or min(channels) < 1 or hidden < 1 or epochs < 1:
@@ -75,12 +74,12 @@ class CNNTeacher(Teacher):
         return fingerprint_of("CNNTeacher", {k: v for k, v in vars(self).items()
                                              if not k.startswith("_") and k not in ("batch_size", "threads")})
 
-    def fit(self, source: TextSource, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
+    def fit(self, source: Source, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
         """Train on the training rows in ``labeled`` (default: all), or load the weights a previous run saved."""
         train = source.split("train")
         if not isinstance(train.texts, np.ndarray) or train.texts.ndim != 3:
             raise LelpError(f"CNNTeacher reads images, but the source {type(source).__name__} yields texts; "
-                            "use an image source (lelp_lightning.data.images).")
+                            "use an image source (lelp_lightning.sources: FashionMNIST, Digits).")
         subset = [] if labeled is None else ["labeled-" + rows_fingerprint(labeled)]
         weights = cache.root / f"cnn-{cache_key(self.fingerprint(), source.fingerprint(), *subset)}.pt"
         rows = np.arange(len(train)) if labeled is None else np.asarray(labeled)
@@ -136,11 +135,6 @@ class CNNTeacher(Teacher):
 
     def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(split.texts[index])
-
-    def encode_split(self, split: SplitData, start: int = 0):
-        for lo in range(start, len(split), self.batch_size):
-            index = np.arange(lo, min(lo + self.batch_size, len(split)))
-            yield (index, *self.encode(split.texts[index]))
 
     def modules(self) -> list[nn.Module]:
         return [self._require_net()]

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lelp_lightning.core import fingerprint_of
+from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
-from lelp_lightning.teachers.base import Teacher, fingerprint_of
-from lelp_lightning.teachers.sentence_encoder import resolve_model_path
+from lelp_lightning.teachers.base import Teacher
 
 
 class HFSequenceClassifierTeacher(Teacher):

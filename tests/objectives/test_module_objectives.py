@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lelp_lightning.core import TeacherStatistics
 from lelp_lightning.errors import LelpError
 from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import EmbeddingMatching, KnowledgeDistillation, RelationalKD
@@ -24,12 +25,13 @@ def test_student_forward_is_head_of_embed(student, inputs, dim):
 
 
 class FakeData:
-    def __init__(self, D):
-        self.teacher_embedding_dim = D
-        self.extra_keys = set()
+    """The one thing the model reads from a data module in its setup: the teacher's statistics."""
 
-    def split_cache(self, split):
-        raise AssertionError("not needed without standardize")
+    def __init__(self, D):
+        self.D = D
+
+    def teacher_statistics(self):
+        return TeacherStatistics(np.zeros((3, self.D), np.float32))
 
 
 def module_with(*objectives, D=4):
@@ -47,7 +49,7 @@ def batch(B=8, D=4):
 
 def test_setup_ships_the_keys_and_builds_the_projection_before_the_optimiser():
     module, data = module_with(KnowledgeDistillation(), EmbeddingMatching(), RelationalKD(), D=5)
-    assert {"teacher_embedding", "teacher_logits", "label"} <= data.extra_keys
+    assert {"teacher_embedding", "teacher_logits", "label"} <= module.batch_keys
     optimiser = module.configure_optimizers()
     in_optimiser = {id(p) for group in optimiser.param_groups for p in group["params"]}
     projection = module.objectives[1].projection

@@ -1,4 +1,4 @@
-"""Every objective config in configs/objective/ fits end to end on 300 real tweets with the MiniLM teacher."""
+"""Every method config in configs/method/ fits end to end on 300 real tweets with the MiniLM teacher."""
 
 import json
 import math
@@ -7,11 +7,12 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-
 from conftest import CONFIGS, TINY_TEACHER, run_lelp, tiny_run_args
-from lelp_lightning.cli import main
 
-OBJECTIVE_CONFIGS = sorted(p.name for p in (CONFIGS / "objective").glob("*.yaml"))
+from lelp_lightning.cli import main
+from lelp_lightning.objectives import objectives
+
+METHOD_CONFIGS = sorted(p.name for p in (CONFIGS / "method").glob("*.yaml"))
 EPOCHS = {"fitnets_two_stage.yaml": 3}  # 2 hint epochs, then KD
 
 
@@ -22,13 +23,14 @@ def fit_in_process(cache_dir, run_dir, *extra):
     return version, json.loads((version / "summary.json").read_text()), pd.read_csv(version / "metrics.csv")
 
 
-@pytest.mark.parametrize("config", OBJECTIVE_CONFIGS)
+@pytest.mark.parametrize("config", METHOD_CONFIGS)
 def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_path):
     version, summary, metrics = fit_in_process(
-        tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "objective" / config),
+        tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "method" / config),
         "--trainer.max_epochs", str(EPOCHS.get(config, 1)))
     assert 0.0 <= summary["student"]["test_accuracy"] <= 1.0
-    names = [o["class_path"].rsplit(".", 1)[-1] for o in summary["config"]["model"]["objectives"]]
+    short = {e.class_path: e.name for e in objectives.entries()}
+    names = [short[o["class_path"]] for o in summary["config"]["model"]["objectives"]]  # the real classes
     for name in names:
         values = metrics[f"train/{name}"].dropna()
         assert len(values) and values.map(math.isfinite).all()
@@ -43,7 +45,7 @@ def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_
 
 
 def test_two_stage_fitnets_switches_from_hint_to_kd(tweets_cache_dir, tmp_path):
-    _, _, metrics = fit_in_process(tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "objective/fitnets_two_stage.yaml"),
+    _, _, metrics = fit_in_process(tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "method/fitnets_two_stage.yaml"),
                                    "--trainer.max_epochs", "3")
     train = metrics.dropna(subset=["train/loss"])
     hint = train.dropna(subset=["train/embedding_matching"])["epoch"].unique().tolist()
@@ -60,7 +62,7 @@ def test_semi_supervised_slam_through_the_console_script(tweets_cache_dir, tmp_p
     objectives = tmp_path / "semi_slam.yaml"
     objectives.write_text("model:\n  objectives:\n    - class_path: ce\n    - class_path: slam\n"
                           "      init_args: {unlabeled_only: true}\n")
-    proc = run_lelp("fit", *tiny_run_args(cache, tmp_path, "--config", str(CONFIGS / "objective/slam.yaml"),
+    proc = run_lelp("fit", *tiny_run_args(cache, tmp_path, "--config", str(CONFIGS / "method/slam.yaml"),
                                           "--config", str(CONFIGS / "data/semi_supervised.yaml"),
                                           "--config", str(objectives), "--data.num_labeled", "60",
                                           "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",

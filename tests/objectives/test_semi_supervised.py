@@ -5,10 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_teacher, tiny_tweets
+
+from lelp_lightning.core import UNLABELED, hide_labels
 from lelp_lightning.data.datamodule import DistillDataModule
-from lelp_lightning.data.labels import UNLABELED, choose_labeled_rows, hide_labels
+from lelp_lightning.data.labels import choose_labeled_rows
 from lelp_lightning.data.teacher_accuracy import TeacherAccuracy, teacher_margin
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import LinearProjectionStrategy
@@ -94,10 +95,9 @@ def test_hidden_labels_never_reach_the_teacher_head_nor_a_training_batch(fresh_c
     # the cache holds no hidden label, and no training batch carries one
     cached = np.asarray(dm.split_cache("train").label)
     assert (cached[labeled] == truth[labeled]).all() and (np.delete(cached, labeled) == UNLABELED).all()
-    dm.extra_keys.update({"row_id", "teacher_accuracy", "weight"})
     position = {int(r): i for i, r in enumerate(source.split("train").row_ids)}
     rows = 0
-    for batch in dm.train_dataloader():
+    for batch in dm.loader("train", shuffle=True, keys={"row_id", "teacher_accuracy", "weight"}):
         pos = np.array([position[int(r)] for r in batch["row_id"]])
         expected = np.where(np.isin(pos, labeled), truth[pos], UNLABELED)
         assert np.array_equal(batch["label"].numpy(), expected)
@@ -106,7 +106,7 @@ def test_hidden_labels_never_reach_the_teacher_head_nor_a_training_batch(fresh_c
 
     # the strategy groups hidden rows by the teacher's argmax, labeled rows by their label
     argmax = np.asarray(dm.split_cache("train").logits).argmax(1)
-    dm.subclass_logits("train")
+    dm.targets.z("train")
     np.testing.assert_array_equal(fitted["labels"], np.where(cached == UNLABELED, argmax, cached))
 
     # validation stays labeled; the majority rate reads labeled rows only
@@ -118,7 +118,7 @@ def test_semi_supervised_caches_do_not_collide_with_the_supervised_ones(tweets_c
     def keys(**kwargs):
         dm = DistillDataModule(tiny_tweets(), tiny_teacher(), LinearProjectionStrategy(num_subclasses=2),
                                cache_dir=str(tweets_cache_dir), progress=False, **kwargs)
-        return [dm.cache_key(s) for s in ("train", "val", "test")]
+        return [dm.plan.key(s) for s in ("train", "val", "test")]
 
     supervised, semi, other_seed = keys(), keys(num_labeled=NUM_LABELED), keys(num_labeled=NUM_LABELED, labeled_seed=1)
     assert len(set(supervised + semi + other_seed)) == 9
@@ -131,13 +131,12 @@ def test_example_weights_are_teacher_accuracy_normalised_to_mean_one(tweets_data
     dm = tweets_datamodule(LinearProjectionStrategy(num_subclasses=2))
     val = dm.split_cache("val")
     iso = TeacherAccuracy(val.logits, val.label)
-    alpha = dm.teacher_accuracy("train")
+    alpha = dm.quality.accuracy("train")
     np.testing.assert_allclose(alpha, iso(dm.split_cache("train").logits))
     assert ((0 <= alpha) & (alpha <= 1)).all()
-    weights = dm.example_weights("train")
+    weights = dm.quality.weights("train")
     assert weights.mean() == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_allclose(weights, alpha / alpha.mean(), rtol=1e-5)
-    dm.extra_keys.update({"teacher_accuracy", "weight"})
-    first = next(iter(dm.train_dataloader()))
+    first = next(iter(dm.loader("train", shuffle=True, keys={"teacher_accuracy", "weight"})))
     assert first["weight"].dtype == first["teacher_accuracy"].dtype == torch.float32
     assert first["weight"].shape == first["teacher_accuracy"].shape == first["label"].shape

@@ -1,14 +1,15 @@
 """The contract every registered strategy keeps, plugins included: one test per property, over the registry."""
 
+import inspect
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import gaussian_classes
 from threadpoolctl import threadpool_limits
 
-from conftest import gaussian_classes
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import subclass_targets
 from lelp_lightning.registry import load_plugins
@@ -115,3 +116,19 @@ def test_more_subclasses_than_a_class_has_rows_is_refused_clearly(entry, data):
     keep = (y != 1) | (np.cumsum(y == 1) <= S - 1)  # class 1 keeps S - 1 rows
     with pytest.raises(LelpError, match=f"class\\(es\\) \\[1\\] have \\[{S - 1}\\] training rows, fewer than num_subclasses={S}"):
         make(entry).fit(x[keep], y[keep], (W, b), rows=rows_for(y[keep]))
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
+def test_get_params_round_trips_through_the_constructor(entry, fitted):
+    """scikit-learn's get_params rule (its clone test): every ``__init__`` parameter is stored as an
+    attribute of the same name, so the parameters read back rebuild an equally configured strategy."""
+    names = set(inspect.signature(entry.cls.__init__).parameters) - {"self"}
+    for strategy in (entry.cls(), make(entry, seed=3, chunk_size=50), fitted[entry.name]):
+        params = strategy.get_params()
+        assert set(params) == names
+        rebuilt = type(strategy)(**params)
+        assert rebuilt.get_params() == params and rebuilt.options() == strategy.options()
+    assert make(entry, seed=3, chunk_size=50).get_params()["seed"] == 3
+    # chunk_size changes how many rows are read at a time, not the fit: it is no part of the fingerprint
+    assert entry.cls(chunk_size=50).fingerprint() == entry.cls().fingerprint()
+    assert "chunk_size" not in entry.cls().options()

@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_lelp, tiny_run_args, tiny_teacher, tiny_tweets
+
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import OracleStrategy, RandomSplitStrategy, SubclassDistillationStrategy
 from lelp_lightning.strategies.sampling import row_hash
@@ -15,7 +15,7 @@ from lelp_lightning.strategies.sampling import row_hash
 def test_random_split_z_on_every_split_comes_from_that_split_row_ids(tweets_datamodule):
     dm = tweets_datamodule(RandomSplitStrategy(num_subclasses=3, seed=4))
     for split in ("train", "val", "test"):
-        z = dm.subclass_logits(split)
+        z = dm.targets.z(split)
         expected = (row_hash(dm.split_cache(split).row_id, 4) % np.uint64(3)).astype(np.int64)
         np.testing.assert_array_equal(z.argmax(-1), np.repeat(expected[:, None], 2, 1))
 
@@ -23,12 +23,12 @@ def test_random_split_z_on_every_split_comes_from_that_split_row_ids(tweets_data
 def test_the_oracle_on_a_source_without_fine_labels_fails_clearly(tweets_datamodule):
     dm = tweets_datamodule(OracleStrategy(num_subclasses=3))
     with pytest.raises(LelpError, match="'oracle' strategy needs fine_labels for every row"):
-        dm.subclass_logits("train")
+        dm.targets.z("train")
 
 
 def test_subclass_distillation_reports_its_own_teacher_accuracy_beside_the_teacher(tweets_datamodule):
     dm = tweets_datamodule(SubclassDistillationStrategy(num_subclasses=2, epochs=3, min_steps=300))
-    report = dm.strategy_report("test")
+    report = dm.targets.report("test")
     entry = dm.split_cache("test")
     by_hand = (dm.strategy.class_logits(entry.embedding).argmax(1).numpy() == entry.label).mean()
     assert report["retrained_teacher_accuracy"] == pytest.approx(by_hand)
@@ -42,7 +42,8 @@ def test_lelp_fit_with_a_strategy_short_name_writes_its_report_in_the_summary(tw
                                           "--trainer.max_epochs", "1"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
-    assert summary["config"]["data"]["strategy"]["class_path"] == "lelp_lightning.strategies.names.subclass_distillation"
+    assert summary["config"]["data"]["strategy"]["class_path"] == (
+        "lelp_lightning.strategies.subclass_distillation.SubclassDistillationStrategy")
     assert 0.5 < summary["strategy"]["retrained_teacher_accuracy"] <= 1.0
 
 
@@ -63,7 +64,7 @@ def test_in_the_semi_supervised_setting_the_oracle_sees_only_the_labeled_rows_fi
     labeled = np.zeros(len(train), dtype=bool)
     labeled[dm.labeled_rows] = True
     np.testing.assert_array_equal(dm.rows("train").fine_labels, np.where(labeled, train.fine_labels, -1))
-    z = dm.subclass_logits("train")
+    z = dm.targets.z("train")
     assert not z[~labeled].any()
     expected = np.zeros_like(z[labeled])
     rows = np.arange(labeled.sum())

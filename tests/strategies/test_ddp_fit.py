@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import gaussian_classes
 from threadpoolctl import threadpool_limits
 
-from conftest import gaussian_classes
 from lelp_lightning.strategies import RowInfo, fit_strategy, strategies
 
 # Small samples, so k-means and the GMM really make their chunked, all-reduced passes.

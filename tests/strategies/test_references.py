@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import gaussian_classes
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from conftest import gaussian_classes
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import (
     AgglomerativeStrategy,

@@ -22,12 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
+from lelp_lightning.core import shard_bounds
 from lelp_lightning.errors import LelpError
-
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous rows [lo, hi) of ``rank``'s share of n rows (sizes differ by at most one)."""
-    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 class _Rows:

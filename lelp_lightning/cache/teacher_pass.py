@@ -2,7 +2,8 @@
 
 ``lelp cache`` runs :func:`build_teacher_cache`: every process encodes its share of the pending blocks
 (round robin over a fixed, length-sorted block order, so shares cost alike) and writes the rows straight
-into the preallocated cache arrays (:mod:`lelp_lightning.cache.blocks`); after a barrier rank 0 seals each
+into the preallocated cache arrays (:mod:`lelp_lightning.cache.blocks`, the same protocol a one-process
+build uses); after a barrier rank 0 seals each
 entry (checksums, manifest last, atomic rename). Two passes run one after the other:
 
 1. the teacher's label-free entries (``Teacher.pass_targets``: a frozen encoder's features, the expensive part);
@@ -21,8 +22,10 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache
-from lelp_lightning.data.samplers import EvalShardSampler
+from lelp_lightning.cache.blocks import BlockBuild, PassTarget
+from lelp_lightning.cache.plan import CachePlan
+from lelp_lightning.cache.teacher_cache import TeacherCache
+from lelp_lightning.samplers import EvalShardSampler
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +97,13 @@ class TeacherPass(LightningModule):
         self.trainer.strategy.barrier("teacher pass: sealed")
 
 
-def build_teacher_cache(trainer: Trainer, datamodule) -> None:
-    """Fill every missing cache entry of ``datamodule`` with ``trainer``'s processes (``lelp cache``)."""
-    if not datamodule.missing_splits():
-        log.info("teacher cache hit for every split in %s; the teacher does not run", datamodule.cache.root)
+def build_teacher_cache(trainer: Trainer, plan: CachePlan) -> None:
+    """Fill every missing cache entry of ``plan`` with ``trainer``'s processes (``lelp cache``)."""
+    if not plan.missing():
+        log.info("teacher cache hit for every split in %s; the teacher does not run", plan.cache.root)
         return
     trainer.loggers = []  # a cache build logs no run
-    for name, make_targets in (("features", datamodule.teacher_feature_targets),
-                               ("outputs", datamodule.teacher_pass_targets)):
-        teacher_pass = TeacherPass(datamodule.cache, make_targets, name)
+    for name, make_targets in (("features", plan.feature_targets), ("outputs", plan.output_targets)):
+        teacher_pass = TeacherPass(plan.cache, make_targets, name)
         trainer.predict(teacher_pass, return_predictions=False)
         teacher_pass.finish()

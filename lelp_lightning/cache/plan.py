@@ -1,0 +1,129 @@
+"""Which cache entries a run needs, how the teacher fills them, and the checks that an entry is this run's.
+
+One entry per split, keyed by the fingerprints of teacher, source, split and (semi-supervised) the labeled
+rows. The teacher and source are read through their protocol only (``fingerprint``, ``split``, ``fit``,
+``classifier``, ``encode_rows``, ``row_order``), so the cache does not depend on the packages that define them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+from lelp_lightning.cache.blocks import PassTarget, build_entry
+from lelp_lightning.cache.teacher_cache import CachedSplit, TeacherCache, cache_key
+from lelp_lightning.core import SPLITS, hide_labels, rows_fingerprint
+from lelp_lightning.errors import LelpError
+
+log = logging.getLogger(__name__)
+
+
+def check_classifier(entry: CachedSplit, rows: int = 1024) -> None:
+    """Refuse a cache whose classifier does not turn its embeddings into its logits (logits = W·embedding + b).
+
+    Every strategy reads the embedding as the input of the teacher's final linear layer; a W, b from another
+    teacher or an embedding from another layer would give targets that are silently wrong. Checks the first
+    ``rows`` rows, with a tolerance for reduced-precision teachers.
+    """
+    if entry.W.shape != (entry.logits.shape[1], entry.embedding.shape[1]) or entry.b.shape != (entry.logits.shape[1],):
+        raise LelpError(f"the teacher classifier in {entry.path} has W {tuple(entry.W.shape)}, b {tuple(entry.b.shape)} "
+                        f"but the cache holds {entry.embedding.shape[1]}-d embeddings and {entry.logits.shape[1]} "
+                        "classes; expected W [C, D] and b [C].")
+    embedding = np.asarray(entry.embedding[:rows], dtype=np.float64)
+    logits = np.asarray(entry.logits[:rows], dtype=np.float64)
+    predicted = embedding @ entry.W.astype(np.float64).T + entry.b.astype(np.float64)
+    scale = max(np.abs(logits).max(initial=0.0), np.abs(predicted).max(initial=0.0))
+    error = np.abs(predicted - logits).max(initial=0.0)
+    if error > 1e-2 * scale + 1e-5:
+        raise LelpError(f"the teacher classifier in {entry.path} does not reproduce the cached logits from the cached "
+                        f"embeddings (largest difference {error:.3g}, logits up to {scale:.3g}); expected logits = "
+                        "W·embedding + b with the embedding being the input of the teacher's final linear layer.")
+
+
+class CachePlan:
+    """The teacher cache entries of one (teacher, source, labeled rows): their keys, their build, their checks.
+
+    ``labeled_rows``: positions of the training rows whose labels the run may read (``None``: all); the
+    others are stored as ``UNLABELED``, and the teacher's head trains on the labeled ones alone.
+    """
+
+    def __init__(self, cache: TeacherCache, teacher, source, labeled_rows: np.ndarray | None = None,
+                 num_labeled: int | None = None):
+        self.cache = cache
+        self.teacher = teacher
+        self.source = source
+        self.labeled_rows = labeled_rows
+        self.num_labeled = num_labeled
+
+    def key(self, split: str) -> str:
+        parts = [self.teacher.fingerprint(), self.source.fingerprint(), self.source.split(split).fingerprint()]
+        if self.labeled_rows is not None:  # a teacher trained on fewer labels, and hidden labels in the cache
+            parts.append("labeled-" + rows_fingerprint(self.labeled_rows))
+        return cache_key(*parts)
+
+    def missing(self) -> list[str]:
+        return [s for s in SPLITS if not self.cache.exists(self.key(s))]
+
+    def _meta(self, split: str) -> dict:
+        return {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(), "split": split,
+                "split_fingerprint": self.source.split(split).fingerprint(),
+                "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled}
+
+    def feature_targets(self) -> list[PassTarget]:
+        """The teacher's own label-free entries (a frozen encoder's features) that its ``fit`` reads."""
+        return self.teacher.pass_targets(self.source, self.cache) if self.missing() else []
+
+    def output_targets(self) -> list[PassTarget]:
+        """The missing splits' entries (embedding + logits), after fitting the teacher on the labeled rows."""
+        missing = self.missing()
+        if not missing:
+            return []
+        self.teacher.fit(self.source, self.cache, labeled=self.labeled_rows)
+        W, _ = self.teacher.classifier()
+        targets = []
+        for split in missing:
+            data = self.source.split(split)
+            targets.append(PassTarget(
+                key=self.key(split), row_ids=data.row_ids, meta=self._meta(split),
+                labels=hide_labels(data.labels, self.labeled_rows if split == "train" else None),
+                embedding_dim=W.shape[1], num_classes=W.shape[0], order=self.teacher.row_order(data),
+                block_size=self.teacher.batch_size, encode=functools.partial(self.teacher.encode_rows, data),
+                classifier=self.teacher.classifier, modules=self.teacher.modules(), desc=f"teacher pass [{split}]"))
+        return targets
+
+    def build(self, progress: bool = True) -> None:
+        """Run the teacher, in this process, into every entry not cached yet (features first, then outputs)."""
+        if not self.missing():
+            log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
+            return
+        log.info("running the teacher for split(s) %s into %s", ", ".join(self.missing()), self.cache.root)
+        for targets in (self.feature_targets, self.output_targets):
+            for target in targets():
+                build_entry(self.cache, target, progress)
+
+    def open(self) -> dict[str, CachedSplit]:
+        """Every split's finished entry, refused when it was built for another teacher, source or split, or
+        when its classifier does not reproduce its logits, or differs between splits."""
+        entries = {}
+        for split in SPLITS:
+            entry = self.cache.open(self.key(split))
+            expected = {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
+                        "split_fingerprint": self.source.split(split).fingerprint()}
+            stale = [k for k in expected if entry.manifest["meta"].get(k) != expected[k]]
+            if stale:
+                raise LelpError(f"the teacher cache {entry.path} was built for another {', '.join(stale)} "
+                                f"({', '.join(str(entry.manifest['meta'].get(k)) for k in stale)}, this run has "
+                                f"{', '.join(str(expected[k]) for k in stale)}); delete it to rebuild.")
+            if entry.logits.shape[1] != self.source.num_classes:
+                raise LelpError(f"the teacher cache {entry.path} has {entry.logits.shape[1]} classes but the data "
+                                f"source has {self.source.num_classes}; the teacher's classifier does not match the data.")
+            check_classifier(entry)
+            entries[split] = entry
+        train = entries["train"]
+        for split in ("val", "test"):
+            if not (np.array_equal(entries[split].W, train.W) and np.array_equal(entries[split].b, train.b)):
+                raise LelpError(f"the {split} cache was written by a different teacher classifier than the train "
+                                "cache; delete the cache folder to rebuild.")
+        return entries
