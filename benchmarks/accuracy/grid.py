@@ -30,326 +30,45 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
-import hashlib
-import importlib.metadata
 import json
 import multiprocessing
 import os
 import platform
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-RECORDS = REPO / "benchmarks" / "results" / "accuracy" / "records"
-PREPARE = REPO / "benchmarks" / "results" / "accuracy" / "prepare"
-BASE = REPO / "benchmarks" / "accuracy" / "base.yaml"
-PROTOCOL = 1  # bump when a change makes old records incomparable (they are then ignored, not deleted)
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # spec, selection and report beside it; benchmarks/provenance.py
+import provenance  # noqa: E402
+import spec  # noqa: E402
+from selection import choices  # noqa: E402
 
-LR_FACTORS = (0.5, 1.0, 2.0)
-TAUS = (1.0, 2.0, 4.0)
-S_GRID = (2, 4, 8)
-BETAS = (0.5, 1.0, 2.0)
-FEW_LABELS = 1000
+PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
+CODE = ("lelp_lightning", "benchmarks/accuracy", "configs")  # what a record depends on: its git_dirty flag
 
 
-def cfg(path: str) -> list[str]:
-    return ["--config", str(REPO / path)]
-
-
-# -- tasks, teachers, students, regimes ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Task:
-    label: str
-    args: tuple[str, ...]
-    fine_per_class: int | None = None  # known hidden subclasses per class (the oracle's S), if any
-
-
-TASKS = {
-    "rt": Task("Rotten Tomatoes, binary (split by movie)", tuple(cfg("configs/data/rotten_tomatoes.yaml"))),
-    "tweets2": Task("Tweets, binary (10,000-row stratified subset)",
-                    (*cfg("configs/data/tweets_binary.yaml"), "--data.source.init_args.max_rows", "10000")),
-    "tweets3": Task("Tweets, 3 classes (8,000-row stratified subset)",
-                    (*cfg("configs/data/tweets_3class.yaml"), "--data.source.init_args.max_rows", "8000")),
-    "20ng": Task("20 Newsgroups binarised (topic % 2; 4,000 / 400 / 1,200 subset)",
-                 (*cfg("configs/data/newsgroups_binary.yaml"), "--data.source.init_args.max_train", "4000",
-                  "--data.source.init_args.val_size", "400", "--data.source.init_args.max_test", "1200"), 10),
-    "fmnist": Task("Fashion-MNIST binarised (label % 2; 20,000-image training subset)",
-                   (*cfg("configs/data/fashion_mnist.yaml"), "--data.source.init_args.max_train", "20000"), 5),
-}
-
-TEACHERS = {
-    "mpnet": ("all-mpnet-base-v2 + MLP head (bf16 pass)",
-              (*cfg("configs/teacher/mpnet_mlp.yaml"), "--data.teacher.init_args.precision", "bf16")),
-    # The same teacher, its pass in float32: bf16 is fast only on CPUs with native bf16 (AVX-512 BF16 / AMX; the
-    # Intel Xeon the bf16 cells ran on); on an AVX2-only CPU (the AMD EPYC rt/mpnet_fp32/bag/sup ran on) it is
-    # 6.3× slower than fp32 (3.7 vs 23.6 rows/s, measured).
-    "mpnet_fp32": ("all-mpnet-base-v2 + MLP head (fp32 pass)", tuple(cfg("configs/teacher/mpnet_mlp.yaml"))),
-    "minilm": ("all-MiniLM-L6-v2 + MLP head", tuple(cfg("configs/teacher/minilm_mlp.yaml"))),
-    "cnn": ("small CNN trained by the framework", ()),  # configs/data/fashion_mnist.yaml sets it
-}
-
-
-@dataclass(frozen=True)
-class Student:
-    label: str
-    args: tuple[str, ...]
-    lr: float
-    epochs: int
-    batch_size: int
-
-
-STUDENTS = {
-    "mlp_minilm": Student("MLP 384→128 on MiniLM features", tuple(cfg("configs/student/mlp_minilm.yaml")),
-                          1e-3, 12, 64),
-    "bag": Student("hashed uni+bigram bag (2^16 buckets, 64-d)",
-                   (*cfg("configs/student/hashed_bag.yaml"),
-                    "--data.featurizer", json.dumps({"class_path": "lelp_lightning.data.featurizers.HashedNgramFeaturizer",
-                                                     "init_args": {"num_buckets": 65536, "max_ngram": 2}})),
-                   0.02, 5, 64),
-    "mlp_pixels": Student("MLP 784→64 on pixels",
-                          ("--data.featurizer", json.dumps({"class_path": "lelp_lightning.data.images.PixelFeaturizer",
-                                                            "init_args": {"flatten": True}}),
-                           "--model.student", json.dumps({"class_path": "lelp_lightning.students.MLPStudent",
-                                                          "init_args": {"hidden_dims": [64]}})),
-                          1e-3, 10, 128),
-}
-
-REGIMES = {
-    "sup": ("supervised: every training row labeled", ()),
-    "few": (f"{FEW_LABELS:,} labels, the rest a transfer set", ("--data.num_labeled", str(FEW_LABELS))),
-}
-
-# (task, teacher, student, regimes): sized so that the grid, caches excluded, fits well inside 3 h on 2 cores
-CELL_SPECS = [
-    ("rt", "mpnet", "mlp_minilm", ("sup", "few")),
-    ("rt", "mpnet_fp32", "bag", ("sup",)),
-    ("tweets2", "mpnet", "mlp_minilm", ("sup",)),
-    ("tweets2", "minilm", "bag", ("sup",)),
-    ("tweets3", "minilm", "bag", ("sup",)),
-    ("20ng", "minilm", "bag", ("sup",)),
-    ("fmnist", "cnn", "mlp_pixels", ("sup", "few")),
-]
-ABLATION_CELLS = ("rt/mpnet/mlp_minilm/sup", "fmnist/cnn/mlp_pixels/sup")  # cheap students: 30 runs each
-
-
-@dataclass(frozen=True)
-class Cell:
-    task: str
-    teacher: str
-    student: str
-    regime: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.task}/{self.teacher}/{self.student}/{self.regime}"
-
-    def args(self) -> list[str]:
-        s = STUDENTS[self.student]
-        return [*cfg(str(BASE.relative_to(REPO))), *TASKS[self.task].args, *TEACHERS[self.teacher][1], *s.args,
-                *REGIMES[self.regime][1], "--trainer.max_epochs", str(s.epochs), "--data.batch_size", str(s.batch_size)]
-
-
-CELLS = {c.name: c for t, te, st, regimes in CELL_SPECS for c in (Cell(t, te, st, r) for r in regimes)}
-
-
-# -- methods ----------------------------------------------------------------------------------------------------
-def strategy(name: str, S: int, seed: int, **options) -> list[str]:
-    return ["--data.strategy", json.dumps({"class_path": name, "init_args": {"num_subclasses": S, "seed": seed,
-                                                                             **options}})]
-
-
-def objectives(*terms: tuple[str, dict]) -> list[str]:
-    return ["--model.objectives", json.dumps([{"class_path": n, "init_args": a} for n, a in terms])]
-
-
-def subclass_ce(hp: dict) -> list[str]:
-    return objectives(("subclass_ce", {"tau": hp.get("tau", 1.0), "beta": hp["beta"], "alpha": hp.get("alpha", 0.0)}))
-
-
-@dataclass(frozen=True)
-class Method:
-    label: str
-    stage: int  # 1: selected first (its choices feed stage 2)
-    candidates: object  # (cell, selected: dict[method, hp]) -> list[hp]
-    build: object  # (hp, seed) -> CLI args
-    needs_fine: bool = False
-    regimes: tuple[str, ...] = ("sup", "few")
-
-
-def from_kd(sel: dict, **hp) -> dict:
-    """KD's chosen learning rate and temperature τ (τ recorded only when it is not 1) and ``hp``."""
-    tau = sel["kd"]["tau"]
-    return {"lr": sel["kd"]["lr"], **({"tau": tau} if tau != 1.0 else {}), **hp}
-
-
-def _strategy_method(label: str, name: str, **options) -> Method:
-    return Method(label, 2,
-                  lambda cell, sel: [from_kd(sel, S=s, beta=1.0) for s in S_GRID],
-                  lambda hp, seed: strategy(name, hp["S"], seed, **options) + subclass_ce(hp))
-
-
-def _lelp_args(hp: dict, seed: int) -> list[str]:
-    options = {k: hp[k] for k in ("null_space", "rotation") if k in hp}
-    return strategy("lelp", hp["S"], seed, **options) + subclass_ce(hp)
-
-
-METHODS: dict[str, Method] = {
-    "ce": Method("student alone (CE on the labels)", 1,
-                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f} for f in LR_FACTORS],
-                 lambda hp, seed: strategy("none", 1, seed) + objectives(("ce", {}))),
-    "kd": Method("vanilla KD", 1,
-                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f, "tau": t} for t in TAUS for f in LR_FACTORS],
-                 lambda hp, seed: strategy("none", 1, seed) + objectives(("kd", {"temperature": hp["tau"], "alpha": 0.0}))),
-    "kd_alpha": Method("vanilla KD, α = 0.5", 2, lambda cell, sel: [{**sel["kd"], "alpha": 0.5}],
-                       lambda hp, seed: strategy("none", 1, seed) + objectives(
-                           ("kd", {"temperature": hp["tau"], "alpha": hp["alpha"]}))),
-    "fitnets": Method("embedding matching (FitNets, KD + 0.1·hint)", 2, lambda cell, sel: [sel["kd"]],
-                      lambda hp, seed: strategy("none", 1, seed) + objectives(
-                          ("kd", {"temperature": hp["tau"], "alpha": 0.0}),
-                          ("embedding_matching", {"standardize": True, "hint_epochs": 0, "weight": 0.1}))),
-    "subclass_distillation": _strategy_method("Subclass Distillation (retrained C·S head)", "subclass_distillation"),
-    "lelp": Method("LELP", 2,
-                   lambda cell, sel: [from_kd(sel, S=s, beta=b) for s in S_GRID for b in BETAS],
-                   _lelp_args),
-    "lelp_alpha": Method("LELP, α = 0.5", 2, lambda cell, sel: [{**sel["lelp"], "alpha": 0.5}], _lelp_args),
-    "pca": _strategy_method("PCA only", "pca"),
-    "random_projection": _strategy_method("random projections", "random_projection"),
-    "kmeans": _strategy_method("k-means (hard)", "kmeans"),
-    "gmm": _strategy_method("GMM (diagonal)", "gmm"),
-    "random_split": _strategy_method("random split (more logits, no structure)", "random_split"),
-    "oracle": Method("oracle (true hidden subclasses)", 2,
-                     lambda cell, sel: [from_kd(sel, S=TASKS[cell.task].fine_per_class, beta=1.0)],
-                     lambda hp, seed: strategy("oracle", hp["S"], seed) + subclass_ce(hp), needs_fine=True),
-}
-
-# LELP's selected configuration with one change each; tested on every seed
-ABLATIONS = {
-    "S": [{"S": s} for s in (1, 2, 4, 8, 16)],
-    "beta": [{"beta": b} for b in (0.25, 0.5, 1.0, 2.0, 4.0)],
-    "null_space": [{"null_space": False}],
-    "rotation": [{"rotation": "none"}],
-}
-
-
-def methods_for(cell: Cell) -> list[str]:
-    return [m for m, spec in METHODS.items()
-            if (not spec.needs_fine or TASKS[cell.task].fine_per_class) and cell.regime in spec.regimes]
-
-
-# -- runs and records -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Run:
-    cell: str
-    method: str
-    hp: tuple  # sorted items, hashable
-    seed: int
-    test: bool
-    phase: str = field(compare=False, default="final")
-
-    @property
-    def hp_dict(self) -> dict:
-        return dict(self.hp)
-
-    def identity(self) -> dict:
-        return {"protocol": PROTOCOL, "cell": self.cell, "method": self.method, "hp": self.hp_dict,
-                "seed": self.seed, "test": self.test}
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
-
-    @property
-    def path(self) -> Path:
-        hp = "_".join(f"{k}{v}" for k, v in self.hp)
-        return RECORDS / self.cell.replace("/", "__") / \
-            f"{self.method}__{hp}__seed{self.seed}__{'test' if self.test else 'val'}__{self.key}.json"
-
-    def args(self) -> list[str]:
-        hp = self.hp_dict
-        return [*CELLS[self.cell].args(), *METHODS[self.method].build(hp, self.seed), "--model.lr", str(hp["lr"]),
-                "--seed_everything", str(self.seed),
-                "--trainer.default_root_dir", str(REPO / "runs" / "accuracy" / self.key)]  # its config.yaml (git-ignored)
-
-
-def make_run(cell: Cell, method: str, hp: dict, seed: int, test: bool, phase: str) -> Run:
-    return Run(cell.name, method, tuple(sorted(hp.items())), seed, test, phase)
-
-
-def load_records() -> list[dict]:
-    out = []
-    for path in sorted(RECORDS.glob("*/*.json")):
-        record = json.loads(path.read_text())
-        if record.get("identity", {}).get("protocol") == PROTOCOL:
-            out.append(record)
-    return out
-
-
-def choices(cell: Cell, records: dict[str, dict]) -> tuple[dict[str, dict], list[Run]]:
-    """(each method's chosen hyper-parameters so far, the validation runs named so far) for ``cell``.
-
-    Stage-2 candidates need KD's choice (and LELP α = 0.5 needs LELP's), so they appear once it is measured.
-    """
-    chosen: dict[str, dict] = {}
-    runs: list[Run] = []
-    for stage in (1, 2):
-        for method in methods_for(cell):
-            spec = METHODS[method]
-            if spec.stage != stage:
-                continue
-            try:
-                candidates = spec.candidates(cell, chosen)
-            except KeyError:  # a choice it builds on is not measured yet
-                continue
-            if len(candidates) == 1:
-                chosen[method] = candidates[0]
-                continue
-            named = [make_run(cell, method, hp, 0, False, "select") for hp in candidates]
-            runs += named
-            scores = [records[r.key]["metrics"]["val_accuracy"] if r.key in records else None for r in named]
-            if None not in scores:
-                chosen[method] = candidates[max(range(len(scores)), key=lambda i: (scores[i], -i))]
-    return chosen, runs
-
-
-def plan(cells: list[Cell], seeds: int, records: dict[str, dict]) -> dict[str, list[Run]]:
+def plan(cells: list[spec.Cell], seeds: int, records: dict[str, dict]) -> dict[str, list[spec.Run]]:
     """The runs of each phase that can be named now (finals need every method's choice)."""
-    phases: dict[str, list[Run]] = {"select": [], "final": [], "ablation": []}
+    phases: dict[str, list[spec.Run]] = {"select": [], "final": [], "ablation": []}
     for cell in cells:
         chosen, select_runs = choices(cell, records)
         phases["select"] += select_runs
-        if set(chosen) != set(methods_for(cell)):
+        if set(chosen) != set(spec.methods_for(cell)):
             continue
-        for method in methods_for(cell):
-            phases["final"] += [make_run(cell, method, chosen[method], s, True, "final") for s in range(seeds)]
-        if cell.name in ABLATION_CELLS:
-            for variants in ABLATIONS.values():
+        for method in spec.methods_for(cell):
+            phases["final"] += [spec.make_run(cell, method, chosen[method], s, True, "final") for s in range(seeds)]
+        if cell.name in spec.ABLATION_CELLS:
+            for variants in spec.ABLATIONS.values():
                 for change in variants:
                     hp = {**chosen["lelp"], **change}
-                    phases["ablation"] += [make_run(cell, "lelp", hp, s, True, "ablation") for s in range(seeds)]
+                    phases["ablation"] += [spec.make_run(cell, "lelp", hp, s, True, "ablation") for s in range(seeds)]
     return phases
 
 
-def git_state() -> tuple[str, bool]:
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lelp_lightning", "benchmarks/accuracy",
-                                 "configs"], cwd=REPO, capture_output=True, text=True).stdout.strip())
-    return sha, dirty
-
-
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "hostname": platform.node(),
-            "load_avg": [round(v, 2) for v in os.getloadavg()]}
-
-
-def versions() -> dict:
-    return {p: importlib.metadata.version(p) for p in
-            ("torch", "lightning", "torchmetrics", "numpy", "scikit-learn", "transformers")} | \
-        {"python": platform.python_version()}
+    """The machine a run or a cache build ran on, as the records have it."""
+    return provenance.machine(hostname=platform.node(), load_avg=[round(v, 2) for v in os.getloadavg()])
 
 
 def _worker_init() -> None:
@@ -368,7 +87,7 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def execute(run: Run, git: tuple[str, bool], workers: int = 1) -> dict:
+def execute(run: spec.Run, git: tuple[str, bool], workers: int = 1) -> dict:
     """Train one run in this process and write its record; returns the record."""
     from lelp_lightning.cli import build_cli
 
@@ -390,10 +109,12 @@ def execute(run: Run, git: tuple[str, bool], workers: int = 1) -> dict:
     record = {
         "identity": run.identity(), "key": run.key, "phase": run.phase,
         "cell": run.cell, "method": run.method, "hp": run.hp_dict, "seed": run.seed,
-        "metrics": metrics, "teacher": teacher, "strategy_report": data.strategy_report("val"),
+        "metrics": metrics, "teacher": teacher, "strategy_report": data.targets.report("val"),
         "wall_s": round(time.perf_counter() - start, 2), "fit_s": round(fit_s, 2), "epochs": trainer.current_epoch,
         "args": run.args(), "config": json.loads(json.dumps(cli.config.as_dict(), default=str)),
-        "git_sha": git[0], "git_dirty": git[1], "versions": versions(), "machine": machine(),
+        "git_sha": git[0], "git_dirty": git[1],
+        "versions": provenance.versions("torch", "lightning", "torchmetrics", "numpy", "scikit-learn", "transformers"),
+        "machine": machine(),
         "threads": __import__("torch").get_num_threads(), "workers": workers,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -404,7 +125,7 @@ def execute(run: Run, git: tuple[str, bool], workers: int = 1) -> dict:
     return record
 
 
-def prepare(cell: Cell) -> float:
+def prepare(cell: spec.Cell) -> float:
     """Build the cell's teacher pass, teacher head and student features into the cache, in this process.
 
     The first time per cell the seconds it took are kept in ``prepare/<cell>.json`` (a cache hit takes ~1 s).
@@ -413,8 +134,8 @@ def prepare(cell: Cell) -> float:
 
     _quiet()
     start = time.perf_counter()
-    cli = build_cli([*cell.args(), *METHODS["ce"].build({}, 0), "--data.progress", "true",
-                     "--trainer.default_root_dir", str(REPO / "runs" / "accuracy" / "prepare")], run=False)
+    cli = build_cli([*cell.args(), *spec.METHODS["ce"].build({}, 0), "--data.progress", "true",
+                     "--trainer.default_root_dir", str(spec.REPO / "runs" / "accuracy" / "prepare")], run=False)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
     seconds = time.perf_counter() - start
@@ -422,12 +143,12 @@ def prepare(cell: Cell) -> float:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"cell": cell.name, "seconds": round(seconds, 1), "machine": machine(),
-                                    "git_sha": git_state()[0], "created": datetime.datetime.now(
+                                    "git_sha": provenance.git_state(*CODE)[0], "created": datetime.datetime.now(
                                         datetime.timezone.utc).isoformat(timespec="seconds")}, indent=1))
     return seconds
 
 
-def run_phase(runs: list[Run], workers: int, git: tuple[str, bool]) -> int:
+def run_phase(runs: list[spec.Run], workers: int, git: tuple[str, bool]) -> int:
     """Run what is not recorded yet; returns how many runs failed."""
     todo = [r for r in runs if not r.path.is_file()]
     failed = 0
@@ -455,7 +176,7 @@ def run_phase(runs: list[Run], workers: int, git: tuple[str, bool]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated cell names")
+    parser.add_argument("--cells", default=",".join(spec.CELLS), help="comma-separated cell names")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--phases", default="prepare,select,final,ablation")
@@ -464,22 +185,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prune", action="store_true",
                         help="delete the records the current grid no longer names (after a change of its candidates)")
     args = parser.parse_args(argv)
-    unknown = [c for c in args.cells.split(",") if c not in CELLS]
+    unknown = [c for c in args.cells.split(",") if c not in spec.CELLS]
     if unknown:
-        parser.error(f"unknown cells {unknown}; valid: {', '.join(CELLS)}")
-    cells = [CELLS[c] for c in args.cells.split(",")]
-    git = git_state()
+        parser.error(f"unknown cells {unknown}; valid: {', '.join(spec.CELLS)}")
+    cells = [spec.CELLS[c] for c in args.cells.split(",")]
+    git = provenance.git_state(*CODE)
     phases = args.phases.split(",")
     if args.prune:
-        records = {r["key"]: r for r in load_records()}
-        named = {run.key for runs in plan(list(CELLS.values()), args.seeds, records).values() for run in runs}
-        stale = [p for p in RECORDS.glob("*/*.json") if json.loads(p.read_text())["key"] not in named]
+        records = {r["key"]: r for r in spec.load_records()}
+        named = {run.key for runs in plan(list(spec.CELLS.values()), args.seeds, records).values() for run in runs}
+        stale = [p for p in spec.RECORDS.glob("*/*.json") if json.loads(p.read_text())["key"] not in named]
         for path in stale:
             path.unlink()
         print(f"deleted {len(stale)} records the grid no longer names")
         return
     if args.list:
-        records = {r["key"]: r for r in load_records()}
+        records = {r["key"]: r for r in spec.load_records()}
         for phase, runs in plan(cells, args.seeds, records).items():
             done = sum(r.path.is_file() for r in runs)
             print(f"{phase}: {len(runs)} runs named so far, {done} done")
@@ -492,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         if phase not in phases:
             continue
         while True:  # selection is two-staged: stage 2's candidates exist once stage 1 is measured
-            records = {r["key"]: r for r in load_records()}
+            records = {r["key"]: r for r in spec.load_records()}
             runs = plan(cells, args.seeds, records)[phase]
             if all(r.path.is_file() for r in runs):
                 break
@@ -506,5 +227,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     main()

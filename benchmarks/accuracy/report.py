@@ -19,13 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import grid  # noqa: E402
+import spec  # noqa: E402
+from selection import choices  # noqa: E402
 
-OUT = grid.REPO / "benchmarks" / "RESULTS.md"
-PLOTS = grid.REPO / "benchmarks" / "results" / "accuracy" / "plots"
-PREPARE = grid.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
+OUT = spec.REPO / "benchmarks" / "RESULTS.md"
+PLOTS = spec.REPO / "benchmarks" / "results" / "accuracy" / "plots"
+PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
 
 PAPER = """The paper's numbers (student test accuracy %, 3 seeds; from secondary copies of the paper, see
-`../shared/METHODS.md`), for orientation only — different data, teachers, students and scale:
+`docs/methods.md`), for orientation only — different data, teachers, students and scale:
 
 | benchmark (paper) | vanilla KD | Subclass Distillation | clustering baselines | LELP | oracle |
 |---|---|---|---|---|---|
@@ -49,7 +51,7 @@ class Stat:
     def __str__(self) -> str:
         return f"{self.mean:.2f} ± {self.std:.2f}"
 
-    def diff(self, other: "Stat") -> tuple[float, float]:
+    def diff(self, other: Stat) -> tuple[float, float]:
         """(difference of means, its standard error)."""
         return self.mean - other.mean, math.sqrt(self.std**2 / self.n + other.std**2 / other.n)
 
@@ -74,10 +76,10 @@ def final_stats(records: list[dict], seeds: int) -> tuple[dict, dict, dict]:
     by_key = {r["key"]: r for r in records}
     tested = group(records)
     stats, chosen_all, teacher = {}, {}, {}
-    for name, cell in grid.CELLS.items():
-        chosen, _ = grid.choices(cell, by_key)
+    for name, cell in spec.CELLS.items():
+        chosen, _ = choices(cell, by_key)
         cell_stats = {}
-        for method in grid.methods_for(cell):
+        for method in spec.methods_for(cell):
             if method not in chosen:
                 continue
             runs = tested.get((name, method, json.dumps(chosen[method], sort_keys=True)), {})
@@ -91,18 +93,18 @@ def final_stats(records: list[dict], seeds: int) -> tuple[dict, dict, dict]:
 
 
 def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
-    cells = [c for c in grid.CELLS if c.startswith(task + "/") and c in stats]
+    cells = [c for c in spec.CELLS if c.startswith(task + "/") and c in stats]
     if not cells:
         return []
     heads = []
     for c in cells:
-        cell = grid.CELLS[c]
-        heads.append(f"{grid.TEACHERS[cell.teacher][0]} → {grid.STUDENTS[cell.student].label}; "
-                     f"{grid.REGIMES[cell.regime][0]}")
-    lines = [f"### {grid.TASKS[task].label}", "",
+        cell = spec.CELLS[c]
+        heads.append(f"{spec.TEACHERS[cell.teacher][0]} → {spec.STUDENTS[cell.student].label}; "
+                     f"{spec.REGIMES[cell.regime][0]}")
+    lines = [f"### {spec.TASKS[task].label}", "",
              "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cells)]
     best = {c: max(s.mean for m, s in stats[c].items() if m != "oracle") for c in cells}
-    for method, spec in grid.METHODS.items():
+    for method, entry in spec.METHODS.items():
         row = []
         for c in cells:
             s = stats[c].get(method)
@@ -111,7 +113,7 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
                 text = f"**{text}**"
             row.append(text)
         if any(x != "—" for x in row):
-            lines.append(f"| {spec.label} | " + " | ".join(row) + " |")
+            lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
     lines.append("| *teacher* | " + " | ".join(f"*{100 * teacher[c]['test_teacher_accuracy']:.2f}*" for c in cells) + " |")
     lines.append("| *majority class* | " + " | ".join(f"*{100 * teacher[c]['test_majority_class_rate']:.2f}*"
                                                    for c in cells) + " |")
@@ -157,7 +159,7 @@ def gap_table(stats: dict) -> list[str]:
     rows = [(c, s) for c, s in stats.items() if "oracle" in s and "kd" in s and oracle_beats_kd(s)]
     if not rows:
         return []
-    methods = [m for m in grid.METHODS if m not in ("ce", "kd", "oracle")]
+    methods = [m for m in spec.METHODS if m not in ("ce", "kd", "oracle")]
     lines = ["Share of the KD → oracle gap each method closes ((method − KD) / (oracle − KD), by means):", "",
              "| cell | KD | oracle | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     for c, s in rows:
@@ -168,10 +170,10 @@ def gap_table(stats: dict) -> list[str]:
 
 
 def hp_table(chosen: dict) -> list[str]:
-    lines = ["| cell | " + " | ".join(grid.METHODS) + " |", "|---|" + "---|" * len(grid.METHODS)]
+    lines = ["| cell | " + " | ".join(spec.METHODS) + " |", "|---|" + "---|" * len(spec.METHODS)]
     for c, ch in chosen.items():
         row = []
-        for m in grid.METHODS:
+        for m in spec.METHODS:
             hp = ch.get(m)
             row.append("—" if hp is None else ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in hp.items()))
@@ -183,12 +185,12 @@ def ablation_stats(records: list[dict], chosen: dict, seeds: int) -> dict:
     """{cell: {ablation: [(value, Stat)]}} around LELP's chosen configuration."""
     tested = group(records)
     out = {}
-    for c in grid.ABLATION_CELLS:
+    for c in spec.ABLATION_CELLS:
         if c not in chosen:
             continue
         base = chosen[c]["lelp"]
         per = {}
-        for name, variants in grid.ABLATIONS.items():
+        for name, variants in spec.ABLATIONS.items():
             points = []
             values = variants if name in ("S", "beta") else [{}] + variants
             for change in values:
@@ -239,7 +241,7 @@ def plots(stats: dict, ablations: dict, kd: dict) -> list[str]:
         plt.close(fig)
         lines.append(f"![LELP accuracy vs S and β on {c}]({path.relative_to(OUT.parent)})")
     for c, s in stats.items():
-        methods = [m for m in grid.METHODS if m in s]
+        methods = [m for m in spec.METHODS if m in s]
         fig, ax = plt.subplots(figsize=(9, 3.4))
         ax.bar(range(len(methods)), [s[m].mean for m in methods], yerr=[s[m].std for m in methods], capsize=3,
                color=["tab:red" if m.startswith("lelp") else "tab:grey" if m in ("ce", "kd") else "tab:blue"
@@ -285,12 +287,12 @@ def cost(records: list[dict]) -> list[str]:
 def current(records: list[dict], seeds: int) -> list[dict]:
     """The records the grid's plan names now (a record of a candidate no longer in the grid is ignored)."""
     by_key = {r["key"]: r for r in records}
-    named = {run.key for runs in grid.plan(list(grid.CELLS.values()), seeds, by_key).values() for run in runs}
+    named = {run.key for runs in grid.plan(list(spec.CELLS.values()), seeds, by_key).values() for run in runs}
     return [r for r in records if r["key"] in named]
 
 
 def main(seeds: int = 3) -> None:
-    records = current(grid.load_records(), seeds)
+    records = current(spec.load_records(), seeds)
     stats, chosen, teacher = final_stats(records, seeds)
     kd = {c: s["kd"] for c, s in stats.items() if "kd" in s}
     ablations = ablation_stats(records, chosen, seeds)
@@ -302,11 +304,11 @@ def main(seeds: int = 3) -> None:
              "- Cells: task × teacher → student × regime (below). The teacher is trained once per cell (seed 0) on "
              "the labeled training rows; students distil on every training row with the teacher's outputs.",
              f"- Regimes: *supervised* (every training row labeled; α = 0 as in the paper, plus α = 0.5 for KD and "
-             f"LELP) and *few labels* ({grid.FEW_LABELS:,} labeled training rows train the teacher; the student distils "
+             f"LELP) and *few labels* ({spec.FEW_LABELS:,} labeled training rows train the teacher; the student distils "
              "on all training rows; \"student alone\" trains on those labeled rows only).",
-             f"- Selection on the validation split only, seed 0: student alone: learning rate × {grid.LR_FACTORS}; "
-             f"KD: τ ∈ {grid.TAUS} × the same learning rates; every other method uses KD's learning rate and τ; "
-             f"strategies pick S ∈ {grid.S_GRID} at β = 1; LELP picks S × β ∈ {grid.S_GRID} × {grid.BETAS}; KD α = 0.5 "
+             f"- Selection on the validation split only, seed 0: student alone: learning rate × {spec.LR_FACTORS}; "
+             f"KD: τ ∈ {spec.TAUS} × the same learning rates; every other method uses KD's learning rate and τ; "
+             f"strategies pick S ∈ {spec.S_GRID} at β = 1; LELP picks S × β ∈ {spec.S_GRID} × {spec.BETAS}; KD α = 0.5 "
              "and FitNets reuse KD's choice, LELP α = 0.5 LELP's; the oracle's S is the true number of hidden "
              "subclasses. The test split is read once per final configuration and seed.",
              f"- Final runs and ablations: {seeds} seeds (student init, batch order, strategy seed); the last epoch is "
@@ -315,7 +317,7 @@ def main(seeds: int = 3) -> None:
              "bf16; *fp32 pass* marks a cell built on an AVX2-only AMD EPYC, where bf16 autocast is 6.3× slower than "
              "fp32 (every run of that cell, selection included, uses the fp32 teacher).", ""]
     lines += ["## Results per task", ""]
-    for task in grid.TASKS:
+    for task in spec.TASKS:
         lines += task_table(task, stats, teacher)
     lines += ["## LELP against vanilla KD and the other strategies", ""] + comparisons(stats) + gap_table(stats)
     if ablations:

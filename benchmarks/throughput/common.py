@@ -1,12 +1,9 @@
-"""Shared by the throughput benchmarks: hardware and version tags, the CSV they write, the table they print."""
+"""Shared by the throughput benchmarks: the CSV they write (named by hardware and versions), the table they print."""
 
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -20,37 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "throughput"
 CACHE = RESULTS / "cache"  # git-ignored: teacher caches the benchmarks build once and reuse
 sys.path.insert(0, str(REPO / "tests"))  # the tests' small real data and teacher settings
-
-
-def hardware() -> str:
-    """e.g. ``cpu-intel-xeon-processor-2threads`` or ``cuda-nvidia-h100-80gb-hbm3``."""
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            name = next(l.split(":", 1)[1] for l in open("/proc/cpuinfo") if l.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        name = f"cpu {re.sub(r'[(][^)]*[)]', '', name)} {torch.get_num_threads()}threads"
-    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
-
-
-def versions(*extra: str) -> str:
-    """e.g. ``torch2.13.0-lightning2.6.6``: the packages a result depends on."""
-    parts = []
-    for package in ("torch", "lightning", *extra):
-        try:
-            parts.append(f"{package.replace('-', '')}{importlib.metadata.version(package).split('+')[0]}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return "-".join(parts)
+sys.path.insert(0, str(REPO / "benchmarks"))  # provenance.py, shared by every benchmark
+import provenance  # noqa: E402
 
 
 def write_csv(benchmark: str, rows: list[dict], *packages: str) -> Path:
-    """Write ``rows`` to ``benchmarks/results/throughput/<benchmark>__<hardware>__<versions>.csv``."""
+    """Write ``rows`` to ``benchmarks/results/throughput/<benchmark>__<hardware>__<versions>.csv``, the versions
+    of torch, lightning and ``packages``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{benchmark}__{hardware()}__{versions(*packages)}.csv"
+    tags = f"{provenance.hardware_tag()}__{provenance.version_tag('torch', 'lightning', *packages)}"
+    path = RESULTS / f"{benchmark}__{tags}.csv"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -62,9 +38,9 @@ def write_csv(benchmark: str, rows: list[dict], *packages: str) -> Path:
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     print(f"\n{title}")
     widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(fmt(row.get(c)).ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(fmt(row.get(c)).ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
 def fmt(value) -> str:

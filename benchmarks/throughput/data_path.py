@@ -22,11 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-import common  # noqa: E402
 
 
 class PerRow(Dataset):
@@ -82,8 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     _, _, datamodule = common.lelp_objects(args.rows, Path(tempfile.mkdtemp(prefix="lelp-bench-")),
                                            "--data.batch_size", str(args.batch_size))
-    datamodule.extra_keys.update({"teacher_embedding", "row_id"})
-    lelp_loader = datamodule.train_dataloader()
+    lelp_loader = datamodule.loader("train", shuffle=True, keys={"teacher_embedding", "row_id"})
     dataset = lelp_loader.dataset
     sampler = lelp_loader.sampler
     per_row_loader = DataLoader(PerRow(dataset), batch_sampler=RowLists(sampler), collate_fn=collate_rows)

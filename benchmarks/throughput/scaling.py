@@ -4,7 +4,7 @@ time per row stays flat (``vs_linear`` = (t(kN) / t(N)) / k ≈ 1).
     .venv/bin/python benchmarks/throughput/scaling.py [--teacher-rows 32] [--rows 10000] [--epoch-rows 500]
 
 - cache build, real teacher: all-MiniLM-L6-v2 features of ``teacher-rows`` × {1, 10, 100} real tweets
-  (``TeacherCache.build``, one process);
+  (``build_entry``: the block build with one process);
 - cache build, cache machinery alone: ``rows`` × {1, 10, 100} rows of real teacher outputs (the 4000-tweet
   benchmark cache, tiled) replayed through the single-process build and through the multi-process block
   writer (one process), so the writes, syncs, checksums and manifest are what is timed;
@@ -26,16 +26,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import common  # noqa: E402
-from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache  # noqa: E402
-from lelp_lightning.data.datamodule import CacheDataset  # noqa: E402
+from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache, build_entry  # noqa: E402
+from lelp_lightning.data.dataset import CacheDataset  # noqa: E402
 from lelp_lightning.data.featurizers import BagInputs  # noqa: E402
-from lelp_lightning.data.samplers import GlobalBatchSampler  # noqa: E402
-from lelp_lightning.data.sources import SPLITS, Tweets  # noqa: E402
+from lelp_lightning.samplers import GlobalBatchSampler  # noqa: E402
+from lelp_lightning.sources import SPLITS, Tweets  # noqa: E402
 from lelp_lightning.strategies import LinearProjectionStrategy  # noqa: E402
 from lelp_lightning.teachers import SentenceEncoderTeacher  # noqa: E402
 
@@ -72,16 +72,12 @@ def replay_build(embedding: np.ndarray, logits: np.ndarray, labels: np.ndarray, 
     n = len(labels)
     try:
         cache = TeacherCache(folder)
-        if not blocks:
-            return common.timed(lambda: cache.build(
-                "replay", labels=labels, row_ids=np.arange(n), embedding_dim=embedding.shape[1],
-                num_classes=logits.shape[1], classifier=lambda: (np.zeros((2, 32)), np.zeros(2)), meta={},
-                batches=lambda done: ((np.arange(lo, min(lo + 64, n)), embedding[lo: lo + 64], logits[lo: lo + 64])
-                                      for lo in range(done, n, 64)), progress=False))
         target = PassTarget(key="replay", labels=labels, row_ids=np.arange(n), embedding_dim=embedding.shape[1],
                             num_classes=logits.shape[1], meta={}, order=np.arange(n), block_size=64,
                             encode=lambda index: (embedding[index], logits[index]),
                             classifier=lambda: (np.zeros((2, 32)), np.zeros(2)))
+        if not blocks:
+            return common.timed(lambda: build_entry(cache, target, progress=False))
 
         def run():
             build = BlockBuild(cache, target)

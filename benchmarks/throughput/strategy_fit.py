@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))  # provenance.py, shared by every benchmark
+import provenance  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "strategy_fit"
 C, BLOBS, RANK = 2, 4, 16
 S = 4  # subclasses per class: one per blob, so the clusterings have one clear optimum to be compared at
@@ -360,23 +362,9 @@ def tables() -> str:
 
 # -- driver ---------------------------------------------------------------------------------------------------
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    """The machine of a record, with its memory and the load average at the start (a shared machine shows it)."""
     mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem / 2**20, 1),
-            "load_avg": " ".join(f"{v:.1f}" for v in os.getloadavg()), "platform": platform.platform()}
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("torch", "numpy", "scikit-learn", "scipy")} | {"python": platform.python_version()}
-
-
-def git() -> tuple[str, bool]:
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lelp_lightning", "benchmarks/throughput"],
-                                cwd=REPO, capture_output=True, text=True).stdout.strip())
-    return sha, dirty
+    return provenance.machine(memory_gb=round(mem / 2**20, 1), load_avg=" ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 
 def main() -> None:
@@ -399,7 +387,7 @@ def main() -> None:
     if args.worker:
         return worker(json.loads(args.worker))
 
-    sha, dirty = git()
+    sha, dirty = provenance.git_state("lelp_lightning", "benchmarks/throughput")
     grid = [(int(float(n)), int(d)) for n in args.sizes.split(",") for d in args.dims.split(",")]
     if not args.no_sentiment140:
         grid.append((1_600_000, 768))
@@ -407,7 +395,8 @@ def main() -> None:
     record = {"benchmark": "strategy_fit", "git_sha": sha, "git_dirty": dirty,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "config": {**vars(args), "grid": grid, "S": S, "classes": C, "blobs": BLOBS}, "seed": args.seed,
-              "machine": machine(), "versions": versions(), "rows": []}
+              "machine": machine(), "versions": provenance.versions("torch", "numpy", "scikit-learn", "scipy"),
+              "rows": []}
     data_dir = Path(args.data_dir)
     for n, d in grid:
         print(f"\n== N={n:,} D={d}: writing the synthetic memmap", flush=True)

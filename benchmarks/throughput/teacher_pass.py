@@ -22,15 +22,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import common  # noqa: E402
 from lelp_lightning.cache import TeacherCache  # noqa: E402
-from lelp_lightning.data.sources import SPLITS, Tweets  # noqa: E402
+from lelp_lightning.cache.teacher_pass import TeacherPass  # noqa: E402
+from lelp_lightning.encoders import resolve_model_path  # noqa: E402
+from lelp_lightning.sources import SPLITS, Tweets  # noqa: E402
 from lelp_lightning.teachers import SentenceEncoderTeacher  # noqa: E402
-from lelp_lightning.teachers.sentence_encoder import resolve_model_path  # noqa: E402
-from lelp_lightning.teachers.teacher_pass import TeacherPass  # noqa: E402
 
 
 def paired_batches(st, teachers: dict, texts: list[str], batch_size: int, rounds: int) -> dict[str, float]:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 
 def lelp_fit(rows: int, epochs: int, run_dir: Path) -> list[float]:
@@ -76,7 +75,7 @@ def main() -> None:
             print(f"round {r}: {name}: epochs {' '.join(f'{s:.3f}' for s in epoch_seconds)} s", flush=True)
     peer = common.median(seconds["hand-written loop"])
     peer_best = min(seconds["hand-written loop"])
-    paired = [a / b for a, b in zip(per_round["lelp fit"], per_round["hand-written loop"])]
+    paired = [a / b for a, b in zip(per_round["lelp fit"], per_round["hand-written loop"], strict=True)]
     rows = []
     for name, values in seconds.items():
         rows.append({"loop": name, "train_rows": len(datamodule.dataset("train")), "batch_size": datamodule.batch_size,

@@ -1,0 +1,258 @@
+"""The accuracy grid's specification: what is measured, and what a run and its record are.
+
+Tasks, teachers, students and regimes form the cells; each method has its candidate hyper-parameters (from the
+grids below) and its CLI arguments; the ablations change LELP's selected configuration. A run's identity (and
+so its record's key and path) is fixed here: change it and ``PROTOCOL`` must change too. ``grid.py`` runs this
+specification, ``selection.py`` chooses among the candidates, ``report.py`` reads the records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDS = REPO / "benchmarks" / "results" / "accuracy" / "records"
+BASE = REPO / "benchmarks" / "accuracy" / "base.yaml"
+PROTOCOL = 1  # bump when a change makes old records incomparable (they are then ignored, not deleted)
+
+LR_FACTORS = (0.5, 1.0, 2.0)
+TAUS = (1.0, 2.0, 4.0)
+S_GRID = (2, 4, 8)
+BETAS = (0.5, 1.0, 2.0)
+FEW_LABELS = 1000
+
+
+def cfg(path: str) -> list[str]:
+    return ["--config", str(REPO / path)]
+
+
+# -- tasks, teachers, students, regimes ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    label: str
+    args: tuple[str, ...]
+    fine_per_class: int | None = None  # known hidden subclasses per class (the oracle's S), if any
+
+
+TASKS = {
+    "rt": Task("Rotten Tomatoes, binary (split by movie)", tuple(cfg("configs/data/rotten_tomatoes.yaml"))),
+    "tweets2": Task("Tweets, binary (10,000-row stratified subset)",
+                    (*cfg("configs/data/tweets_binary.yaml"), "--data.source.init_args.max_rows", "10000")),
+    "tweets3": Task("Tweets, 3 classes (8,000-row stratified subset)",
+                    (*cfg("configs/data/tweets_3class.yaml"), "--data.source.init_args.max_rows", "8000")),
+    "20ng": Task("20 Newsgroups binarised (topic % 2; 4,000 / 400 / 1,200 subset)",
+                 (*cfg("configs/data/newsgroups_binary.yaml"), "--data.source.init_args.max_train", "4000",
+                  "--data.source.init_args.val_size", "400", "--data.source.init_args.max_test", "1200"), 10),
+    "fmnist": Task("Fashion-MNIST binarised (label % 2; 20,000-image training subset)",
+                   (*cfg("configs/experiments/fashion_mnist.yaml"), "--data.source.init_args.max_train", "20000"), 5),
+}
+
+TEACHERS = {
+    "mpnet": ("all-mpnet-base-v2 + MLP head (bf16 pass)",
+              (*cfg("configs/teacher/mpnet_mlp.yaml"), "--data.teacher.init_args.precision", "bf16")),
+    # The same teacher, its pass in float32: bf16 is fast only on CPUs with native bf16 (AVX-512 BF16 / AMX; the
+    # Intel Xeon the bf16 cells ran on); on an AVX2-only CPU (the AMD EPYC rt/mpnet_fp32/bag/sup ran on) it is
+    # 6.3× slower than fp32 (3.7 vs 23.6 rows/s, measured).
+    "mpnet_fp32": ("all-mpnet-base-v2 + MLP head (fp32 pass)", tuple(cfg("configs/teacher/mpnet_mlp.yaml"))),
+    "minilm": ("all-MiniLM-L6-v2 + MLP head", tuple(cfg("configs/teacher/minilm_mlp.yaml"))),
+    "cnn": ("small CNN trained by the framework", ()),  # configs/experiments/fashion_mnist.yaml sets it
+}
+
+
+@dataclass(frozen=True)
+class Student:
+    label: str
+    args: tuple[str, ...]
+    lr: float
+    epochs: int
+    batch_size: int
+
+
+STUDENTS = {
+    "mlp_minilm": Student("MLP 384→128 on MiniLM features", tuple(cfg("configs/student/mlp_minilm.yaml")),
+                          1e-3, 12, 64),
+    "bag": Student("hashed uni+bigram bag (2^16 buckets, 64-d)",
+                   (*cfg("configs/student/hashed_bag.yaml"),
+                    "--data.featurizer", json.dumps({"class_path": "HashedNgramFeaturizer",
+                                                     "init_args": {"num_buckets": 65536, "max_ngram": 2}})),
+                   0.02, 5, 64),
+    "mlp_pixels": Student("MLP 784→64 on pixels",
+                          ("--data.featurizer", json.dumps({"class_path": "PixelFeaturizer",
+                                                            "init_args": {"flatten": True}}),
+                           "--model.student", json.dumps({"class_path": "mlp",
+                                                          "init_args": {"hidden_dims": [64]}})),
+                          1e-3, 10, 128),
+}
+
+REGIMES = {
+    "sup": ("supervised: every training row labeled", ()),
+    "few": (f"{FEW_LABELS:,} labels, the rest a transfer set", ("--data.num_labeled", str(FEW_LABELS))),
+}
+
+# (task, teacher, student, regimes): sized so that the grid, caches excluded, fits well inside 3 h on 2 cores
+CELL_SPECS = [
+    ("rt", "mpnet", "mlp_minilm", ("sup", "few")),
+    ("rt", "mpnet_fp32", "bag", ("sup",)),
+    ("tweets2", "mpnet", "mlp_minilm", ("sup",)),
+    ("tweets2", "minilm", "bag", ("sup",)),
+    ("tweets3", "minilm", "bag", ("sup",)),
+    ("20ng", "minilm", "bag", ("sup",)),
+    ("fmnist", "cnn", "mlp_pixels", ("sup", "few")),
+]
+ABLATION_CELLS = ("rt/mpnet/mlp_minilm/sup", "fmnist/cnn/mlp_pixels/sup")  # cheap students: 30 runs each
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    teacher: str
+    student: str
+    regime: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.teacher}/{self.student}/{self.regime}"
+
+    def args(self) -> list[str]:
+        s = STUDENTS[self.student]
+        return [*cfg(str(BASE.relative_to(REPO))), *TASKS[self.task].args, *TEACHERS[self.teacher][1], *s.args,
+                *REGIMES[self.regime][1], "--trainer.max_epochs", str(s.epochs), "--data.batch_size", str(s.batch_size)]
+
+
+CELLS = {c.name: c for t, te, st, regimes in CELL_SPECS for c in (Cell(t, te, st, r) for r in regimes)}
+
+
+# -- methods ----------------------------------------------------------------------------------------------------
+def strategy(name: str, S: int, seed: int, **options) -> list[str]:
+    return ["--data.strategy", json.dumps({"class_path": name, "init_args": {"num_subclasses": S, "seed": seed,
+                                                                             **options}})]
+
+
+def objectives(*terms: tuple[str, dict]) -> list[str]:
+    return ["--model.objectives", json.dumps([{"class_path": n, "init_args": a} for n, a in terms])]
+
+
+def subclass_ce(hp: dict) -> list[str]:
+    return objectives(("subclass_ce", {"tau": hp.get("tau", 1.0), "beta": hp["beta"], "alpha": hp.get("alpha", 0.0)}))
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    stage: int  # 1: selected first (its choices feed stage 2)
+    candidates: object  # (cell, selected: dict[method, hp]) -> list[hp]
+    build: object  # (hp, seed) -> CLI args
+    needs_fine: bool = False
+    regimes: tuple[str, ...] = ("sup", "few")
+
+
+def from_kd(sel: dict, **hp) -> dict:
+    """KD's chosen learning rate and temperature τ (τ recorded only when it is not 1) and ``hp``."""
+    tau = sel["kd"]["tau"]
+    return {"lr": sel["kd"]["lr"], **({"tau": tau} if tau != 1.0 else {}), **hp}
+
+
+def _strategy_method(label: str, name: str, **options) -> Method:
+    return Method(label, 2,
+                  lambda cell, sel: [from_kd(sel, S=s, beta=1.0) for s in S_GRID],
+                  lambda hp, seed: strategy(name, hp["S"], seed, **options) + subclass_ce(hp))
+
+
+def _lelp_args(hp: dict, seed: int) -> list[str]:
+    options = {k: hp[k] for k in ("null_space", "rotation") if k in hp}
+    return strategy("lelp", hp["S"], seed, **options) + subclass_ce(hp)
+
+
+METHODS: dict[str, Method] = {
+    "ce": Method("student alone (CE on the labels)", 1,
+                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f} for f in LR_FACTORS],
+                 lambda hp, seed: strategy("none", 1, seed) + objectives(("ce", {}))),
+    "kd": Method("vanilla KD", 1,
+                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f, "tau": t} for t in TAUS for f in LR_FACTORS],
+                 lambda hp, seed: strategy("none", 1, seed) + objectives(("kd", {"temperature": hp["tau"], "alpha": 0.0}))),
+    "kd_alpha": Method("vanilla KD, α = 0.5", 2, lambda cell, sel: [{**sel["kd"], "alpha": 0.5}],
+                       lambda hp, seed: strategy("none", 1, seed) + objectives(
+                           ("kd", {"temperature": hp["tau"], "alpha": hp["alpha"]}))),
+    "fitnets": Method("embedding matching (FitNets, KD + 0.1·hint)", 2, lambda cell, sel: [sel["kd"]],
+                      lambda hp, seed: strategy("none", 1, seed) + objectives(
+                          ("kd", {"temperature": hp["tau"], "alpha": 0.0}),
+                          ("embedding_matching", {"standardize": True, "hint_epochs": 0, "weight": 0.1}))),
+    "subclass_distillation": _strategy_method("Subclass Distillation (retrained C·S head)", "subclass_distillation"),
+    "lelp": Method("LELP", 2,
+                   lambda cell, sel: [from_kd(sel, S=s, beta=b) for s in S_GRID for b in BETAS],
+                   _lelp_args),
+    "lelp_alpha": Method("LELP, α = 0.5", 2, lambda cell, sel: [{**sel["lelp"], "alpha": 0.5}], _lelp_args),
+    "pca": _strategy_method("PCA only", "pca"),
+    "random_projection": _strategy_method("random projections", "random_projection"),
+    "kmeans": _strategy_method("k-means (hard)", "kmeans"),
+    "gmm": _strategy_method("GMM (diagonal)", "gmm"),
+    "random_split": _strategy_method("random split (more logits, no structure)", "random_split"),
+    "oracle": Method("oracle (true hidden subclasses)", 2,
+                     lambda cell, sel: [from_kd(sel, S=TASKS[cell.task].fine_per_class, beta=1.0)],
+                     lambda hp, seed: strategy("oracle", hp["S"], seed) + subclass_ce(hp), needs_fine=True),
+}
+
+# LELP's selected configuration with one change each; tested on every seed
+ABLATIONS = {
+    "S": [{"S": s} for s in (1, 2, 4, 8, 16)],
+    "beta": [{"beta": b} for b in (0.25, 0.5, 1.0, 2.0, 4.0)],
+    "null_space": [{"null_space": False}],
+    "rotation": [{"rotation": "none"}],
+}
+
+
+def methods_for(cell: Cell) -> list[str]:
+    return [m for m, spec in METHODS.items()
+            if (not spec.needs_fine or TASKS[cell.task].fine_per_class) and cell.regime in spec.regimes]
+
+
+# -- runs and records -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    cell: str
+    method: str
+    hp: tuple  # sorted items, hashable
+    seed: int
+    test: bool
+    phase: str = field(compare=False, default="final")
+
+    @property
+    def hp_dict(self) -> dict:
+        return dict(self.hp)
+
+    def identity(self) -> dict:
+        return {"protocol": PROTOCOL, "cell": self.cell, "method": self.method, "hp": self.hp_dict,
+                "seed": self.seed, "test": self.test}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def path(self) -> Path:
+        hp = "_".join(f"{k}{v}" for k, v in self.hp)
+        return RECORDS / self.cell.replace("/", "__") / \
+            f"{self.method}__{hp}__seed{self.seed}__{'test' if self.test else 'val'}__{self.key}.json"
+
+    def args(self) -> list[str]:
+        hp = self.hp_dict
+        return [*CELLS[self.cell].args(), *METHODS[self.method].build(hp, self.seed), "--model.lr", str(hp["lr"]),
+                "--seed_everything", str(self.seed),
+                "--trainer.default_root_dir", str(REPO / "runs" / "accuracy" / self.key)]  # its config.yaml (git-ignored)
+
+
+def make_run(cell: Cell, method: str, hp: dict, seed: int, test: bool, phase: str) -> Run:
+    return Run(cell.name, method, tuple(sorted(hp.items())), seed, test, phase)
+
+
+def load_records() -> list[dict]:
+    """Every record of the current ``PROTOCOL`` (older ones stay on disk, ignored)."""
+    out = []
+    for path in sorted(RECORDS.glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if record.get("identity", {}).get("protocol") == PROTOCOL:
+            out.append(record)
+    return out
