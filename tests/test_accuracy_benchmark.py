@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS
+from helpers import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS, tiny_tweets_teacher_metrics
 
 sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
 import grid  # noqa: E402
@@ -105,10 +105,12 @@ def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, mon
     monkeypatch.setitem(spec.STUDENTS, "tiny", spec.Student("bag", spec.STUDENTS["bag"].args, 0.02, 1, 32))
     cell = spec.Cell("tiny", "tiny", "tiny", "sup")
     monkeypatch.setitem(spec.CELLS, cell.name, cell)
+    monkeypatch.setattr(grid, "PREPARE", tmp_path / "prepare")
+    grid.prepare(cell)  # as the grid does per cell before its runs: teacher pass, head, student features
     entries = {p.name for p in tweets_cache_dir.iterdir()}
     run = spec.make_run(cell, "lelp", {"lr": 0.02, "S": 2, "beta": 1.0}, 0, True, "final")
     record = grid.execute(run, ("0" * 40, False))
-    assert {p.name for p in tweets_cache_dir.iterdir()} == entries  # the teacher's cache is only read
+    assert {p.name for p in tweets_cache_dir.iterdir()} == entries  # a run only reads the prepared cache
     saved = json.loads(run.path.read_text())
     assert saved == record and record["identity"] == run.identity()
     assert set(record["metrics"]) == {"val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1"}
@@ -116,5 +118,10 @@ def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, mon
     assert record["config"]["data"]["strategy"]["init_args"]["num_subclasses"] == 2
     assert record["config"]["model"]["lr"] == 0.02 and record["config"]["seed_everything"] == 0
     assert 0.5 < record["teacher"]["test_teacher_accuracy"] <= 1.0
+    teacher = tiny_tweets_teacher_metrics(tweets_cache_dir)  # recomputed: argmax of the cached test logits vs labels
+    assert record["teacher"]["test_teacher_accuracy"] == pytest.approx(teacher["accuracy"], abs=1e-6)
+    assert record["teacher"]["test_majority_class_rate"] == pytest.approx(teacher["majority_class_rate"], abs=1e-6)
+    # measured over seeds 0-3: the student scores the majority rate (42/60) exactly; no margin above it is safe
+    assert record["metrics"]["test_accuracy"] >= record["teacher"]["test_majority_class_rate"] - 1e-6, record
     mtime = run.path.stat().st_mtime_ns
     assert grid.execute(run, ("1" * 40, False)) == record and run.path.stat().st_mtime_ns == mtime

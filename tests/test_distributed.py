@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS, LELP, TINY_TWEETS, run_lelp, tiny_run_args, write_logger_config
+from helpers import CONFIGS, LELP, TINY_TWEETS, run_lelp, tiny_run_args, write_logger_config
 
 from lelp_lightning.cache import TeacherCache
 
 pytestmark = pytest.mark.slow
 CPU = ["--trainer.accelerator", "cpu", "--data.featurizer.num_buckets", "16384", "--data.strategy.num_subclasses", "2"]
-TWO = {"ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp"],
-       "fsdp": ["--config", str(CONFIGS / "trainer" / "fsdp.yaml"), "--trainer.devices", "2"]}
+DENSE = ["--model.student.init_args.sparse", "false"]  # FSDP2 shards only a densely trained table
+TWO = {"ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp"],  # the sparse bag: gloo all-reduces its rows
+       "fsdp": ["--config", str(CONFIGS / "trainer" / "fsdp.yaml"), "--trainer.devices", "2", *DENSE]}
 
 
 def fit(cache_dir, run_dir, *extra):
@@ -48,8 +49,14 @@ def single_run(tweets_cache_dir, tmp_path_factory):
     return fit(tweets_cache_dir, tmp_path_factory.mktemp("single"))
 
 
+@pytest.fixture(scope="module")
+def single_dense_run(tweets_cache_dir, tmp_path_factory):
+    return fit(tweets_cache_dir, tmp_path_factory.mktemp("single_dense"), *DENSE)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_process_training_matches_one_process(strategy, single_run, tweets_cache_dir, tmp_path):
+def test_two_process_training_matches_one_process(strategy, request, tweets_cache_dir, tmp_path):
+    single_run = request.getfixturevalue("single_dense_run" if strategy == "fsdp" else "single_run")
     version = fit(tweets_cache_dir, tmp_path, *TWO[strategy])
     reference = json.loads((single_run / "summary.json").read_text())
     summary = json.loads((version / "summary.json").read_text())

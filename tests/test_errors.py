@@ -3,16 +3,17 @@ wrong result. Messy text that can be read is read, the documented way."""
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_lelp, tiny_run_args, tiny_teacher, tiny_tweets
+from helpers import CONFIGS, tiny_run_args, tiny_teacher, tiny_tweets
 
 from lelp_lightning.cache import PassTarget, TeacherCache, build_entry
 from lelp_lightning.cache.plan import check_classifier
 from lelp_lightning.cache.teacher_cache import _checksum, _classifier_checksum
-from lelp_lightning.cli import build_cli, main
+from lelp_lightning.cli import build_cli, console_main, main
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.data.featurizers import HashedNgramFeaturizer
 from lelp_lightning.errors import LelpError
@@ -81,11 +82,17 @@ def test_a_bad_value_is_one_sentence(option, value, message, tweets_cache_dir, t
     assert one_error_line(capsys) == f"lelp: error: {message}"
 
 
-def test_a_wrapped_error_reaches_the_shell_as_one_line(tweets_cache_dir, tmp_path):
-    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--model.objectives.tau", "-2", wandb=False),
-                    cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "lelp: error: SubclassCrossEntropy.tau must be > 0, got -2.0."
+def test_a_wrapped_error_reaches_the_shell_as_one_line(tweets_cache_dir, tmp_path, monkeypatch, capsys):
+    """Through the console script's entry point (``console_main``, what the ``lelp`` executable calls), in this
+    process: the exit status the shell sees is 2 and the last line on stderr the one sentence. (A real
+    ``lelp`` subprocess exiting with 2 is tests/test_cli.py::test_bad_input_exits_nonzero_with_one_sentence.)"""
+    monkeypatch.setattr(sys, "argv", ["lelp", "fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--model.objectives.tau",
+                                                                     "-2", wandb=False)])
+    with pytest.raises(SystemExit) as done:
+        console_main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "lelp: error: SubclassCrossEntropy.tau must be > 0, got -2.0."
 
 
 def test_the_head_size_always_comes_from_the_data(tweets_cache_dir, tmp_path):

@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS, TINY_TEACHER, run_lelp, tiny_run_args
+from helpers import CONFIGS, TINY_TEACHER, at_least_majority, run_main, tiny_run_args
 
 from lelp_lightning.cli import main
 from lelp_lightning.objectives import objectives
@@ -29,6 +29,7 @@ def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_
         tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "method" / config),
         "--trainer.max_epochs", str(EPOCHS.get(config, 1)))
     assert 0.0 <= summary["student"]["test_accuracy"] <= 1.0
+    assert at_least_majority(summary), summary  # measured: 42-45 of 60 test rows, the majority class is 42
     short = {e.class_path: e.name for e in objectives.entries()}
     names = [short[o["class_path"]] for o in summary["config"]["model"]["objectives"]]  # the real classes
     for name in names:
@@ -39,9 +40,9 @@ def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_
         weights = state["state_dict"]
         r = weights[f"objectives.{names.index('embedding_matching')}.projection.weight"]
         assert r.shape == (TINY_TEACHER["head_hidden"], 64)  # teacher D × student D_s (hashed bag, embed_dim 64)
-        adam = state["optimizer_states"][0]
-        assert sum(len(g["params"]) for g in adam["param_groups"]) == len(adam["state"]) \
-            == sum(k.startswith("student.") for k in weights) + 2
+        optimisers = state["optimizer_states"]  # AdamW, and lazy Adam for the sparse bag's table
+        assert sum(len(g["params"]) for o in optimisers for g in o["param_groups"]) \
+            == sum(len(o["state"]) for o in optimisers) == sum(k.startswith("student.") for k in weights) + 2
 
 
 def test_two_stage_fitnets_switches_from_hint_to_kd(tweets_cache_dir, tmp_path):
@@ -53,7 +54,7 @@ def test_two_stage_fitnets_switches_from_hint_to_kd(tweets_cache_dir, tmp_path):
     assert hint == [0, 1] and kd == [2]
 
 
-def test_semi_supervised_slam_through_the_console_script(tweets_cache_dir, tmp_path):
+def test_semi_supervised_slam_through_lelp_fit(tweets_cache_dir, tmp_path):
     """`lelp fit` with 60 labeled rows: CE on them, SLaM on the transfer set; its own cache, its own teacher head."""
     cache = tmp_path / "cache"
     for entry in tweets_cache_dir.iterdir():
@@ -62,15 +63,16 @@ def test_semi_supervised_slam_through_the_console_script(tweets_cache_dir, tmp_p
     objectives = tmp_path / "semi_slam.yaml"
     objectives.write_text("model:\n  objectives:\n    - class_path: ce\n    - class_path: slam\n"
                           "      init_args: {unlabeled_only: true}\n")
-    proc = run_lelp("fit", *tiny_run_args(cache, tmp_path, "--config", str(CONFIGS / "method/slam.yaml"),
+    proc = run_main("fit", *tiny_run_args(cache, tmp_path, "--config", str(CONFIGS / "method/slam.yaml"),
                                           "--config", str(CONFIGS / "data/semi_supervised.yaml"),
                                           "--config", str(objectives), "--data.num_labeled", "60",
                                           "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1",
-                                          wandb=False), cwd=tmp_path)
+                                          wandb=False))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "running the teacher" in proc.stderr  # a teacher trained on 60 labels is a different teacher
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert summary["config"]["data"]["num_labeled"] == 60
     assert 0.0 <= summary["student"]["test_accuracy"] <= 1.0
+    assert at_least_majority(summary), summary
     metrics = pd.read_csv(next(tmp_path.rglob("metrics.csv")))
     assert {"train/ce", "train/slam"} <= set(metrics.columns)

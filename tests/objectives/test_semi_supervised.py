@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_teacher, tiny_tweets
+from helpers import tiny_teacher, tiny_tweets
 
 from lelp_lightning.core import UNLABELED, hide_labels
 from lelp_lightning.data.datamodule import DistillDataModule

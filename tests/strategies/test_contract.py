@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import gaussian_classes
+from helpers import gaussian_classes
 from threadpoolctl import threadpool_limits
 
 from lelp_lightning.errors import LelpError

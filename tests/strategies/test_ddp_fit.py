@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import gaussian_classes
+from helpers import gaussian_classes
 from threadpoolctl import threadpool_limits
 
 from lelp_lightning.strategies import RowInfo, fit_strategy, strategies

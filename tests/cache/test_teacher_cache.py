@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_teacher, tiny_tweets
+from helpers import TINY_TEACHER, tiny_teacher, tiny_tweets
 
 from lelp_lightning.cache import PassTarget, TeacherCache, build_entry
 from lelp_lightning.data.datamodule import DistillDataModule
@@ -170,5 +170,4 @@ def test_fingerprint_changes_with_teacher_data_and_split_and_a_changed_one_rerun
 
 
 def _teacher_opts():
-    from conftest import TINY_TEACHER
     return dict(TINY_TEACHER)

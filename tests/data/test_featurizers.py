@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from helpers import TINY_TEACHER, tiny_tweets
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from lelp_lightning.data.featurizers import HashedNgramFeaturizer
@@ -41,8 +42,6 @@ def test_student_reads_the_mean_of_its_bag_embeddings():
 
 def test_encoder_features_come_from_the_cache_entry_a_teacher_of_the_same_encoder_wrote(tweets_cache_dir):
     """MiniLM features at the tiny teacher's max_length: its ``encoder-`` entries, read without running MiniLM."""
-    from conftest import TINY_TEACHER, tiny_tweets
-
     from lelp_lightning.cache import TeacherCache
     from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
 

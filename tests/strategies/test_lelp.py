@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import scipy.sparse.linalg
 import torch
-from conftest import gaussian_classes
+from helpers import gaussian_classes
 
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives import SubclassCrossEntropy, class_logits, subclass_targets
