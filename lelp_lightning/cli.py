@@ -15,6 +15,7 @@ saved config as its class's import path. Bad input (a
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ class LelpCLI(LightningCLI):
             "epochs": self.trainer.current_epoch,
             "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
         }
+        self.summary = summary
         run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,18 +142,40 @@ def _list(registry) -> str:
     return "\n".join(f"{e.name:<{width}}  {e.cls.__name__:<28} {e.description}" for e in registry.entries())
 
 
+def fit(args: list[str]) -> dict:
+    """``lelp fit`` with ``args`` in this process, returning its summary (what ``summary.json`` holds).
+
+    Many fits in a row (a search, a tuning study) pay the import and startup once; each fit's trainer, model
+    and data module are released before the next starts. Bad input raises :class:`LelpError`.
+    """
+    _hide_notices_a_user_cannot_act_on()
+    load_plugins()
+    cli = build_cli(["fit", *args])
+    summary = cli.summary
+    wandb = sys.modules.get("wandb")  # imported only where a W&B logger is configured
+    if wandb is not None and wandb.run is not None:  # else the next fit would log into this fit's run
+        wandb.finish()
+    del cli
+    gc.collect()
+    return summary
+
+
 def build_cli(args: list[str], run: bool = True) -> LelpCLI:
     return LelpCLI(DistillModule, DistillDataModule, args=args, run=run, save_config_kwargs={"overwrite": True},
                    parser_class=LelpArgumentParser)
 
 
+def _not_a_cloud_logger_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
+
+
 def _hide_notices_a_user_cannot_act_on() -> None:
     """Lightning's notices that say nothing about this run: its advice for ``args`` in a script (we are the
-    script), its own internal use of a deprecated torch pytree API, and an advertisement for its cloud logger."""
+    script), its own internal use of a deprecated torch pytree API, and an advertisement for its cloud logger.
+    Safe to call again (``fit`` does, per run): an identical warning filter or logging filter is not added twice."""
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not record.getMessage().startswith("💡 Tip: For seamless cloud logging"))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_cloud_logger_tip)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from lelp_lightning.distributed import shard_modules
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import STAGES, Objective, class_logits
 from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
+from lelp_lightning.optim import LazyAdam
 from lelp_lightning.students.networks import Student
 
 
@@ -39,6 +40,9 @@ class DistillModule(LightningModule):
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
             "macro_f1": MulticlassF1Score(num_classes, average="macro"),
         })
+        # a student with sparse gradients trains with two optimisers (lazy Adam + AdamW), which Lightning steps
+        # only under manual optimisation; a dense student keeps Lightning's automatic loop and one AdamW
+        self.automatic_optimization = not student.sparse_parameters()
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
@@ -59,6 +63,9 @@ class DistillModule(LightningModule):
         A no-op on one device and under DDP (no device mesh); runs before the optimiser is built.
         """
         if self.device_mesh is not None:
+            if self.student.sparse_parameters():
+                raise LelpError(f"FSDP cannot shard the sparse embedding table of {type(self.student).__name__}; "
+                                "set model.student.init_args.sparse: false, or train it with DDP.")
             shard_modules([self.student, *self.objectives], self.device_mesh)
 
     def forward(self, inputs) -> torch.Tensor:
@@ -95,7 +102,28 @@ class DistillModule(LightningModule):
             self.log(f"train/{objective.log_name}", term, batch_size=batch_size)
             total = total + objective.weight * term
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if not self.automatic_optimization:
+            self._manual_step(total)
         return total
+
+    def _manual_step(self, loss: torch.Tensor) -> None:
+        """One update with every optimiser. Only the first steps through Lightning's wrapper, which counts
+        ``global_step``: a step is one batch, as with a dense student."""
+        first, *others = self.optimizers()
+        for optimizer in (first, *others):
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        for optimizer in others:
+            optimizer.optimizer.step()
+
+    def on_fit_start(self) -> None:
+        """Refuse a sparse student where its sparse gradients cannot be all-reduced (NCCL)."""
+        if self.student.sparse_parameters() and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_backend() == "nccl":
+            raise LelpError(f"NCCL cannot all-reduce the sparse gradients of {type(self.student).__name__}'s table; "
+                            "set model.student.init_args.sparse: false, or use the gloo backend "
+                            "(--trainer.strategy.process_group_backend gloo).")
 
     def _evaluate(self, batch: dict, metrics: MetricCollection) -> None:
         metrics.update(self.class_logits(batch["inputs"]), batch["label"])
@@ -130,4 +158,10 @@ class DistillModule(LightningModule):
                             "use the run's own config (--config <run>/config.yaml) or the checkpoint's num_subclasses.")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        """AdamW over every dense parameter; with a sparse student also lazy Adam (:class:`~lelp_lightning.optim.LazyAdam`,
+        ``SparseAdam``'s rule, no weight decay) over its sparse table. Both states are in the checkpoint, so a
+        resumed run continues exactly."""
+        sparse = self.student.sparse_parameters()
+        dense = [p for p in self.parameters() if all(p is not s for s in sparse)]
+        adamw = torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.weight_decay)
+        return [adamw, LazyAdam(sparse, lr=self.lr)] if sparse else adamw

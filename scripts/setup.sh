@@ -11,7 +11,7 @@ if [ "${LELP_SKIP_TORCH:-0}" != "1" ]; then
   python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
     || pip install -q torch==2.13.0
 fi
-pip install -q -c constraints.txt -e ".[dev]"
+pip install -q -c constraints.txt -e ".[dev,bench]"
 pip install -q --no-deps -r requirements-data.txt
 # Test-only reference implementations (torchdistill), also without their dependencies; torch stays pinned.
 pip install -q --no-deps -c constraints.txt -r requirements-test-nodeps.txt

@@ -5,7 +5,7 @@ timed per epoch, warm-up epoch dropped).
     .venv/bin/python benchmarks/throughput/training_loop.py [--rows 4000] [--epochs 4] [--rounds 3]
 
 Both sides get a fresh DistillModule built by the same CLI config under the same seed, and iterate the
-same DataLoader (``DistillDataModule.train_dataloader``); `lelp fit` runs with no logger, checkpoint,
+same batches (``DistillDataModule.loader``) and optimisers (lazy Adam + AdamW for the sparse bag); `lelp fit` runs with no logger, checkpoint,
 validation or progress bar, which the hand loop lacks too. Rounds alternate the two; the overhead is the
 ratio of median epoch times minus one, of the fastest epochs, and (``paired``, the least sensitive to a
 shared machine's drifting load) the median over rounds of each round's lelp / hand-loop ratio.
@@ -34,12 +34,14 @@ def lelp_fit(rows: int, epochs: int, run_dir: Path) -> list[float]:
 
 
 def hand_loop(rows: int, epochs: int, run_dir: Path) -> list[float]:
-    """What `lelp fit` does per step, written out: forward, summed objectives, zero_grad, backward, step."""
+    """What `lelp fit` does per step, written out: forward, summed objectives, zero_grad, backward, step of every
+    optimiser the model configures (for the sparse bag: lazy Adam on the rows the batch touches, AdamW on the rest)."""
     _, model, datamodule = common.lelp_objects(rows, run_dir)
     for objective in model.objectives:
-        objective.setup(model.student, datamodule)
-    optimizer = model.configure_optimizers()
-    loader = datamodule.train_dataloader()
+        objective.setup(model.student, datamodule.teacher_statistics())
+    optimizers = model.configure_optimizers()
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    loader = datamodule.loader("train", shuffle=True, keys=model.batch_keys)
     model.train()
     seconds = []
     for epoch in range(epochs):
@@ -48,9 +50,11 @@ def hand_loop(rows: int, epochs: int, run_dir: Path) -> list[float]:
         for batch in loader:
             logits = model.student(batch["inputs"])
             loss = sum(objective.weight * objective(logits, batch) for objective in model.objectives)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -63,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="lelp-bench-"))
     _, model, datamodule = common.lelp_objects(args.rows, run_dir)  # builds the teacher cache once, untimed
-    steps = len(datamodule.train_dataloader())
+    steps = len(datamodule.loader("train", shuffle=True))
     seconds = {"lelp fit": [], "hand-written loop": []}
     per_round: dict[str, list[float]] = {name: [] for name in seconds}
     for r in range(args.rounds):

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import HashingVectorizer
+
+from lelp_lightning.cache import cache_key
+from lelp_lightning.core import SPLITS
 
 
 class StudentInputs(ABC):
@@ -116,3 +121,33 @@ class HashedNgramFeaturizer(Featurizer):
         matrix = self._vectorizer().transform(texts)
         matrix.sort_indices()
         return BagInputs(matrix)
+
+    def _bags_path(self, source, split: str, cache) -> Path:
+        data = source.split(split)
+        return cache.root / f"bags-{cache_key(self.fingerprint(), source.fingerprint(), data.fingerprint())}.npz"
+
+    def prepare(self, source, cache) -> None:
+        """Hash every split's texts once into ``cache`` beside the teacher's entries (``bags-<key>.npz``, keyed by
+        this featuriser's, the source's and the split's fingerprints): reading them back costs a fraction of
+        hashing again. Written to a temporary file and renamed, so a half-written file is never read."""
+        for split in SPLITS:
+            path = self._bags_path(source, split, cache)
+            if path.is_file():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                sp.save_npz(f, self.transform(source.split(split).texts).matrix, compressed=False)
+            os.replace(tmp, path)
+
+    def featurize(self, source, split: str, cache) -> BagInputs:
+        """A split's bags: read from ``cache`` when :meth:`prepare` wrote them, else hashed now."""
+        path = self._bags_path(source, split, cache)
+        if path.is_file():
+            try:
+                matrix = sp.load_npz(path)
+                if matrix.shape == (len(source.split(split)), self.num_buckets):
+                    return BagInputs(matrix)
+            except (OSError, ValueError, KeyError):  # unreadable (written by other means): hashed again
+                pass
+        return self.transform(source.split(split).texts)

@@ -39,18 +39,29 @@ class Student(nn.Module):
         """The student's embedding h_s [B, embedding_dim] (everything before the final linear layer)."""
         raise NotImplementedError
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are sparse (rows of a table a batch touches); the model trains them with a
+        sparse-aware optimiser (lazy Adam) and the rest with AdamW. Default: none."""
+        return []
+
     def forward(self, inputs) -> torch.Tensor:
         return self.head(self.embed(inputs))
 
 
 class HashedBagStudent(Student, name="hashed_bag",
                        description="fastText-style mean of hashed n-gram embeddings, then a C·S linear head."):
-    """fastText-style: mean of hashed n-gram embeddings, optional hidden layer, then a C·S linear head."""
+    """fastText-style: mean of hashed n-gram embeddings, optional hidden layer, then a C·S linear head.
+
+    ``sparse`` (default): the table's gradient holds only the rows a batch touches, and the table trains with
+    lazy Adam (moments of a row move only when the row is used), so a step costs what the batch touches
+    rather than the whole ``input_dim × embed_dim`` table; ``sparse: false`` trains it densely with AdamW.
+    """
 
     def __init__(self, input_dim: int = 2**18, num_outputs: int = 2, embed_dim: int = 64, hidden_dim: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, sparse: bool = True):
         super().__init__(input_dim, num_outputs)
-        self.embedding = nn.EmbeddingBag(input_dim, embed_dim, mode="sum")
+        self.sparse = sparse
+        self.embedding = nn.EmbeddingBag(input_dim, embed_dim, mode="sum", sparse=sparse)
         nn.init.normal_(self.embedding.weight, std=0.1)
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
         if hidden_dim:
@@ -62,6 +73,9 @@ class HashedBagStudent(Student, name="hashed_bag",
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         bag = self.embedding(inputs["ids"], inputs["offsets"], per_sample_weights=inputs["weights"])
         return self.body(bag)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.embedding.weight] if self.sparse else []
 
 
 class MLPStudent(Student, name="mlp", description="An MLP over dense input features, then a C·S linear head."):

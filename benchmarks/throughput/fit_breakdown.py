@@ -1,0 +1,150 @@
+"""Where a cache-hit `lelp fit` of the quickstart spends its time, sparse bag student against the dense one.
+
+    .venv/bin/python benchmarks/throughput/fit_breakdown.py [--rounds 3] [--threads 2]
+
+Each round runs the whole command (`lelp fit --config configs/quickstart.yaml`, teacher cache already built) in a
+fresh process for each variant, alternating them, so a slow spell of a shared machine hits both: ``sparse`` is the
+student as shipped (sparse table, lazy Adam), ``dense`` the same with ``sparse: false`` (every step updates the
+whole 2^18 × 64 table with AdamW: the student before the sparse path). Phases, from the child's timestamps:
+startup (process start → CLI imported), cli (parse, instantiate, cache open, featurise), targets (the strategy fit
+and z, the model's setup, the sanity check), epochs, test (the final test pass), exit (summary, teardown). The
+record (JSON, immutable, ``benchmarks/results/fit_breakdown/``) keeps every round; the table shows medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDS = REPO / "benchmarks" / "results" / "fit_breakdown"
+PHASES = ("startup", "cli", "featurise", "targets", "epochs", "test", "exit")
+VARIANTS = {"sparse": [], "dense": ["--model.student.init_args.sparse", "false"]}
+
+
+def child(out: Path, launched: float, extra: list[str]) -> None:
+    """Run the quickstart fit in this process, writing the phase timestamps (wall clock) to ``out``."""
+    marks = {"launched": launched, "imported": None}
+    from lightning.pytorch import Callback
+
+    from lelp_lightning.cli import main
+    from lelp_lightning.data.featurizers import HashedNgramFeaturizer
+
+    marks["imported"] = time.time()
+    featurize = HashedNgramFeaturizer.featurize
+    spent = []
+
+    def timed_featurize(self, *args, **kwargs):
+        start = time.time()
+        result = featurize(self, *args, **kwargs)
+        spent.append(time.time() - start)
+        return result
+
+    HashedNgramFeaturizer.featurize = timed_featurize
+
+    class Marks(Callback):
+        def setup(self, trainer, pl_module, stage):
+            marks.setdefault("setup", time.time())  # the first setup is fit's
+
+        def on_train_start(self, trainer, pl_module):
+            marks["train_start"] = time.time()
+
+        def on_train_end(self, trainer, pl_module):
+            marks["train_end"] = time.time()
+
+        def on_test_start(self, trainer, pl_module):
+            marks["test_start"] = time.time()
+
+        def on_test_end(self, trainer, pl_module):
+            marks["test_end"] = time.time()
+
+    import lelp_lightning.cli as cli
+
+    original = cli.LelpCLI.before_fit
+
+    def before_fit(self):
+        self.trainer.callbacks.append(Marks())
+        original(self)
+
+    cli.LelpCLI.before_fit = before_fit
+    code = main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--trainer.enable_progress_bar",
+                 "false", "--trainer.enable_model_summary", "false", *extra])
+    marks["done"] = time.time()
+    marks["featurise_seconds"] = sum(spent)
+    marks["exit_code"] = code
+    out.write_text(json.dumps(marks))
+
+
+def run_variant(variant: str, threads: int, run_root: Path) -> dict:
+    """One fresh process of ``variant``: its phases in seconds, fit_seconds and test accuracy from its summary."""
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    run_dir = Path(tempfile.mkdtemp(dir=run_root))
+    extra = [*VARIANTS[variant], "--data.cache_dir", str(REPO / ".lelp_cache")]  # the runs go to run_dir/runs
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
+    launched = time.time()
+    subprocess.run([sys.executable, __file__, "--child", str(out), "--launched", repr(launched), "--", *extra],
+                   cwd=run_dir, env=env, check=True, stdout=subprocess.DEVNULL)
+    ended = time.time()
+    m = json.loads(out.read_text())
+    summary = json.loads(next(run_dir.rglob("summary.json")).read_text())
+    phases = {"startup": m["imported"] - m["launched"],
+              "cli": m["setup"] - m["imported"] - m["featurise_seconds"], "featurise": m["featurise_seconds"],
+              "targets": m["train_start"] - m["setup"], "epochs": m["train_end"] - m["train_start"],
+              "test": m["test_end"] - m["test_start"], "exit": ended - m["test_end"]}
+    return {"variant": variant, "phases": phases, "command_seconds": ended - launched,
+            "fit_seconds": summary["fit_seconds"], "test_accuracy": summary["student"]["test_accuracy"],
+            "teacher_accuracy": summary["teacher"]["test_accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        child(args.child, args.launched, args.extra)
+        return
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import provenance
+
+    run_root = Path(tempfile.mkdtemp(prefix="lelp-breakdown-"))
+    # the teacher cache must exist: a first run builds it if needed and is not timed
+    run_variant("sparse", args.threads, run_root)
+    runs = [run_variant(v, args.threads, run_root) for _ in range(args.rounds) for v in VARIANTS]
+    sha, dirty = provenance.git_state("lelp_lightning", "benchmarks/throughput/fit_breakdown.py", "configs")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    record = {"benchmark": "fit_breakdown", "git_sha": sha, "git_dirty": dirty, "command": " ".join(sys.argv),
+              "config": "configs/quickstart.yaml (cache hit)", "variants": VARIANTS, "threads": args.threads,
+              "seed": 0, "machine": provenance.machine(), "versions": provenance.versions("torch", "lightning"),
+              "runs": runs}
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    path = RECORDS / f"{stamp}_{sha[:10]}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    print(f"{provenance.cpu_name()}, {args.threads} threads, medians of {args.rounds} rounds; record {path.name}")
+    print(f"{'phase':<12}" + "".join(f"{v:>10}" for v in VARIANTS))
+    rows = [*PHASES, "command", "fit_seconds", "test_acc"]
+    for row in rows:
+        cells = []
+        for variant in VARIANTS:
+            mine = [r for r in runs if r["variant"] == variant]
+            value = {"command": lambda r: r["command_seconds"], "fit_seconds": lambda r: r["fit_seconds"],
+                     "test_acc": lambda r: 100 * r["test_accuracy"]}.get(row, lambda r, row=row: r["phases"][row])
+            cells.append(statistics.median(value(r) for r in mine))
+        print(f"{row:<12}" + "".join(f"{c:>10.2f}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
