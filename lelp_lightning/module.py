@@ -151,10 +151,6 @@ class DistillModule(LightningModule):
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.manual_seed_all(state)
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """A batch is already on the CPU (the cache's memory maps): walking its dict costs more than a small step."""
-        return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose head was trained for another C or S (instead of a size-mismatch traceback)."""
         saved = checkpoint.get("hyper_parameters", {})
