@@ -56,9 +56,18 @@ class CachePlan:
         self.source = source
         self.labeled_rows = labeled_rows
         self.num_labeled = num_labeled
+        self._fingerprints: dict[str, str] = {}
+
+    def fingerprint(self, of: str) -> str:
+        """The fingerprint of the ``teacher``, the ``source`` or one split, computed once per plan: a split's hashes
+        every row (seconds at a million rows) and a teacher's may stat its weight files."""
+        if of not in self._fingerprints:
+            component = {"teacher": self.teacher, "source": self.source}.get(of) or self.source.split(of)
+            self._fingerprints[of] = component.fingerprint()
+        return self._fingerprints[of]
 
     def key(self, split: str) -> str:
-        parts = [self.teacher.fingerprint(), self.source.fingerprint(), self.source.split(split).fingerprint()]
+        parts = [self.fingerprint("teacher"), self.fingerprint("source"), self.fingerprint(split)]
         if self.labeled_rows is not None:  # a teacher trained on fewer labels, and hidden labels in the cache
             parts.append("labeled-" + rows_fingerprint(self.labeled_rows))
         return cache_key(*parts)
@@ -67,8 +76,8 @@ class CachePlan:
         return [s for s in SPLITS if not self.cache.exists(self.key(s))]
 
     def _meta(self, split: str) -> dict:
-        return {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(), "split": split,
-                "split_fingerprint": self.source.split(split).fingerprint(),
+        return {"teacher": self.fingerprint("teacher"), "source": self.fingerprint("source"), "split": split,
+                "split_fingerprint": self.fingerprint(split),
                 "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled}
 
     def feature_targets(self) -> list[PassTarget]:
@@ -109,8 +118,8 @@ class CachePlan:
         entries = {}
         for split in SPLITS:
             entry = self.cache.open(self.key(split))
-            expected = {"teacher": self.teacher.fingerprint(), "source": self.source.fingerprint(),
-                        "split_fingerprint": self.source.split(split).fingerprint()}
+            expected = {"teacher": self.fingerprint("teacher"), "source": self.fingerprint("source"),
+                        "split_fingerprint": self.fingerprint(split)}
             stale = [k for k in expected if entry.manifest["meta"].get(k) != expected[k]]
             if stale:
                 raise LelpError(f"the teacher cache {entry.path} was built for another {', '.join(stale)} "
