@@ -96,15 +96,26 @@ class DistillModule(LightningModule):
         else:
             logits = self(batch["inputs"])
         batch_size = batch["label"].shape[0]
+        log = self._logs_this_step()
         total = logits.new_zeros(())
         for objective in active:
             term = objective(logits, batch)
-            self.log(f"train/{objective.log_name}", term, batch_size=batch_size)
+            if log:
+                self.log(f"train/{objective.log_name}", term, batch_size=batch_size)
             total = total + objective.weight * term
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if log:
+            self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         if not self.automatic_optimization:
             self._manual_step(total)
         return total
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning hands this step's values to the loggers (every ``trainer.log_every_n_steps``). The
+        per-step terms are logged on those steps only: one ``self.log`` costs about as much as a sparse step."""
+        trainer = self._trainer
+        if trainer is None or trainer.fast_dev_run:
+            return True
+        return trainer._logger_connector.should_update_logs  # Lightning's own test, read before its step ends
 
     def _manual_step(self, loss: torch.Tensor) -> None:
         """One update with every optimiser. Only the first steps through Lightning's wrapper, which counts
