@@ -19,6 +19,7 @@ from lelp_lightning.errors import LelpError
 
 SPLITS = ("train", "val", "test")
 UNLABELED = -1  # the label of a training row whose true label the run may not read (semi-supervised setting)
+FINAL = "final"  # the representation every teacher has: the input of its final linear layer
 
 
 @dataclass

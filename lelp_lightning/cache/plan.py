@@ -14,7 +14,7 @@ import numpy as np
 
 from lelp_lightning.cache.blocks import PassTarget, build_entry
 from lelp_lightning.cache.teacher_cache import CachedSplit, TeacherCache, cache_key
-from lelp_lightning.core import SPLITS, hide_labels, rows_fingerprint
+from lelp_lightning.core import FINAL, SPLITS, hide_labels, rows_fingerprint
 from lelp_lightning.errors import LelpError
 
 log = logging.getLogger(__name__)
@@ -136,3 +136,41 @@ class CachePlan:
                 raise LelpError(f"the {split} cache was written by a different teacher classifier than the train "
                                 "cache; delete the cache folder to rebuild.")
         return entries
+
+    # -- a representation other than the final layer's input (what a strategy may read instead) ------------
+    def check_representation(self, name: str) -> None:
+        available = self.teacher.representations()
+        if name != FINAL and name not in available:
+            names = ", ".join([FINAL, *available]) if available else FINAL
+            raise LelpError(f"{type(self.teacher).__name__} has no representation {name!r}; expected one of: {names}.")
+
+    def representation_key(self, name: str, split: str) -> str:
+        self.check_representation(name)
+        if name == FINAL:
+            return self.key(split)
+        return self.teacher.representation_key(name, self.source, split,
+                                                cache_key(self.key(split), "representation", name))
+
+    def build_representation(self, name: str, progress: bool = True) -> None:
+        """Fill representation ``name`` of every split not cached yet (the teacher is fitted first: a trained
+        teacher's layers depend on its training). ``final`` is the teacher's own entries (:meth:`build`)."""
+        missing = [s for s in SPLITS if not self.cache.exists(self.representation_key(name, s))]
+        if name == FINAL or not missing:
+            return
+        self.teacher.fit(self.source, self.cache, labeled=self.labeled_rows)
+        for split in missing:
+            key = self.representation_key(name, split)
+            build_entry(self.cache, self.teacher.representation_target(name, self.source, split, key), progress)
+
+    def open_representation(self, name: str, entries: dict[str, CachedSplit]) -> dict[str, CachedSplit]:
+        """Representation ``name`` of every split, refused unless its rows are those of the teacher's ``entries``."""
+        if name == FINAL:
+            return entries
+        opened = {}
+        for split in SPLITS:
+            entry = self.cache.open(self.representation_key(name, split))
+            if not np.array_equal(entry.row_id, entries[split].row_id):
+                raise LelpError(f"the {name!r} representation in {entry.path} holds other rows than the teacher "
+                                f"cache {entries[split].path} of the {split} split; delete it to rebuild.")
+            opened[split] = entry
+        return opened

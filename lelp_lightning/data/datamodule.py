@@ -17,10 +17,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lelp_lightning.cache import CachedSplit, CachePlan, TeacherCache
-from lelp_lightning.core import SPLITS, Source, TeacherStatistics, hide_labels
+from lelp_lightning.core import FINAL, SPLITS, Source, TeacherStatistics, hide_labels
 from lelp_lightning.data.dataset import CacheDataset, batch_loader
 from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
 from lelp_lightning.data.labels import choose_labeled_rows
+from lelp_lightning.data.representation import PROBES, StrategyInputs, strategy_inputs
 from lelp_lightning.data.targets import SubclassTargets
 from lelp_lightning.data.teacher_accuracy import TeacherQuality, teacher_metrics
 from lelp_lightning.errors import LelpError
@@ -42,12 +43,18 @@ class DistillDataModule(LightningDataModule):
             teacher pass's progress bar.
         num_labeled: semi-supervised: how many training rows keep their labels (a stratified sample drawn with
             ``labeled_seed``); ``None`` (supervised, the paper's setting) keeps them all.
+        representation: the teacher representation the strategy reads: ``final`` (the final linear layer's input)
+            or one the teacher exposes (``encoder`` for an encoder + head teacher, ``hidden`` for a Hugging Face
+            classifier, ``conv`` / ``conv_pooled`` for the CNN), cached once per split. ``probe``: the
+            classifier a strategy sees for a representation other than ``final``: ``least_squares`` (the linear
+            map from it to the teacher's logits) or ``none`` (W = 0: no null space to project out).
     """
 
     def __init__(self, source: Source, teacher: Teacher, strategy: SubclassStrategy,
                  featurizer: Featurizer | None = None, cache_dir: str = ".lelp_cache", batch_size: int = 128,
                  eval_batch_size: int = 1024, fit_labels: str = "label", num_workers: int = 0, progress: bool = True,
-                 num_labeled: int | None = None, labeled_seed: int = 0):
+                 num_labeled: int | None = None, labeled_seed: int = 0, representation: str = FINAL,
+                 probe: str = "least_squares"):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}.")
@@ -59,9 +66,13 @@ class DistillDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.progress = num_workers, progress
         self.num_labeled, self.labeled_seed = num_labeled, labeled_seed
+        if probe not in PROBES:
+            raise LelpError(f"probe must be one of {PROBES}, got {probe!r}.")
+        self.representation, self.probe = representation, probe
         self._cached: dict[str, CachedSplit] = {}  # filled by setup, shared with targets and quality
         self._inputs: dict[str, StudentInputs] = {}
-        self.targets = SubclassTargets(strategy, self._cached, self.rows, fit_labels)  # validates fit_labels
+        self.targets = SubclassTargets(strategy, self._cached, self.rows, self.strategy_inputs,
+                                       fit_labels)  # validates fit_labels
         self.quality = TeacherQuality(self._cached)
 
     # -- sizes linked into the model -------------------------------------------------------------------
@@ -83,13 +94,22 @@ class DistillDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """The featuriser's cache (a smaller encoder's features), then the teacher over every uncached split."""
+        self.plan.check_representation(self.representation)  # before anything runs, not after
         self.featurizer.prepare(self.source, self.cache)
         self.plan.build(self.progress)
+        self.plan.build_representation(self.representation, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
         if not self._cached:
             self._cached.update(self.plan.open())
             self._inputs.update({s: self.featurizer.featurize(self.source, s, self.cache) for s in SPLITS})
+
+    @functools.cache  # noqa: B019 (one data module, one set of inputs; freed with it)
+    def strategy_inputs(self) -> StrategyInputs:
+        """The representation the strategy reads and the classifier it sees (the probe is fitted once)."""
+        self.setup()
+        opened = self.plan.open_representation(self.representation, self._cached)
+        return strategy_inputs(self.representation, self.probe, self._cached, opened)
 
     def split_cache(self, split: str) -> CachedSplit:
         self.setup()
@@ -142,6 +162,11 @@ class DistillDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader("test", shuffle=False, keys={"row_id"})
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """A batch is already on the CPU (the cache's memory maps); walking its nested dict to move it there
+        costs a sizeable share of a sparse step. Other devices get Lightning's transfer."""
+        return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def state_dict(self) -> dict:  # checkpoints carry the fitted strategy
         return self.targets.state_dict()

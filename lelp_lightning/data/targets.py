@@ -7,7 +7,6 @@ fits on its shard and the statistics are all-reduced (:func:`~lelp_lightning.str
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from lelp_lightning.cache import CachedSplit
 from lelp_lightning.core import SPLITS, UNLABELED
+from lelp_lightning.data.representation import StrategyInputs
 from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import RowInfo, SubclassStrategy, fit_strategy
 
@@ -24,32 +24,41 @@ log = logging.getLogger(__name__)
 
 class SubclassTargets:
     """Owns ``strategy`` and its z [N,C,S] per split; rows are grouped by their ``label`` or the ``teacher``'s
-    argmax when fitting (hidden labels always by the teacher's argmax)."""
+    argmax when fitting (hidden labels always by the teacher's argmax). The strategy reads ``inputs()``: the
+    run's teacher representation and the classifier it sees (:mod:`~lelp_lightning.data.representation`)."""
 
     def __init__(self, strategy: SubclassStrategy, entries: dict[str, CachedSplit], rows: Callable[[str], RowInfo],
-                 fit_labels: str = "label"):
+                 inputs: Callable[[], StrategyInputs], fit_labels: str = "label"):
         if fit_labels not in FIT_LABELS:
             raise LelpError(f"fit_labels must be one of {FIT_LABELS}, got {fit_labels!r}.")
         self.strategy = strategy
         self.entries = entries
         self.rows = rows
+        self.inputs = inputs
         self.fit_labels = fit_labels
         self._z: dict[str, np.ndarray] = {}
         self._z_fingerprint: str | None = None
 
     def fit(self) -> None:
         """Fit the strategy unless it is fitted (or restored), and materialise z for its current state."""
-        train = self.entries["train"]
+        inputs = self.inputs()
         if not self.strategy.fitted:
-            teacher_argmax = np.asarray(train.logits).argmax(1)
-            labels = np.asarray(train.label) if self.fit_labels == "label" else teacher_argmax
-            labels = np.where(labels == UNLABELED, teacher_argmax, labels)
-            fit_strategy(self.strategy, train.embedding, labels, (train.W, train.b), self.rows("train"))
-            log.info("fitted the %s strategy on %d training rows (fingerprint %s)", type(self.strategy).__name__,
-                     len(labels), self.strategy.fingerprint())
+            fit_strategy(self.strategy, inputs.embeddings["train"], self.fit_groups(), (inputs.W, inputs.b),
+                         self.rows("train"))
+            log.info("fitted the %s strategy on the %r representation of %d training rows (fingerprint %s)",
+                     type(self.strategy).__name__, inputs.name, len(inputs.embeddings["train"]),
+                     self.strategy.fingerprint())
         if self._z_fingerprint != self.strategy.fingerprint():
-            self._z = {s: self.strategy.transform(self.entries[s].embedding, self.rows(s)) for s in SPLITS}
+            self._z = {s: self.strategy.transform(inputs.embeddings[s], self.rows(s)) for s in SPLITS}
             self._z_fingerprint = self.strategy.fingerprint()
+
+    def fit_groups(self) -> np.ndarray:
+        """The class each training row is fitted under: its ``label`` or the ``teacher``'s argmax (hidden labels:
+        always the teacher's argmax)."""
+        train = self.entries["train"]
+        teacher_argmax = np.asarray(train.logits).argmax(1)
+        labels = np.asarray(train.label) if self.fit_labels == "label" else teacher_argmax
+        return np.where(labels == UNLABELED, teacher_argmax, labels)
 
     def z(self, split: str) -> np.ndarray:
         self.fit()
@@ -58,16 +67,11 @@ class SubclassTargets:
     def report(self, split: str = "test") -> dict[str, float]:
         """What the fitted strategy measures about itself on ``split`` (e.g. Subclass Distillation's head accuracy)."""
         self.fit()
-        entry = self.entries[split]
-        return self.strategy.report(entry.embedding, entry.label)
+        return self.strategy.report(self.inputs().embeddings[split], self.entries[split].label)
 
     def teacher_cache_fingerprint(self) -> str:
-        """Identifies the training split's teacher embeddings and classifier, which the strategy is fitted on."""
-        train = self.entries["train"]
-        h = hashlib.sha256(train.manifest["arrays"]["embedding"]["sha256"].encode())
-        for array in (train.W, train.b):
-            h.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-        return h.hexdigest()[:16]
+        """Identifies the training split's representation and the classifier the strategy is fitted on."""
+        return self.inputs().fingerprint
 
     def state_dict(self) -> dict:
         if not self.strategy.fitted:

@@ -11,6 +11,7 @@ from torch import nn
 
 from lelp_lightning.cache import PassTarget, TeacherCache
 from lelp_lightning.core import Source, SplitData
+from lelp_lightning.errors import LelpError
 
 
 def fingerprint_of(kind: str, options: dict) -> str:
@@ -64,3 +65,30 @@ class Teacher(ABC):
         """Label-free cache entries that :meth:`fit` reads (e.g. a frozen encoder's features) and a
         multi-process pass can fill first; default: none."""
         return []
+
+    # -- other representations a strategy may read instead of the final layer's input --------------------
+    def representations(self) -> dict[str, str]:
+        """The representations besides ``final`` (the final layer's input, which every teacher has) that this
+        teacher exposes, name → what it is; each is cached once per split. Default: none."""
+        return {}
+
+    def representation_key(self, name: str, source: Source, split: str, key: str) -> str:
+        """The cache key of representation ``name`` of ``split``; ``key`` is the one the cache plan proposes
+        (tied to this teacher, the data and the labeled rows). A label-free representation shared with another
+        entry (a frozen encoder's features) returns that entry's key instead."""
+        return key
+
+    def representation_target(self, name: str, source: Source, split: str, key: str) -> PassTarget:
+        """How the pass fills representation ``name`` of ``split`` into the entry ``key`` (features only,
+        zero classes), after :meth:`fit`."""
+        raise LelpError(f"{type(self).__name__} exposes no representation {name!r}.")
+
+    def _features_target(self, name: str, split: SplitData, key: str, dim: int, meta: dict,
+                         encode) -> PassTarget:
+        """A features-only :class:`PassTarget` over ``split`` in :meth:`row_order`, ``encode(index) -> [B, dim]``."""
+        return PassTarget(key=key, labels=split.labels, row_ids=split.row_ids, embedding_dim=dim, num_classes=0,
+                          meta={**meta, "representation": name}, order=self.row_order(split),
+                          block_size=self.batch_size,
+                          encode=lambda index: (encode(index), np.zeros((len(index), 0), np.float32)),
+                          classifier=lambda: (np.zeros((0, dim), np.float32), np.zeros(0, np.float32)),
+                          modules=self.modules(), desc=f"teacher {name} [{meta.get('split', '')}]")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lelp_lightning.cache import TeacherCache, cache_key
+from lelp_lightning.cache import PassTarget, TeacherCache, cache_key
 from lelp_lightning.core import Source, SplitData, fingerprint_of, rows_fingerprint
 from lelp_lightning.errors import LelpError
 from lelp_lightning.sources.images import scale_pixels
@@ -43,6 +43,10 @@ class _ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
         return h, self.out(h)
+
+    def conv_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv block's feature maps [B, channels, h, w] (what the hidden FC layer reads, flattened)."""
+        return self.features[:-3](x)
 
 
 class CNNTeacher(Teacher):
@@ -135,6 +139,27 @@ class CNNTeacher(Teacher):
 
     def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(split.texts[index])
+
+    def representations(self) -> dict[str, str]:
+        return {"conv": "the last conv block's feature maps, flattened (the hidden FC layer's input)",
+                "conv_pooled": "the last conv block's feature maps averaged over the image (one value per channel)"}
+
+    def representation_target(self, name: str, source: Source, split: str, key: str) -> PassTarget:
+        if name not in self.representations():
+            return super().representation_target(name, source, split, key)
+        data = source.split(split)
+        net = self._require_net()
+        dim = net.conv_maps(torch.zeros(1, 1, *data.texts.shape[1:])).flatten(1 if name == "conv" else 2).shape[1]
+        return self._features_target(name, data, key, dim, {"split": split},
+                                     lambda index: self.conv_features(data.texts[index], name))
+
+    @torch.inference_mode()
+    def conv_features(self, images: np.ndarray, name: str) -> np.ndarray:
+        """Representation ``name`` (``conv`` or ``conv_pooled``) of uint8 images [B,H,W]."""
+        net = self._require_net()
+        x = torch.from_numpy(scale_pixels(np.asarray(images), self.mean, self.std)).to(next(net.parameters()).device)
+        maps = net.conv_maps(x)
+        return (maps.flatten(1) if name == "conv" else maps.mean((2, 3))).float().cpu().numpy()
 
     def modules(self) -> list[nn.Module]:
         return [self._require_net()]

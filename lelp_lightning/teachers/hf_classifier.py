@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lelp_lightning.cache import PassTarget, cache_key
 from lelp_lightning.core import fingerprint_of
 from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
@@ -26,7 +27,7 @@ class HFSequenceClassifierTeacher(Teacher):
     """
 
     def __init__(self, model: str | None = None, config: dict | None = None, tokenizer: str | None = None,
-                 max_length: int = 128, batch_size: int = 32, seed: int = 0):
+                 max_length: int = 128, batch_size: int = 32, representation_layer: int = -1, seed: int = 0):
         if (model is None) == (config is None):
             raise LelpError("HFSequenceClassifierTeacher needs exactly one of 'model' (a local checkpoint folder) "
                             "or 'config' (arguments for a randomly initialised model).")
@@ -38,6 +39,7 @@ class HFSequenceClassifierTeacher(Teacher):
                             "or 'all-MiniLM-L6-v2').")
         self.max_length = max_length
         self.batch_size = batch_size
+        self.representation_layer = representation_layer
         self.seed = seed
         self._net = None
 
@@ -96,6 +98,35 @@ class HFSequenceClassifierTeacher(Teacher):
         if emb.dim() == 3:  # heads that pick a token inside (e.g. the first one) before the final layer
             emb = emb[:, 0]
         return emb.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def representations(self) -> dict[str, str]:
+        return {"hidden": f"layer {self.representation_layer}'s hidden states, averaged over the tokens"}
+
+    def representation_key(self, name: str, source, split: str, key: str) -> str:
+        return cache_key(key, f"layer={self.representation_layer}")
+
+    def representation_target(self, name: str, source, split: str, key: str) -> PassTarget:
+        if name != "hidden":
+            return super().representation_target(name, source, split, key)
+        data = source.split(split)
+        dim = self._load().config.hidden_size
+        return self._features_target(name, data, key, dim, {"split": split, "layer": self.representation_layer},
+                                     lambda index: self.hidden_mean([data.texts[i] for i in index]))
+
+    @torch.inference_mode()
+    def hidden_mean(self, texts: list[str]) -> np.ndarray:
+        """Layer ``representation_layer``'s hidden states of ``texts``, averaged over their (unpadded) tokens."""
+        net = self._load()
+        layers = net.config.num_hidden_layers + 1
+        if not -layers <= self.representation_layer < layers:
+            raise LelpError(f"representation_layer {self.representation_layer} is out of range: the teacher has "
+                            f"{layers} hidden-state layers (0 = token embeddings, -1 = the last).")
+        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length,
+                          return_tensors="pt").to(next(net.parameters()).device)
+        hidden = net(**batch, output_hidden_states=True).hidden_states[self.representation_layer]
+        self._captured.clear()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()
 
     def modules(self) -> list[nn.Module]:
         return [self._load()]

@@ -71,6 +71,17 @@ class SentenceEncoderTeacher(Teacher):
         return [self.encoder.feature_target(source, split) for split in SPLITS
                 if not cache.exists(self.encoder.feature_key(source, split))]
 
+    def representations(self) -> dict[str, str]:
+        return {"encoder": f"the frozen encoder's output ({self.encoder.model}), before the head"}
+
+    def representation_key(self, name: str, source: Source, split: str, key: str) -> str:
+        return self.encoder.feature_key(source, split) if name == "encoder" else key
+
+    def representation_target(self, name: str, source: Source, split: str, key: str) -> PassTarget:
+        if name != "encoder":
+            return super().representation_target(name, source, split, key)
+        return self.encoder.feature_target(source, split)  # the entry the head trains on: cached once
+
     def fit(self, source: Source, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
         """Embed every split (cached) and train the head on the training rows in ``labeled`` (default: all)."""
         for split in SPLITS:
