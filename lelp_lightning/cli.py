@@ -88,6 +88,7 @@ class LelpCLI(LightningCLI):
             "teacher": {"test_accuracy": reference["teacher_accuracy"], "test_macro_f1": reference["teacher_macro_f1"]},
             "majority_class_rate": reference["majority_class_rate"],
             "strategy": self.datamodule.targets.report("test"),
+            "subclasses": self.datamodule.subclass_report("train"),
             "fit_seconds": round(fit_seconds, 2),
             "epochs": self.trainer.current_epoch,
             "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
@@ -133,7 +134,11 @@ def format_summary(summary: dict, path: Path) -> str:
     lines = ["", f"{'test split':<16}{'accuracy':>10}{'macro-F1':>10}"]
     for name, acc, f1 in rows:
         lines.append(f"{name:<16}{100 * acc:>9.2f}%" + (f"{100 * f1:>9.2f}%" if f1 is not None else f"{'':>10}"))
-    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path}")
+    for name, entry in summary.get("subclasses", {}).items():
+        if len(entry["sizes"]) > 1:
+            agreement = f", NMI {entry['nmi']:.2f} with its {entry['fine_labels']} fine labels" if "nmi" in entry else ""
+            lines.append(f"class {name}: pseudo-subclass sizes {entry['sizes']}{agreement}")
+    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path} (pseudo-subclasses: 'subclasses')")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from lelp_lightning.data.dataset import CacheDataset, batch_loader
 from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
 from lelp_lightning.data.labels import choose_labeled_rows
 from lelp_lightning.data.representation import PROBES, StrategyInputs, strategy_inputs
+from lelp_lightning.data.subclass_report import subclass_report
 from lelp_lightning.data.targets import SubclassTargets
 from lelp_lightning.data.teacher_accuracy import TeacherQuality, teacher_metrics
 from lelp_lightning.errors import LelpError
@@ -122,6 +123,17 @@ class DistillDataModule(LightningDataModule):
         if split == "train" and fine is not None:
             fine = hide_labels(fine, self.labeled_rows)
         return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=fine)
+
+    def subclass_report(self, split: str = "train", max_rows: int = 20000) -> dict:
+        """What the pseudo-subclasses of ``split`` are (:mod:`~lelp_lightning.data.subclass_report`), on at most
+        ``max_rows`` rows (an even stride through the split); training rows are grouped as the strategy was fitted."""
+        labels = self.targets.fit_groups() if split == "train" else np.asarray(self.split_cache(split).label)
+        keep = np.arange(0, len(labels), -(-len(labels) // max_rows))
+        fine = self.rows(split).fine_labels
+        texts = self.source.split(split).texts
+        texts = None if isinstance(texts, np.ndarray) else [texts[i] for i in keep]
+        return subclass_report(self.targets.z(split)[keep], labels[keep], None if fine is None else fine[keep],
+                               texts, self.source.class_names)
 
     def teacher_statistics(self) -> TeacherStatistics:
         """What objectives may know of the teacher before training (handed to ``Objective.setup``)."""
