@@ -2,7 +2,8 @@
 
 from lelp_lightning.teachers.base import Teacher
 from lelp_lightning.teachers.cnn import CNNTeacher
+from lelp_lightning.teachers.finetuned import FineTunedClassifierTeacher
 from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
 from lelp_lightning.teachers.sentence_encoder import SentenceEncoderTeacher
 
-__all__ = ["Teacher", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher"]
+__all__ = ["Teacher", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher", "FineTunedClassifierTeacher"]
