@@ -7,6 +7,7 @@ docs/strategies.md for what each computes and its options.
 from lelp_lightning.strategies.agglomerative import AgglomerativeStrategy
 from lelp_lightning.strategies.base import RowInfo, SubclassStrategy, strategies
 from lelp_lightning.strategies.distributed import fit_strategy
+from lelp_lightning.strategies.ensemble import RandomProjectionEnsembleStrategy
 from lelp_lightning.strategies.gmm import GaussianMixtureStrategy
 from lelp_lightning.strategies.kmeans import KMeansStrategy
 from lelp_lightning.strategies.linear_projection import LinearProjectionStrategy, PCAStrategy, RandomProjectionStrategy
@@ -20,5 +21,5 @@ __all__ = [
     "SubclassStrategy", "RowInfo", "strategies", "fit_strategy", "LinearProjectionStrategy", "PCAStrategy",
     "RandomProjectionStrategy", "NoSubclassStrategy", "KMeansStrategy", "GaussianMixtureStrategy",
     "AgglomerativeStrategy", "TSNEKMeansStrategy", "RandomSplitStrategy", "OracleStrategy",
-    "SubclassDistillationStrategy",
+    "SubclassDistillationStrategy", "RandomProjectionEnsembleStrategy",
 ]

@@ -21,7 +21,8 @@ import lelp_plugin_example  # noqa: E402,F401  the shipped example plugin regist
 load_plugins()
 ENTRIES = strategies.entries()
 # Options that keep the slow methods quick on tiny data; the algorithms are unchanged.
-QUICK = {"subclass_distillation": {"epochs": 2, "min_steps": 60}, "tsne_kmeans": {"max_rows": 60}}
+QUICK = {"subclass_distillation": {"epochs": 2, "min_steps": 60}, "tsne_kmeans": {"max_rows": 60},
+         "random_projection_ensemble": {"num_subclasses": 4, "num_projections": 2}}  # S a multiple of M
 
 
 def make(entry, **options):
