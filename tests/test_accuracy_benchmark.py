@@ -15,7 +15,7 @@ import report  # noqa: E402
 import spec  # noqa: E402
 from selection import choices  # noqa: E402
 
-CELL = spec.CELLS["20ng/minilm/bag/sup"]
+CELL = spec.CELLS["20ng/minilm/bag_sparse/sup"]
 
 
 def fake_record(run: spec.Run, val: float, test: float | None = None) -> dict:
@@ -45,11 +45,11 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
     records = {}
     for r in runs:  # KD best at (lr = 2 × base, τ = 2); the student alone ties everywhere → the first candidate
         hp = r.hp_dict
-        best = r.method == "kd" and hp["tau"] == 2.0 and hp["lr"] == 2 * spec.STUDENTS["bag"].lr
+        best = r.method == "kd" and hp["tau"] == 2.0 and hp["lr"] == 2 * spec.STUDENTS["bag_sparse"].lr
         records[r.key] = fake_record(r, 0.9 if best else 0.8 if r.method == "kd" else 0.7)
     chosen, runs = choices(CELL, records)
-    assert chosen["kd"] == {"lr": 2 * spec.STUDENTS["bag"].lr, "tau": 2.0}
-    assert chosen["ce"] == {"lr": spec.LR_FACTORS[0] * spec.STUDENTS["bag"].lr}
+    assert chosen["kd"] == {"lr": 2 * spec.STUDENTS["bag_sparse"].lr, "tau": 2.0}
+    assert chosen["ce"] == {"lr": spec.LR_FACTORS[0] * spec.STUDENTS["bag_sparse"].lr}
     assert chosen["kd_alpha"] == {**chosen["kd"], "alpha": 0.5} and chosen["fitnets"] == chosen["kd"]
     stage2 = [r for r in runs if r.method not in ("ce", "kd")]
     assert {r.hp_dict["lr"] for r in stage2} == {chosen["kd"]["lr"]}
@@ -58,7 +58,20 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
     assert "oracle" in chosen and chosen["oracle"]["S"] == 10  # one candidate: not selected
     assert not grid.plan([CELL], 3, records)["final"]  # finals wait for every choice
     for r in stage2:
-        records[r.key] = fake_record(r, 0.85 if r.hp_dict["S"] == 4 else 0.84)
+        records[r.key] = fake_record(r, 0.85 if r.hp_dict.get("S") == 4 or r.hp_dict.get("M") == 4 else 0.84)
+    chosen, runs = choices(CELL, records)
+    stage3 = [r for r in runs if spec.METHODS[r.method].stage == 3]
+    assert not grid.plan([CELL], 3, records)["final"]  # stage 3 (each method's own τ) is not measured yet
+    for method in ("lelp", "kmeans", "gmm", "rp_ensemble", "lelp@repr", "gmm@repr"):  # the base's choice, own τ
+        mine = [r.hp_dict for r in stage3 if r.method == method + "+tau"]
+        betas = spec.BETAS if method.startswith("gmm") else (chosen[method]["beta"],)
+        assert sorted((h["tau"], h["beta"]) for h in mine) == sorted((t, b) for t in spec.TAUS for b in betas)
+        assert all({k: v for k, v in h.items() if k not in ("tau", "beta")} ==
+                   {k: v for k, v in chosen[method].items() if k not in ("tau", "beta")} for h in mine)
+    for r in stage3:
+        records[r.key] = fake_record(r, 0.86 if r.hp_dict["tau"] == 1.0 else 0.85)
+    chosen, _ = choices(CELL, records)
+    assert chosen["kmeans+tau"]["tau"] == 1.0 and chosen["kmeans"]["tau"] == 2.0
     phases = grid.plan([CELL], 3, records)
     assert len(phases["final"]) == 3 * len(spec.methods_for(CELL)) and all(r.test for r in phases["final"])
     assert not phases["ablation"]  # 20ng/minilm/bag/sup is not an ablation cell
@@ -67,12 +80,33 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
     assert len(phases["ablation"]) == sum(len(v) for v in spec.ABLATIONS.values()) * 3
 
 
+def test_representation_methods_read_the_teachers_other_representation_and_legacy_cells_keep_their_methods():
+    hp = {"lr": 0.01, "S": 4, "beta": 1.0}
+    args = spec.make_run(CELL, "kmeans@repr", hp, 0, False, "select").args()
+    assert args[args.index("--data.representation") + 1] == "encoder"
+    assert "--data.representation" not in spec.make_run(CELL, "kmeans", hp, 0, False, "select").args()
+    conv = spec.make_run(spec.CELLS["fmnist/cnn15/mlp_pixels/sup"], "lelp@repr+tau", hp, 0, False, "select").args()
+    assert conv[conv.index("--data.representation") + 1] == "conv"
+    legacy = spec.CELLS["20ng/minilm/bag/sup"]
+    assert set(spec.methods_for(legacy)) == {m for m, s in spec.METHODS.items() if s.stage < 3 and not s.representation}
+    assert legacy.name not in spec.DEFAULT_CELLS and CELL.name in spec.DEFAULT_CELLS
+    dense = spec.make_run(legacy, "kd", {"lr": 0.01, "tau": 2.0}, 0, False, "select").args()
+    assert dense[dense.index("--model.student.init_args.sparse") + 1] == "false"  # as its records were measured
+
+
+def select_all(cell, records: dict) -> dict:
+    """Fake validation records for every selection run, stage after stage, until every method is chosen."""
+    while True:
+        chosen, runs = choices(cell, records)
+        todo = [r for r in runs if r.key not in records]
+        if not todo:
+            return chosen
+        records |= {r.key: fake_record(r, 0.8) for r in todo}
+
+
 def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
-    chosen, runs = choices(CELL, {})
-    records = {r.key: fake_record(r, 0.8) for r in runs}
-    chosen, runs = choices(CELL, records)
-    records |= {r.key: fake_record(r, 0.8) for r in runs}
-    chosen, _ = choices(CELL, records)
+    records = {}
+    select_all(CELL, records)
     tests = {"kd": [0.80, 0.81, 0.82], "lelp": [0.84, 0.85, 0.86], "oracle": [0.90, 0.90, 0.91]}
     finals = []
     for r in grid.plan([CELL], 3, records)["final"]:
@@ -89,7 +123,7 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
     delta = 100 * (np.mean(tests["lelp"]) - np.mean(tests["kd"]))
     gap = delta / (100 * (np.mean(tests["oracle"]) - np.mean(tests["kd"])))
     assert f"{delta:+.2f}" in text and f"{100 * gap:.0f}%" in text
-    assert (tmp_path / "plots" / "methods__20ng__minilm__bag__sup.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "methods__20ng__minilm__bag_sparse__sup.png").stat().st_size > 1000
 
 
 def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, monkeypatch):
@@ -101,7 +135,7 @@ def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, mon
     monkeypatch.setitem(spec.TEACHERS, "tiny", ("MiniLM", (
         "--config", str(CONFIGS / "teacher" / "minilm_mlp.yaml"),
         *(x for k in ("max_length", "head_hidden", "head_epochs") for x in (f"--data.teacher.init_args.{k}",
-                                                                            str(TINY_TEACHER[k]))))))
+                                                                            str(TINY_TEACHER[k])))), "encoder"))
     monkeypatch.setitem(spec.STUDENTS, "tiny", spec.Student("bag", spec.STUDENTS["bag"].args, 0.02, 1, 32))
     cell = spec.Cell("tiny", "tiny", "tiny", "sup")
     monkeypatch.setitem(spec.CELLS, cell.name, cell)
