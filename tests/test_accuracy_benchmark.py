@@ -56,12 +56,12 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
     assert {r.hp_dict["tau"] for r in stage2} == {2.0}  # KD's τ too, so S = 1 would be exactly KD
     assert sum(r.method == "lelp" for r in stage2) == len(spec.S_GRID) * len(spec.BETAS)
     assert "oracle" in chosen and chosen["oracle"]["S"] == 10  # one candidate: not selected
-    assert not grid.plan([CELL], 3, records)["final"]  # finals wait for every choice
+    assert {r.method for r in grid.plan([CELL], 3, records)["final"]} == set(chosen)  # the chosen ones' finals
     for r in stage2:
         records[r.key] = fake_record(r, 0.85 if r.hp_dict.get("S") == 4 or r.hp_dict.get("M") == 4 else 0.84)
     chosen, runs = choices(CELL, records)
     stage3 = [r for r in runs if spec.METHODS[r.method].stage == 3]
-    assert not grid.plan([CELL], 3, records)["final"]  # stage 3 (each method's own τ) is not measured yet
+    assert not {r.method for r in grid.plan([CELL], 3, records)["final"]} & {r.method for r in stage3}  # not chosen
     for method in ("lelp", "kmeans", "gmm", "rp_ensemble", "lelp@repr", "gmm@repr"):  # the base's choice, own τ
         mine = [r.hp_dict for r in stage3 if r.method == method + "+tau"]
         betas = spec.BETAS if method.startswith("gmm") else (chosen[method]["beta"],)
@@ -88,7 +88,7 @@ def test_representation_methods_read_the_teachers_other_representation_and_legac
     conv = spec.make_run(spec.CELLS["fmnist/cnn15/mlp_pixels/sup"], "lelp@repr+tau", hp, 0, False, "select").args()
     assert conv[conv.index("--data.representation") + 1] == "conv"
     legacy = spec.CELLS["20ng/minilm/bag/sup"]
-    assert set(spec.methods_for(legacy)) == {m for m, s in spec.METHODS.items() if s.stage < 3 and not s.representation}
+    assert set(spec.methods_for(legacy)) == set(spec.LEGACY_METHODS) and "rp_ensemble" not in spec.LEGACY_METHODS
     assert legacy.name not in spec.DEFAULT_CELLS and CELL.name in spec.DEFAULT_CELLS
     dense = spec.make_run(legacy, "kd", {"lr": 0.01, "tau": 2.0}, 0, False, "select").args()
     assert dense[dense.index("--model.student.init_args.sparse") + 1] == "false"  # as its records were measured

@@ -49,16 +49,15 @@ CODE = ("lelp_lightning", "benchmarks/accuracy", "configs")  # what a record dep
 
 
 def plan(cells: list[spec.Cell], seeds: int, records: dict[str, dict]) -> dict[str, list[spec.Run]]:
-    """The runs of each phase that can be named now (finals need every method's choice)."""
+    """The runs of each phase that can be named now (a method's finals once it is chosen)."""
     phases: dict[str, list[spec.Run]] = {"select": [], "final": [], "ablation": []}
     for cell in cells:
         chosen, select_runs = choices(cell, records)
         phases["select"] += select_runs
-        if set(chosen) != set(spec.methods_for(cell)):
-            continue
-        for method in spec.methods_for(cell):
-            phases["final"] += [spec.make_run(cell, method, chosen[method], s, True, "final") for s in range(seeds)]
-        if cell.name in spec.ABLATION_CELLS:
+        for method in spec.methods_for(cell):  # a method's finals as soon as it is chosen
+            if method in chosen:
+                phases["final"] += [spec.make_run(cell, method, chosen[method], s, True, "final") for s in range(seeds)]
+        if cell.name in spec.ABLATION_CELLS and "lelp" in chosen:
             for variants in spec.ABLATIONS.values():
                 for change in variants:
                     hp = {**chosen["lelp"], **change}

@@ -25,6 +25,7 @@ from selection import choices  # noqa: E402
 OUT = spec.REPO / "benchmarks" / "RESULTS.md"
 PLOTS = spec.REPO / "benchmarks" / "results" / "accuracy" / "plots"
 PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
+SUBCLASSES = spec.REPO / "benchmarks" / "results" / "accuracy" / "subclasses"
 
 PAPER = """The paper's numbers (student test accuracy %, 3 seeds; from secondary copies of the paper, see
 `docs/methods.md`), for orientation only — different data, teachers, students and scale:
@@ -156,17 +157,91 @@ def oracle_beats_kd(s: dict) -> bool:
 
 
 def gap_table(stats: dict) -> list[str]:
-    rows = [(c, s) for c, s in stats.items() if "oracle" in s and "kd" in s and oracle_beats_kd(s)]
-    if not rows:
+    """Per method (rows) and cell with a real KD → oracle gap (columns): the share of the gap it closes."""
+    cells = [c for c, s in stats.items() if "oracle" in s and "kd" in s and oracle_beats_kd(s)]
+    if not cells:
         return []
-    methods = [m for m in spec.METHODS if m not in ("ce", "kd", "oracle")]
     lines = ["Share of the KD → oracle gap each method closes ((method − KD) / (oracle − KD), by means):", "",
-             "| cell | KD | oracle | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
-    for c, s in rows:
-        span = s["oracle"].mean - s["kd"].mean
-        cells = [f"{100 * (s[m].mean - s['kd'].mean) / span:+.0f}%" if m in s and span > 0 else "—" for m in methods]
-        lines.append(f"| {c} | {s['kd'].mean:.2f} | {s['oracle'].mean:.2f} | " + " | ".join(cells) + " |")
+             "| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells),
+             "| *KD → oracle* | " + " | ".join(f"*{stats[c]['kd'].mean:.2f} → {stats[c]['oracle'].mean:.2f}*"
+                                             for c in cells) + " |"]
+    for method, entry in spec.METHODS.items():
+        if method in ("ce", "kd", "oracle") or not any(method in stats[c] for c in cells):
+            continue
+        row = [f"{100 * (stats[c][method].mean - stats[c]['kd'].mean) / (stats[c]['oracle'].mean - stats[c]['kd'].mean):+.0f}%"
+               if method in stats[c] else "—" for c in cells]
+        lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
     return lines + [""]
+
+
+def wins_table(stats: dict) -> list[str]:
+    """Per cell: every method that beats KD beyond noise, and the best non-oracle method."""
+    lines = ["| cell | KD | methods above KD beyond noise (Δ ± SE) | best non-oracle method |", "|---|---|---|---|"]
+    count = 0
+    for c, s in stats.items():
+        if "kd" not in s:
+            continue
+        wins = []
+        for method in s:
+            if method in ("kd", "oracle"):
+                continue
+            d, se = s[method].diff(s["kd"])
+            if verdict(d, se) == "win":
+                wins.append((d, f"{spec.METHODS[method].label} {d:+.2f} ± {se:.2f}"))
+        best = max((m for m in s if m != "oracle"), key=lambda m: s[m].mean)
+        count += bool(wins)
+        listed = "; ".join(text for _, text in sorted(wins, reverse=True)) or "none"
+        lines.append(f"| {c} | {s['kd']} | {listed} | {spec.METHODS[best].label}: {s[best]} |")
+    return [f"Some method beats KD beyond noise in {count} of {sum('kd' in s for s in stats.values())} cells.", "",
+            *lines, ""]
+
+
+def representation_tables(stats: dict) -> list[str]:
+    """Per cell, LELP, k-means, GMM and the ensemble on the final layer's input and the teacher's other
+    representation, each with KD's τ and with its own."""
+    lines = []
+    for c, s in stats.items():
+        if not any(f"{m}@repr" in s for m in spec.REPRESENTATION_METHODS):
+            continue
+        other = spec.REPRESENTATION_LABELS[spec.TEACHERS[spec.CELLS[c].teacher][2]]
+        columns = [("", "final layer's input, KD's τ"), ("+tau", "final layer's input, own τ"),
+                   ("@repr", f"{other}, KD's τ"), ("@repr+tau", f"{other}, own τ")]
+        best = max(s[m + suffix].mean for m in spec.REPRESENTATION_METHODS for suffix, _ in columns if m + suffix in s)
+        lines += [f"### {c}", "", "| method | " + " | ".join(label for _, label in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for m in spec.REPRESENTATION_METHODS:
+            row = []
+            for suffix, _ in columns:
+                stat = s.get(m + suffix)
+                row.append("—" if stat is None else f"**{stat}**" if stat.mean == best else str(stat))
+            lines.append(f"| {spec.METHODS[m].label} | " + " | ".join(row) + " |")
+        reference = ", ".join(f"{name} {s[key]}" for key, name in (("kd", "KD"), ("oracle", "oracle")) if key in s)
+        lines += ["", f"For reference: {reference}.", ""]
+    return lines
+
+
+def subclass_tables() -> list[str]:
+    """From ``subclasses.py``'s records: each method's pseudo-subclasses against the true hidden subclasses."""
+    lines = []
+    for path in sorted(SUBCLASSES.glob("*.json")):
+        record = json.loads(path.read_text())
+        methods = record["methods"]
+        classes = list(next(iter(methods.values()))["report"])
+        lines += [f"### {record['cell']} (training split, seed 0, each method's selected S)", "",
+                  "| method | S | NMI with the true subclasses | purity | pseudo-subclass sizes |", "|---|---|---|---|---|"]
+        for method, entry in methods.items():
+            report = entry["report"]
+            lines.append(f"| {spec.METHODS[method].label} | {len(report[classes[0]]['sizes'])} | "
+                         + " / ".join(f"{report[c]['nmi']:.2f}" for c in classes) + " | "
+                         + " / ".join(f"{report[c]['purity']:.2f}" for c in classes) + " | "
+                         + " / ".join(str(report[c]["sizes"]) for c in classes) + " |")
+        best = max((m for m in methods if m != "oracle"),
+                   key=lambda m: sum(methods[m]["report"][c]["nmi"] for c in classes))
+        lines += ["", f"Per class ({' / '.join(classes)}). The closest to the true subclasses: "
+                  f"{spec.METHODS[best].label}; its most distinctive n-grams per pseudo-subclass of class {classes[0]}:", ""]
+        lines += [f"- {', '.join(ngrams[:5])}" for ngrams in methods[best]["report"][classes[0]].get("ngrams", [])]
+        lines.append("")
+    return lines
 
 
 def hp_table(chosen: dict) -> list[str]:
@@ -319,7 +394,17 @@ def main(seeds: int = 3) -> None:
     lines += ["## Results per task", ""]
     for task in spec.TASKS:
         lines += task_table(task, stats, teacher)
-    lines += ["## LELP against vanilla KD and the other strategies", ""] + comparisons(stats) + gap_table(stats)
+    lines += ["## LELP against vanilla KD and the other strategies", ""] + comparisons(stats)
+    lines += ["## Which methods beat vanilla KD", ""] + wins_table(stats) + gap_table(stats)
+    lines += ["## The teacher representation the strategies read, and each method's own τ", "",
+              "LELP, k-means, GMM and the ensemble of random projections on the input of the teacher's final layer "
+              "and on its other representation (the frozen encoder's output for encoder + head teachers, the mean "
+              "of the last hidden states for the fine-tuned teacher, the conv features of the CNN), with KD's τ and "
+              f"with their own τ ∈ {spec.TAUS} (and β ∈ {spec.BETAS} for GMM) chosen on validation after their S.",
+              ""] + representation_tables(stats)
+    subclasses = subclass_tables()
+    if subclasses:
+        lines += ["## What the pseudo-subclasses are (`benchmarks/accuracy/subclasses.py`)", ""] + subclasses
     if ablations:
         lines += ["## Ablations (LELP's selected configuration, one option changed)", ""]
         for c, per in ablations.items():
