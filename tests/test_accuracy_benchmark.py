@@ -116,8 +116,17 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "OUT", tmp_path / "RESULTS.md")
     monkeypatch.setattr(report, "PLOTS", tmp_path / "plots")
     monkeypatch.setattr(report, "PREPARE", tmp_path / "prepare")
+    monkeypatch.setattr(report, "SUBCLASSES", tmp_path / "subclasses")
+    (tmp_path / "subclasses").mkdir()
+    entry = {"sizes": [5, 5], "nmi": 0.5, "purity": 0.75, "ngrams": [["hockey", "nhl"], ["space"]]}
+    (tmp_path / "subclasses" / "c.json").write_text(json.dumps({"cell": CELL.name, "methods": {
+        "oracle": {"report": {"a": {**entry, "nmi": 1.0}, "b": {**entry, "nmi": 1.0}}},
+        "kmeans@repr": {"report": {"a": entry, "b": entry}}}}))
     report.main(seeds=3)
     text = (tmp_path / "RESULTS.md").read_text()
+    assert "| k-means (hard) on the other representation | 2 | 0.50 / 0.50 | 0.75 / 0.75 |" in text
+    assert "- hockey, nhl" in text
+    assert "Some method beats KD beyond noise in 1 of 1 cells." in text  # LELP 85 ± 1 against KD 81 ± 1
     lelp = report.Stat(tests["lelp"])
     assert f"**{lelp}**" in text  # the best column entry is bold (the oracle excluded)
     delta = 100 * (np.mean(tests["lelp"]) - np.mean(tests["kd"]))

@@ -125,7 +125,8 @@ def execute(run: spec.Run, git: tuple[str, bool], workers: int = 1) -> dict:
 
 
 def prepare(cell: spec.Cell) -> float:
-    """Build the cell's teacher pass, teacher head and student features into the cache, in this process.
+    """Build the cell's teacher pass, teacher head, student features and the teacher's other representation (when
+    a method reads it) into the cache, in this process.
 
     The first time per cell the seconds it took are kept in ``prepare/<cell>.json`` (a cache hit takes ~1 s).
     """
@@ -137,6 +138,8 @@ def prepare(cell: spec.Cell) -> float:
                      "--trainer.default_root_dir", str(spec.REPO / "runs" / "accuracy" / "prepare")], run=False)
     cli.datamodule.prepare_data()
     cli.datamodule.setup("fit")
+    if any(spec.METHODS[m].representation for m in spec.methods_for(cell)):  # built here, then only read by runs
+        cli.datamodule.plan.build_representation(spec.TEACHERS[cell.teacher][2], progress=True)
     seconds = time.perf_counter() - start
     path = PREPARE / f"{cell.name.replace('/', '__')}.json"
     if not path.is_file():

@@ -113,6 +113,7 @@ CELL_SPECS = [
     ("rt", "mpnet_fp32", "bag_sparse", ("sup",)),
     ("tweets2", "mpnet", "mlp_minilm", ("sup",)),
     ("tweets2", "minilm", "bag_sparse", ("sup",)),
+    ("tweets2", "minilm_ft", "bag_sparse", ("sup",)),
     ("tweets3", "minilm", "bag_sparse", ("sup",)),
     ("20ng", "minilm", "bag_sparse", ("sup",)),
     ("20ng", "minilm_ft", "bag_sparse", ("sup",)),

@@ -37,7 +37,9 @@ class FakeData:
 def module_with(*objectives, D=4):
     module = DistillModule(MLPStudent(input_dim=6, num_outputs=2, hidden_dims=[3]), list(objectives))
     data = FakeData(D)
-    module._trainer = type("T", (), {"datamodule": data, "current_epoch": 0})()  # what Lightning attaches
+    logs = type("L", (), {"should_update_logs": True})()
+    module._trainer = type("T", (), {"datamodule": data, "current_epoch": 0, "fast_dev_run": False,
+                                     "_logger_connector": logs})()  # what Lightning attaches
     module.setup("fit")
     return module, data
 
@@ -86,3 +88,25 @@ def test_hint_stage_leaves_the_head_untouched(monkeypatch):
     assert module.student.head.weight.grad is None
     assert module.student.body[0].weight.grad.abs().sum() > 0
     assert np.isfinite(module.objectives[1].projection.weight.grad.numpy()).all()
+
+
+def test_training_terms_are_logged_only_on_the_steps_lightning_writes(tweets_cache_dir, tmp_path, monkeypatch):
+    """210 training tweets in batches of 32: 7 steps an epoch, 14 in all; every 3rd step is written."""
+    import csv
+
+    from helpers import run_main, tiny_run_args
+
+    from lelp_lightning.module import DistillModule
+
+    calls = []
+    log = DistillModule.log
+    monkeypatch.setattr(DistillModule, "log", lambda self, name, *a, **k: (calls.append(
+        (name, self.global_step)) if name.startswith("train/") else None, log(self, name, *a, **k))[1])
+    proc = run_main("fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--trainer.log_every_n_steps", "3",
+                                          wandb=False))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = sorted({step for name, step in calls if name == "train/loss"})
+    assert steps == [2, 5, 8, 11]  # (step + 1) % 3 == 0, as Lightning writes them
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        written = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")})
+    assert written == steps
