@@ -61,6 +61,7 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
         records[r.key] = fake_record(r, 0.85 if r.hp_dict.get("S") == 4 or r.hp_dict.get("M") == 4 else 0.84)
     chosen, runs = choices(CELL, records)
     stage3 = [r for r in runs if spec.METHODS[r.method].stage == 3]
+    assert stage3 and all(not r.test and r.seed == 0 for r in stage3)  # τ is chosen on validation, seed 0 only
     assert not {r.method for r in grid.plan([CELL], 3, records)["final"]} & {r.method for r in stage3}  # not chosen
     for method in ("lelp", "kmeans", "gmm", "rp_ensemble", "lelp@repr", "gmm@repr"):  # the base's choice, own τ
         mine = [r.hp_dict for r in stage3 if r.method == method + "+tau"]

@@ -18,7 +18,8 @@ from lelp_lightning.strategies import RowInfo, fit_strategy, strategies
 # Small samples, so k-means and the GMM really make their chunked, all-reduced passes.
 OPTIONS = {"kmeans": {"sample_size": 40, "n_init": 2}, "gmm": {"sample_size": 40},
            "gmm_full": {"sample_size": 40, "covariance_type": "full"}, "tsne_kmeans": {"max_rows": 50},
-           "subclass_distillation": {"min_steps": 50}}
+           "subclass_distillation": {"min_steps": 50}, "random_projection_ensemble": {"num_subclasses": 4,
+                                                                                      "num_projections": 2}}
 
 
 def configured():
@@ -38,7 +39,7 @@ def data():
 
 
 def make(cls, options, name):
-    return cls(num_subclasses=1 if name == "none" else 3, **options)
+    return cls(**{"num_subclasses": 1 if name == "none" else 3, **options})
 
 
 def worker(rank: int, world_size: int, folder: str) -> None:
