@@ -64,7 +64,8 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_one_does(straight_an
 
 def test_a_resumed_run_restores_the_strategy_instead_of_refitting_it(straight_and_resumed):
     _, straight_proc, resumed, resumed_proc = straight_and_resumed
-    fitted = re.search(r"fitted the LinearProjectionStrategy strategy on 210 training rows \(fingerprint (\w+)\)",
+    fitted = re.search(r"fitted the LinearProjectionStrategy strategy on the 'final' representation of 210 training rows "
+                       r"\(fingerprint (\w+)\)",
                        straight_proc.stderr)
     restored = re.search(r"restored the LinearProjectionStrategy strategy from the checkpoint \(fingerprint (\w+)\); "
                          "it is not refitted", resumed_proc.stderr)
