@@ -72,7 +72,7 @@ class DistillDataModule(LightningDataModule):
         self.representation, self.probe = representation, probe
         self._cached: dict[str, CachedSplit] = {}  # filled by setup, shared with targets and quality
         self._inputs: dict[str, StudentInputs] = {}
-        self.targets = SubclassTargets(strategy, self._cached, self.rows, self.strategy_inputs,
+        self.targets = SubclassTargets(strategy, self._cached, self.rows, lambda: self.strategy_inputs,
                                        fit_labels)  # validates fit_labels
         self.quality = TeacherQuality(self._cached)
 
@@ -105,7 +105,7 @@ class DistillDataModule(LightningDataModule):
             self._cached.update(self.plan.open())
             self._inputs.update({s: self.featurizer.featurize(self.source, s, self.cache) for s in SPLITS})
 
-    @functools.cache  # noqa: B019 (one data module, one set of inputs; freed with it)
+    @functools.cached_property
     def strategy_inputs(self) -> StrategyInputs:
         """The representation the strategy reads and the classifier it sees (the probe is fitted once)."""
         self.setup()

@@ -94,11 +94,12 @@ def subclass_report(z: np.ndarray, labels: np.ndarray, fine: np.ndarray | None =
         mine = assigned[rows]
         entry: dict = {"rows": int(len(rows)), "sizes": np.bincount(mine, minlength=S).tolist()}
         if fine is not None:
-            known = np.asarray(fine)[rows] != UNLABELED
+            class_fine = np.asarray(fine)[rows]
+            known = class_fine != UNLABELED
             if known.any():
-                entry["fine_labels"] = int(len(np.unique(np.asarray(fine)[rows][known])))
-                entry["nmi"] = round(nmi(mine[known], np.asarray(fine)[rows][known]), 4)
-                entry["purity"] = round(purity(mine[known], np.asarray(fine)[rows][known]), 4)
+                entry["fine_labels"] = int(len(np.unique(class_fine[known])))
+                entry["nmi"] = round(nmi(mine[known], class_fine[known]), 4)
+                entry["purity"] = round(purity(mine[known], class_fine[known]), 4)
         if texts is not None and len(rows):
             class_texts = [texts[i] for i in rows]
             entry["ngrams"] = distinctive_ngrams(class_texts, mine, S)

@@ -148,8 +148,7 @@ class CNNTeacher(Teacher):
         if name not in self.representations():
             return super().representation_target(name, source, split, key)
         data = source.split(split)
-        net = self._require_net()
-        dim = net.conv_maps(torch.zeros(1, 1, *data.texts.shape[1:])).flatten(1 if name == "conv" else 2).shape[1]
+        dim = self.conv_features(data.texts[:1], name).shape[1]
         return self._features_target(name, data, key, dim, {"split": split},
                                      lambda index: self.conv_features(data.texts[index], name))
 

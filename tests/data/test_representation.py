@@ -54,7 +54,7 @@ def lelp_z_by_numpy(x, labels, W, S, apply_to):
 def test_lelp_on_the_encoder_output_equals_a_numpy_reference_with_the_least_squares_probe(tweets_datamodule):
     dm = tweets_datamodule(LinearProjectionStrategy(num_subclasses=3, rotation="none", z_scale="absolute"),
                            representation="encoder")
-    inputs = dm.strategy_inputs()
+    inputs = dm.strategy_inputs
     encoder = tiny_teacher().encoder
     texts = tiny_tweets().split("train").texts
     # the cache round trip: the entry holds the encoder's output of the split's rows, in their order
@@ -75,11 +75,11 @@ def test_the_representation_changes_the_strategy_inputs_fingerprint_and_the_z(tw
     final = tweets_datamodule(KMeansStrategy(num_subclasses=2, seed=0))
     encoder = tweets_datamodule(KMeansStrategy(num_subclasses=2, seed=0), representation="encoder")
     off = tweets_datamodule(KMeansStrategy(num_subclasses=2, seed=0), representation="encoder", probe="none")
-    prints = {dm.strategy_inputs().fingerprint for dm in (final, encoder, off)}
+    prints = {dm.strategy_inputs.fingerprint for dm in (final, encoder, off)}
     assert len(prints) == 3
-    assert final.strategy_inputs().embeddings["train"].shape[1] == 32  # the head's hidden layer
-    assert encoder.strategy_inputs().embeddings["train"].shape[1] == 384  # MiniLM's output
-    assert not off.strategy_inputs().W.any() and not off.strategy_inputs().b.any()
+    assert final.strategy_inputs.embeddings["train"].shape[1] == 32  # the head's hidden layer
+    assert encoder.strategy_inputs.embeddings["train"].shape[1] == 384  # MiniLM's output
+    assert not off.strategy_inputs.W.any() and not off.strategy_inputs.b.any()
     assert not np.array_equal(final.targets.z("train"), encoder.targets.z("train"))
     plan = final.plan
     assert plan.representation_key("final", "train") == plan.key("train")
