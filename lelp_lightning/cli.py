@@ -5,6 +5,7 @@
     lelp cache --config configs/quickstart.yaml    # run the teacher into the cache ahead of time
     lelp cache ... --trainer.strategy ddp --trainer.devices N   # ... with N processes (docs/distributed.md)
     lelp strategies | lelp objectives | lelp students   # what is registered (plugins included)
+    lelp tune --config my_run.yaml [--tune configs/tune/quick.yaml] [--tune.n_trials 40]   # Optuna study (docs/tune.md)
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
 before any argument is parsed, so their classes work by short name in YAML; a short name is recorded in the
@@ -15,131 +16,17 @@ saved config as its class's import path. Bad input (a
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import os
-import re
 import sys
-import time
-import warnings
-from pathlib import Path
-
-import pandas as pd
-import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lelp_lightning.cache.teacher_pass import build_teacher_cache
-from lelp_lightning.data.datamodule import DistillDataModule
-from lelp_lightning.errors import LelpError
-from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
-from lelp_lightning.registry import load_plugins, resolve_short_names
+from lelp_lightning.registry import load_plugins
+from lelp_lightning.runs import LelpCLI, build_cli, fit, hide_notices_a_user_cannot_act_on, lelp_error_behind
 from lelp_lightning.strategies import strategies
 from lelp_lightning.students import students
 
-# options that take a registered class, with the subcommand that describes the choices
-_REGISTERED = {"data.strategy": (strategies, "strategies"), "model.objectives": (objectives, "objectives"),
-               "model.student": (students, "students")}
-_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
-_GIVEN_CLASS = re.compile(r"(?:Expected a dot import path string: |Problem with given class_path '|Import path )"
-                          r"([^\s':]+)")
-
-
-class LelpArgumentParser(LightningArgumentParser):
-    """Resolves registered short names (``class_path: kmeans``) to their classes' import paths, and turns
-    jsonargparse's long usage error for an unknown strategy / objective / student into one line naming the
-    valid short names."""
-
-    def __init__(self, *args, **kwargs):
-        resolve_short_names()  # before any value is parsed; see lelp_lightning.registry
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Exception | None = None):
-        key, given = _PARSER_KEY.match(message), _GIVEN_CLASS.search(message)
-        if self.exit_on_error and key and given and key.group(1) in _REGISTERED:
-            registry, command = _REGISTERED[key.group(1)]
-            print(f"lelp: error: {key.group(1)}: {given.group(1)!r} is not a known {registry.kind}; valid "
-                  f"{registry.kind} names: {', '.join(registry.names())} (or a full class path; `lelp {command}` "
-                  "describes them).", file=sys.stderr)
-            sys.exit(2)
-        super().error(message, ex)
-
-
-class LelpCLI(LightningCLI):
-    """Links sizes from data to model, and after ``fit`` tests the final weights and writes ``summary.json``."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.num_subclasses", "model.num_subclasses", apply_on="instantiate")
-        parser.link_arguments("data.num_outputs", "model.student.init_args.num_outputs", apply_on="instantiate")
-        parser.link_arguments("data.input_dim", "model.student.init_args.input_dim", apply_on="instantiate")
-
-    def before_fit(self) -> None:
-        self._fit_started = time.perf_counter()
-
-    def after_fit(self) -> None:
-        fit_seconds = time.perf_counter() - self._fit_started
-        results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
-        student = {k.split("/", 1)[1]: float(v) for k, v in (results[0] if results else {}).items()}
-        reference = self.datamodule.teacher_metrics("test")
-        summary = {
-            "student": {"test_accuracy": student.get("accuracy"), "test_macro_f1": student.get("macro_f1")},
-            "teacher": {"test_accuracy": reference["teacher_accuracy"], "test_macro_f1": reference["teacher_macro_f1"]},
-            "majority_class_rate": reference["majority_class_rate"],
-            "strategy": self.datamodule.targets.report("test"),
-            "subclasses": self.datamodule.subclass_report("train"),
-            "fit_seconds": round(fit_seconds, 2),
-            "epochs": self.trainer.current_epoch,
-            "config": json.loads(json.dumps(self.config.get("fit", self.config).as_dict(), default=str)),
-        }
-        self.summary = summary
-        run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
-        if self.trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, run_dir / "summary.json")
-            print(format_summary(summary, run_dir / "summary.json"))
-
-
-    def after_predict(self) -> None:
-        """Write the predictions (row id, predicted class, class probabilities) next to the run's logs."""
-        batches = [{k: v.cpu() for k, v in b.items()} for b in self.trainer.predict_loop.predictions or []]
-        run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # rank r holds shard r
-            shards: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(shards, batches)
-            batches = [b for shard in shards for b in shard]
-        if not batches or not self.trainer.is_global_zero:
-            return
-        row_id = torch.cat([b["row_id"] for b in batches]).numpy()
-        pred = torch.cat([b["prediction"] for b in batches]).numpy()
-        probs = torch.cat([b["probabilities"] for b in batches]).numpy()
-        names = self.datamodule.source.class_names
-        frame = pd.DataFrame({"row_id": row_id, "prediction": [names[i] for i in pred]})
-        for c, name in enumerate(names):
-            frame[f"p_{name}"] = probs[:, c]
-        out = run_dir / "predictions.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out.with_suffix(".csv.tmp"), index=False)
-        os.replace(out.with_suffix(".csv.tmp"), out)
-        print(f"{len(frame)} predictions written to {out}")
-
-
-def format_summary(summary: dict, path: Path) -> str:
-    rows = [("student", summary["student"]["test_accuracy"], summary["student"]["test_macro_f1"]),
-            ("teacher", summary["teacher"]["test_accuracy"], summary["teacher"]["test_macro_f1"]),
-            ("majority class", summary["majority_class_rate"], None)]
-    lines = ["", f"{'test split':<16}{'accuracy':>10}{'macro-F1':>10}"]
-    for name, acc, f1 in rows:
-        lines.append(f"{name:<16}{100 * acc:>9.2f}%" + (f"{100 * f1:>9.2f}%" if f1 is not None else f"{'':>10}"))
-    for name, entry in summary.get("subclasses", {}).items():
-        if len(entry["sizes"]) > 1:
-            agreement = f", NMI {entry['nmi']:.2f} with its {entry['fine_labels']} fine labels" if "nmi" in entry else ""
-            lines.append(f"class {name}: pseudo-subclass sizes {entry['sizes']}{agreement}")
-    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path} (pseudo-subclasses: 'subclasses')")
-    return "\n".join(lines)
+__all__ = ["LelpCLI", "build_cli", "fit", "main"]  # build_cli / fit / LelpCLI live in runs: the in-process API
 
 
 def _list(registry) -> str:
@@ -147,46 +34,10 @@ def _list(registry) -> str:
     return "\n".join(f"{e.name:<{width}}  {e.cls.__name__:<28} {e.description}" for e in registry.entries())
 
 
-def fit(args: list[str]) -> dict:
-    """``lelp fit`` with ``args`` in this process, returning its summary (what ``summary.json`` holds).
-
-    Many fits in a row (a search, a tuning study) pay the import and startup once; each fit's trainer, model
-    and data module are released before the next starts. Bad input raises :class:`LelpError`.
-    """
-    _hide_notices_a_user_cannot_act_on()
-    load_plugins()
-    cli = build_cli(["fit", *args])
-    summary = cli.summary
-    wandb = sys.modules.get("wandb")  # imported only where a W&B logger is configured
-    if wandb is not None and wandb.run is not None:  # else the next fit would log into this fit's run
-        wandb.finish()
-    del cli
-    gc.collect()
-    return summary
-
-
-def build_cli(args: list[str], run: bool = True) -> LelpCLI:
-    return LelpCLI(DistillModule, DistillDataModule, args=args, run=run, save_config_kwargs={"overwrite": True},
-                   parser_class=LelpArgumentParser)
-
-
-def _not_a_cloud_logger_tip(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
-
-
-def _hide_notices_a_user_cannot_act_on() -> None:
-    """Lightning's notices that say nothing about this run: its advice for ``args`` in a script (we are the
-    script), its own internal use of a deprecated torch pytree API, and an advertisement for its cloud logger.
-    Safe to call again (``fit`` does, per run): an identical warning filter or logging filter is not added twice."""
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_cloud_logger_tip)
-
-
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     args = list(sys.argv[1:] if args is None else args)
-    _hide_notices_a_user_cannot_act_on()
+    hide_notices_a_user_cannot_act_on()
     logging.basicConfig(format="lelp: %(message)s")
     logging.getLogger("lelp_lightning").setLevel(logging.INFO)
     try:
@@ -209,25 +60,24 @@ def main(args: list[str] | None = None) -> int:
                 entry = cli.datamodule.split_cache(split)
                 print(f"{split}: {len(entry)} rows, embedding {entry.embedding.shape[1]}-d, cached at {entry.path}")
             return 0
+        if args[:1] == ["tune"]:
+            from lelp_lightning.tune.study import parse_options, run_study, split_tune_args
+
+            run_args, tune_args = split_tune_args(args[1:])
+            try:
+                run_study(run_args, parse_options(tune_args))
+            except KeyboardInterrupt:
+                print("lelp: tune interrupted; the same command resumes the study.", file=sys.stderr)
+                return 130
+            return 0
         build_cli(args)
         return 0
     except Exception as err:
-        cause = _lelp_error(err)
+        cause = lelp_error_behind(err)
         if cause is None:
             raise
         print(f"lelp: error: {cause}", file=sys.stderr)
         return 2
-
-
-def _lelp_error(err: BaseException | None) -> LelpError | None:
-    """The LelpError behind ``err``: jsonargparse wraps one raised in a constructor while it instantiates."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LelpError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def console_main() -> None:

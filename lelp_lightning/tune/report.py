@@ -1,0 +1,187 @@
+"""What a finished study leaves in its folder: the leaderboard, ``best.yaml``, plots and the refit on test.
+
+    leaderboard.csv / leaderboard.md   every trial: number, state, method, parameters, validation accuracy, wall time
+    best.yaml                          the best trial's whole config: ``lelp fit --config best.yaml`` reproduces it
+    optimization_history.png, param_importances.png   Optuna's matplotlib plots
+    refit/seed_<s>/                    the best configuration trained with seed s and tested once (its checkpoint,
+                                       summary.json); refit.json gathers them (mean ± std)
+
+Files are written whole (a temporary file, then a rename). Only one process writes a study's report at a time
+(a lock file in its folder); a refit seed already in ``refit.json`` is not run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import statistics
+import warnings
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from lelp_lightning.runs import build_cli, fit
+
+log = logging.getLogger(__name__)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    with open(folder / "report.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def leaderboard(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial that ran (surplus trials, never run, are left out), best validation accuracy first;
+    a pruned trial shows its last reported value."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus") or t.state in (TrialState.WAITING,):
+            continue
+        method = t.params.get("method")
+        value = t.value if t.state == TrialState.COMPLETE else \
+            (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "method": method,
+                     "params": json.dumps({k.removeprefix(f"{method}."): _short(v) for k, v in t.params.items()
+                                           if k != "method"}, sort_keys=True),
+                     "val_accuracy": value, "epochs": t.user_attrs.get("epochs"), "wall_s": t.user_attrs.get("wall_s"),
+                     "note": t.user_attrs.get("error", "")})
+    frame = pd.DataFrame(rows, columns=["trial", "state", "method", "params", "val_accuracy", "epochs", "wall_s",
+                                        "note"]).astype({"epochs": "Int64"})
+    order = {"complete": 0, "pruned": 1, "fail": 2, "running": 3}
+    frame["_order"] = frame["state"].map(order).fillna(4)
+    return frame.sort_values(["_order", "val_accuracy", "trial"], ascending=[True, False, True],
+                             na_position="last").drop(columns="_order").reset_index(drop=True)
+
+
+def _short(value):
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    cell = lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else \
+        (f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|"))  # noqa: E731
+    return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+
+
+def best_config(base, trial: optuna.trial.FrozenTrial, folder: Path) -> Path:
+    """``best.yaml``: the base config with the best trial's method and parameters, as the CLI resolves it."""
+    cli = build_cli([*base.args, *trial.user_attrs["overrides"],
+                     "--trainer.default_root_dir", str(folder / "best")], run=False)
+    path = folder / "best.yaml"
+    _write(path, f"# lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
+                 f"{trial.value:.4f}); run it with: lelp fit --config best.yaml\n"
+                 + cli.parser.dump(cli.config, skip_none=False))
+    del cli
+    return path
+
+
+def plots(study: optuna.Study, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    for name, draw in (("optimization_history", ovm.plot_optimization_history),
+                       ("param_importances", ovm.plot_param_importances)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ax = draw(study)
+            except (ValueError, RuntimeError) as err:  # e.g. importances need two complete trials
+                log.info("tune: no %s plot (%s)", name.replace("_", " "), err)
+                continue
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        tmp = folder / f".{name}.tmp{os.getpid()}.png"
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, folder / f"{name}.png")
+        plt.close(figure)
+        written.append(f"{name}.png")
+    return written
+
+
+def refit(best: Path, trial: optuna.trial.FrozenTrial, seeds: int, folder: Path) -> dict:
+    """The best configuration trained with ``seeds`` seeds, each tested once; seeds already done are kept."""
+    path = folder / "refit.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if done.get("trial") != trial.number:
+        done = {}
+    runs = {r["seed"]: r for r in done.get("runs", [])}
+    for seed in range(seeds):
+        if seed in runs:
+            continue
+        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(folder), "name": "refit", "version": f"seed_{seed}"}}
+        summary = fit(["--config", str(best), "--seed_everything", str(seed), "--data.strategy.init_args.seed",
+                       str(seed), "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
+                       "--trainer.enable_model_summary", "false", "--data.progress", "false"])
+        runs[seed] = {"seed": seed, "test_accuracy": summary["student"]["test_accuracy"],
+                      "test_macro_f1": summary["student"]["test_macro_f1"], "fit_seconds": summary["fit_seconds"],
+                      "teacher_test_accuracy": summary["teacher"]["test_accuracy"],
+                      "run_dir": str(folder / "refit" / f"seed_{seed}")}
+        _write(path, json.dumps(_refit_record(trial, runs), indent=1))
+    return _refit_record(trial, runs)
+
+
+def _refit_record(trial, runs: dict) -> dict:
+    accs = [runs[s]["test_accuracy"] for s in sorted(runs)]
+    teacher = runs[min(runs)]["teacher_test_accuracy"] if runs else None
+    return {"trial": trial.number, "method": trial.user_attrs["method"], "val_accuracy": trial.value,
+            "params": {k: v for k, v in trial.params.items()}, "runs": [runs[s] for s in sorted(runs)],
+            "test_accuracy_mean": statistics.fmean(accs) if accs else None,
+            "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
+            "teacher_test_accuracy": teacher}
+
+
+def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
+    """Leaderboard, best.yaml, plots, then the refit; returns what was written and the refit's figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        frame = leaderboard(study)
+        tmp = folder / f".leaderboard.csv.tmp{os.getpid()}"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, folder / "leaderboard.csv")
+        _write(folder / "leaderboard.md", markdown(frame))
+        best = study.best_trial
+        best_yaml = best_config(base, best, folder)
+        written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]
+        result = refit(best_yaml, best, options.seeds, folder) if options.seeds else None
+    report = {"best_trial": best.number, "best_method": best.user_attrs["method"], "best_val_accuracy": best.value,
+              "best_params": {k: v for k, v in best.params.items() if k != "method"}, "written": written,
+              "refit": result}
+    print(format_report(report, frame, folder))
+    return report
+
+
+def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
+    lines = ["", f"leaderboard (top 10 of {len(frame)}; all in {folder / 'leaderboard.md'}):",
+             *markdown(frame.head(10)).rstrip().splitlines(),
+             f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
+             f"validation {report['best_val_accuracy']:.4f}; config {folder / 'best.yaml'}"]
+    refit = report["refit"]
+    if refit and refit["runs"]:
+        lines.append(f"refit on {len(refit['runs'])} seeds, test accuracy {100 * refit['test_accuracy_mean']:.2f} ± "
+                     f"{100 * refit['test_accuracy_std']:.2f}% (teacher {100 * refit['teacher_test_accuracy']:.2f}%); "
+                     f"{folder / 'refit.json'}")
+    return "\n".join(lines)
+
