@@ -135,7 +135,7 @@ class HashedNgramFeaturizer(Featurizer):
             if path.is_file():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: two may prepare at once
             with open(tmp, "wb") as f:
                 sp.save_npz(f, self.transform(source.split(split).texts).matrix, compressed=False)
             os.replace(tmp, path)

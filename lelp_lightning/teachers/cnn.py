@@ -95,7 +95,7 @@ class CNNTeacher(Teacher):
         else:
             self._train(train.texts[rows], train.labels[rows])
             cache.root.mkdir(parents=True, exist_ok=True)
-            tmp = weights.with_suffix(".tmp")
+            tmp = weights.with_suffix(f".tmp{os.getpid()}")
             torch.save(self._net.state_dict(), tmp)
             os.replace(tmp, weights)
         self._net.eval()

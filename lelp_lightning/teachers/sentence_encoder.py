@@ -96,7 +96,7 @@ class SentenceEncoderTeacher(Teacher):
             self._head.load_state_dict(torch.load(head_file, weights_only=True))
         else:
             self._train_head(x, y)
-            tmp = head_file.with_suffix(".tmp")
+            tmp = head_file.with_suffix(f".tmp{os.getpid()}")
             torch.save(self._head.state_dict(), tmp)
             os.replace(tmp, head_file)
         self._head.eval()

@@ -162,6 +162,10 @@ def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, folder / "leaderboard.csv")
         _write(folder / "leaderboard.md", markdown(frame))
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            log.warning("tune: no trial completed (every one was pruned or failed): no best configuration; see %s",
+                        folder / "leaderboard.md")
+            return {"best_trial": None, "written": ["leaderboard.csv", "leaderboard.md"], "refit": None}
         best = study.best_trial
         best_yaml = best_config(base, best, folder)
         written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]

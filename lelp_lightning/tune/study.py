@@ -11,12 +11,15 @@ is refit and tested (:mod:`~lelp_lightning.tune.report`); the test split is read
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import inspect
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -108,9 +111,12 @@ class Base:
     def prepare(self) -> None:
         """Run the teacher into the cache (every split, every representation the space reads): once per study."""
         data = self.datamodule
-        data.prepare_data()
-        for name in sorted(self.space.representations()):
-            data.plan.build_representation(name, data.progress)
+        data.cache.root.mkdir(parents=True, exist_ok=True)
+        with open(data.cache.root / ".tune-prepare.lock", "w") as lock:  # workers of one machine: one builds, the
+            fcntl.flock(lock, fcntl.LOCK_EX)  # others then find the cache complete
+            data.prepare_data()
+            for name in sorted(self.space.representations()):
+                data.plan.build_representation(name, data.progress)
         self.datamodule = None  # trials build their own; nothing keeps this one's arrays alive
 
 
@@ -132,7 +138,9 @@ def study_folder(args: list[str], options: TuneOptions) -> tuple[Path, str]:
 
 def make_storage(options: TuneOptions, folder: Path) -> optuna.storages.BaseStorage:
     url = options.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -142,12 +150,21 @@ def make_storage(options: TuneOptions, folder: Path) -> optuna.storages.BaseStor
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=options.heartbeat_interval,
-                                          grace_period=options.grace_period, failed_trial_callback=retry)
-    except Exception as err:  # SQLAlchemy's many error types for a bad URL or an unreachable database
-        raise LelpError(f"tune storage {url!r} could not be opened ({type(err).__name__}: {err}); expected an "
-                        "Optuna RDB URL (sqlite:///file.db, postgresql://…, mysql://…) or journal:<file>.") from err
+    for attempt in range(3):  # workers starting together race to create the tables: the loser retries
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                  heartbeat_interval=options.heartbeat_interval,
+                                                  grace_period=options.grace_period,
+                                                  heartbeat_stale_trial_callback=retry)
+        except Exception as err:  # SQLAlchemy's many error types for a bad URL or an unreachable database
+            if type(err).__name__ == "IntegrityError" and attempt < 2:
+                time.sleep(1.0 + attempt)
+                continue
+            raise LelpError(f"tune storage {url!r} could not be opened ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0]}); expected an Optuna RDB URL (sqlite:///file.db, "
+                            "postgresql://…, mysql://…) or journal:<file>.") from err
 
 
 class _Surplus(Exception):
@@ -210,6 +227,7 @@ class Objective:
         overrides = method.overrides(values, self.base.lr, self.base.seed)
         trial.set_user_attr("method", method.name)
         trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         start = time.perf_counter()
         cli = build_cli([*self.base.args, *overrides, *self.trial_args(trial.number)], run=False)
         trainer = cli.trainer
@@ -255,7 +273,7 @@ class _Budget:
             value = trial.value if trial.state == TrialState.COMPLETE else _last(trial)
             line = (f"trial {trial.number} {trial.state.name.lower()}: {trial.user_attrs.get('method')} "
                     f"{_params(trial)} → {value:.4f} ({trial.user_attrs.get('wall_s', 0):.0f} s)")
-            (self.bar.write if self.bar is not None else log.info)(line)
+            (self.bar.write if self.bar is not None else print)(line)
         if done >= self.options.n_trials:
             study.stop()
 
