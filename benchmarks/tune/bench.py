@@ -1,0 +1,136 @@
+"""`lelp tune` on the accuracy grid's cells, against the grid's own results.
+
+    .venv/bin/python benchmarks/tune/bench.py --cells 20ng/minilm/bag_sparse/sup     # one cell (resumable)
+    .venv/bin/python benchmarks/tune/bench.py --table                                # the table from the records
+
+Every cell gets the same budget (``--trials``, default 40) over the default search space without the oracle (a
+user's task has no true subclasses), and the best configuration refit on 3 seeds and tested once. The record
+(``benchmarks/results/tune/<cell>.json``, written once, never rewritten) holds the refit's test accuracy per seed,
+the study's run-seconds (the sum of its trials' wall times) and, from the grid's records of the same cell, KD's,
+the student alone's and the best method's test accuracy (mean ± std over their seeds) and the run-seconds of the
+grid's selection phase for that cell. ``--table`` prints the markdown table RESULTS.md carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "accuracy"), str(HERE.parent)]
+import provenance  # noqa: E402
+import spec  # noqa: E402
+
+RECORDS = spec.REPO / "benchmarks" / "results" / "tune"
+TUNE_ROOT = spec.REPO / "runs" / "tune-bench"  # git-ignored: the studies, their trials and refits
+
+
+def _mean_std(values: list[float]) -> list[float]:
+    return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def grid_figures(cell: str) -> dict:
+    """KD, the student alone and the best non-oracle method of ``cell`` (test accuracy over their final seeds), and
+    the run-seconds of the grid's selection phase there."""
+    finals: dict[str, list[float]] = {}
+    select_s = 0.0
+    for record in spec.load_records():
+        if record["cell"] != cell:
+            continue
+        if record["phase"] == "select":
+            select_s += record["wall_s"]
+        elif record["phase"] == "final" and record["method"] != "oracle":
+            finals.setdefault(record["method"], []).append(record["metrics"]["test_accuracy"])
+    best = max(finals, key=lambda m: statistics.fmean(finals[m])) if finals else None
+    return {"kd": _mean_std(finals["kd"]) if "kd" in finals else None,
+            "ce": _mean_std(finals["ce"]) if "ce" in finals else None,
+            "best_method": best, "best": _mean_std(finals[best]) if best else None,
+            "grid_select_run_s": round(select_s, 1)}
+
+
+def run_cell(name: str, trials: int, seeds: int) -> dict:
+    path = RECORDS / f"{name.replace('/', '__')}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import optuna
+
+    from lelp_lightning.tune.study import parse_options, run_study
+
+    cell = spec.CELLS[name]
+    study = name.replace("/", "__")
+    # the cell's run with the student's base learning rate (lr_factor multiplies it) and a method to replace
+    args = [*cell.args(), *spec.METHODS["ce"].build({}, 0), "--model.lr", str(spec.STUDENTS[cell.student].lr),
+            "--trainer.default_root_dir", str(TUNE_ROOT / "runs")]
+    tune = ["--tune.n_trials", str(trials), "--tune.seeds", str(seeds), "--tune.exclude", "[oracle]",
+            "--tune.root", str(TUNE_ROOT), "--tune.study_name", study]
+    start = time.perf_counter()
+    report = run_study(args, parse_options(tune))
+    if not report["complete"]:
+        raise SystemExit(f"{name}: the study is not complete; rerun to finish it.")
+    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{TUNE_ROOT / study / 'study.db'}")
+    ran = [t for t in loaded.trials if not t.user_attrs.get("surplus")]
+    refit = report["refit"]
+    record = {
+        "cell": name, "trials": trials, "seeds": seeds, "space": "default without the oracle",
+        "best_method": report["best_method"], "best_params": report["best_params"],
+        "best_val_accuracy": report["best_val_accuracy"],
+        "tuned_test_accuracy": [r["test_accuracy"] for r in refit["runs"]],
+        "tuned": [refit["test_accuracy_mean"], refit["test_accuracy_std"]],
+        "study_run_s": round(sum(t.user_attrs.get("wall_s", 0.0) for t in ran), 1),
+        "refit_run_s": round(sum(r["fit_seconds"] for r in refit["runs"]), 1),
+        "states": {s: sum(t.state.name.lower() == s for t in ran) for s in ("complete", "pruned", "fail")},
+        "methods_tried": sorted({t.params.get("method") for t in ran}),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "grid": grid_figures(name),
+        "git_sha": provenance.git_state("lelp_lightning", "benchmarks/tune")[0],
+        "git_dirty": provenance.git_state("lelp_lightning", "benchmarks/tune")[1],
+        "config": args + tune,
+        "versions": provenance.versions("torch", "lightning", "optuna", "numpy", "scikit-learn"),
+        "machine": provenance.machine(load_avg=[round(v, 2) for v in os.getloadavg()]),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return record
+
+
+def table() -> str:
+    pct = lambda ms: f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if ms else "–"  # noqa: E731
+    lines = ["| cell | tuned (method) | KD | student alone | best of the grid (method) | tuned − KD | study / grid "
+             "selection run-s |", "|---|---|---|---|---|---|---|"]
+    for path in sorted(RECORDS.glob("*.json")):
+        r = json.loads(path.read_text())
+        g = r["grid"]
+        delta = f"{100 * (r['tuned'][0] - g['kd'][0]):+.2f}" if g["kd"] else "–"
+        lines.append(f"| {r['cell']} | {pct(r['tuned'])} ({r['best_method']}) | {pct(g['kd'])} | {pct(g['ce'])} | "
+                     f"{pct(g['best'])} ({g['best_method']}) | {delta} | {r['study_run_s']:.0f} / "
+                     f"{g['grid_select_run_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", nargs="*", default=[])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    for name in args.cells:
+        if name not in spec.CELLS:
+            raise SystemExit(f"unknown cell {name!r}; cells: {', '.join(spec.DEFAULT_CELLS)}")
+        record = run_cell(name, args.trials, args.seeds)
+        print(f"{name}: tuned {record['tuned']} ({record['best_method']}), KD {record['grid']['kd']}")
+    if args.table:
+        print(table())
+
+
+if __name__ == "__main__":
+    main()
