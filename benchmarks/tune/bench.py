@@ -76,6 +76,7 @@ def run_cell(name: str, trials: int, seeds: int) -> dict:
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{TUNE_ROOT / study / 'study.db'}")
     ran = [t for t in loaded.trials if not t.user_attrs.get("surplus")]
     refit = report["refit"]
+    git = provenance.git_state("lelp_lightning", "benchmarks/tune")
     record = {
         "cell": name, "trials": trials, "seeds": seeds, "space": "default without the oracle",
         "best_method": report["best_method"], "best_params": report["best_params"],
@@ -88,8 +89,7 @@ def run_cell(name: str, trials: int, seeds: int) -> dict:
         "methods_tried": sorted({t.params.get("method") for t in ran}),
         "wall_s": round(time.perf_counter() - start, 1),
         "grid": grid_figures(name),
-        "git_sha": provenance.git_state("lelp_lightning", "benchmarks/tune")[0],
-        "git_dirty": provenance.git_state("lelp_lightning", "benchmarks/tune")[1],
+        "git_sha": git[0], "git_dirty": git[1],
         "config": args + tune,
         "versions": provenance.versions("torch", "lightning", "optuna", "numpy", "scikit-learn"),
         "machine": provenance.machine(load_avg=[round(v, 2) for v in os.getloadavg()]),

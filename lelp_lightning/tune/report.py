@@ -46,20 +46,29 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A complete trial's value; a pruned or failed one's last reported value (None if it reported none)."""
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
+def method_params(trial: optuna.trial.FrozenTrial) -> dict:
+    """The trial's parameters without the method and its prefix (``lelp.beta`` → ``beta``)."""
+    method = trial.params.get("method")
+    return {k.removeprefix(f"{method}."): v for k, v in trial.params.items() if k != "method"}
+
+
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial that ran (surplus trials, never run, are left out), best validation accuracy first;
     a pruned trial shows its last reported value."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus") or t.state in (TrialState.WAITING,):
+        if t.user_attrs.get("surplus") or t.state == TrialState.WAITING:
             continue
-        method = t.params.get("method")
-        value = t.value if t.state == TrialState.COMPLETE else \
-            (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "method": method,
-                     "params": json.dumps({k.removeprefix(f"{method}."): _short(v) for k, v in t.params.items()
-                                           if k != "method"}, sort_keys=True),
-                     "val_accuracy": value, "epochs": t.user_attrs.get("epochs"), "wall_s": t.user_attrs.get("wall_s"),
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "method": t.params.get("method"),
+                     "params": json.dumps({k: _short(v) for k, v in method_params(t).items()}, sort_keys=True),
+                     "val_accuracy": trial_value(t), "epochs": t.user_attrs.get("epochs"), "wall_s": t.user_attrs.get("wall_s"),
                      "note": t.user_attrs.get("error", "")})
     frame = pd.DataFrame(rows, columns=["trial", "state", "method", "params", "val_accuracy", "epochs", "wall_s",
                                         "note"]).astype({"epochs": "Int64"})

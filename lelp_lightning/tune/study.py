@@ -1,6 +1,6 @@
 """``lelp tune``: an Optuna study whose every trial is a real ``lelp fit`` on the cached teacher outputs.
 
-The teacher runs once, before the first trial (:func:`prepare`); each trial picks a method and its parameters
+The teacher runs once, before the first trial (:meth:`Base.prepare`); each trial picks a method and its parameters
 from the :class:`~lelp_lightning.tune.space.SearchSpace`, trains, reports validation accuracy after every epoch
 and is pruned through optuna-integration's Lightning callback when it is clearly losing. The study lives in an
 Optuna storage (SQLite next to the runs by default; any RDB URL or ``journal:<file>`` lets many processes on
@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
 from lelp_lightning.runs import build_cli
+from lelp_lightning.tune.report import method_params, trial_value, write_report
 from lelp_lightning.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -270,9 +271,9 @@ class _Budget:
                 study.stop()
         elif trial.state in FINISHED:
             self.failures = 0
-            value = trial.value if trial.state == TrialState.COMPLETE else _last(trial)
+            value = trial_value(trial)
             line = (f"trial {trial.number} {trial.state.name.lower()}: {trial.user_attrs.get('method')} "
-                    f"{_params(trial)} → {value:.4f} ({trial.user_attrs.get('wall_s', 0):.0f} s)")
+                    f"{method_params(trial)} → {float('nan') if value is None else value:.4f} ({trial.user_attrs.get('wall_s', 0):.0f} s)")
             (self.bar.write if self.bar is not None else print)(line)
         if done >= self.options.n_trials:
             study.stop()
@@ -282,20 +283,8 @@ def _state(study: optuna.Study, number: int) -> TrialState:
     return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def _last(trial: optuna.trial.FrozenTrial) -> float:
-    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else float("nan")
-
-
-def _params(trial: optuna.trial.FrozenTrial) -> dict:
-    """The trial's parameters without the method prefix (``lelp.beta`` → ``beta``)."""
-    method = trial.params.get("method")
-    return {k.removeprefix(f"{method}."): v for k, v in trial.params.items() if k != "method"}
-
-
 def run_study(args: list[str], options: TuneOptions) -> dict:
     """The whole of ``lelp tune``: prepare the cache, search until the budget is met, then report and refit."""
-    from lelp_lightning.tune.report import write_report
-
     folder, name = study_folder(args, options)
     base = Base(args, options)
     for method in base.dropped:
