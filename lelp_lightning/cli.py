@@ -6,6 +6,8 @@
     lelp cache ... --trainer.strategy ddp --trainer.devices N   # ... with N processes (docs/distributed.md)
     lelp strategies | lelp objectives | lelp students   # what is registered (plugins included)
     lelp tune --config my_run.yaml [--tune configs/tune/quick.yaml] [--tune.n_trials 40]   # Optuna study (docs/tune.md)
+    lelp active --config my_run.yaml [--active configs/active/rad.yaml] [--active.budget 0.3]   # docs/active.md
+    lelp selectors                                  # the registered selectors of lelp active
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
 before any argument is parsed, so their classes work by short name in YAML; a short name is recorded in the
@@ -51,6 +53,11 @@ def main(args: list[str] | None = None) -> int:
         if args[:1] == ["students"]:
             print(_list(students))
             return 0
+        if args[:1] == ["selectors"]:
+            from lelp_lightning.active import selectors
+
+            print(_list(selectors))
+            return 0
         if args[:1] == ["cache"]:
             cli = build_cli(args[1:], run=False)
             build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
@@ -68,6 +75,17 @@ def main(args: list[str] | None = None) -> int:
                 run_study(run_args, parse_options(tune_args))
             except KeyboardInterrupt:
                 print("lelp: tune interrupted; the same command resumes the study.", file=sys.stderr)
+                return 130
+            return 0
+        if args[:1] == ["active"]:
+            from lelp_lightning.active.loop import parse_options as parse_active
+            from lelp_lightning.active.loop import run_active, split_active_args
+
+            run_args, active_args = split_active_args(args[1:])
+            try:
+                run_active(run_args, parse_active(active_args))
+            except KeyboardInterrupt:
+                print("lelp: active run interrupted; the same command resumes it.", file=sys.stderr)
                 return 130
             return 0
         build_cli(args)

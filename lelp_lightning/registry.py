@@ -142,7 +142,8 @@ def load_plugins() -> list[str]:
     if _plugins_loaded:
         return loaded
     _plugins_loaded = True
-    for group in ("lelp_lightning.strategies", "lelp_lightning.objectives", "lelp_lightning.students"):
+    for group in ("lelp_lightning.strategies", "lelp_lightning.objectives", "lelp_lightning.students",
+                  "lelp_lightning.selectors"):
         for ep in importlib.metadata.entry_points(group=group):
             try:
                 ep.load()

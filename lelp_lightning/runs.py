@@ -7,6 +7,7 @@ through :func:`build_cli` / :func:`fit`.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import os
@@ -177,3 +178,38 @@ def lelp_error_behind(err: BaseException | None) -> LelpError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def split_group_args(args: list[str], group: str) -> tuple[list[str], list[str]]:
+    """(the run's own arguments, the ``--<group>`` / ``--<group>.<name>`` ones with their values)."""
+    run, options, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == f"--{group}" or arg.startswith((f"--{group}.", f"--{group}=")):
+            takes_value = "=" not in arg and i + 1 < len(args)
+            options += args[i:i + 1 + takes_value]
+            i += 1 + takes_value
+        else:
+            run.append(arg)
+            i += 1
+    return run, options
+
+
+def parse_group_options(cls: type, group: str, args: list[str]):
+    """``args`` (``--<group> <file>``, ``--<group>.<name> <value>``) as an instance of ``cls``; a wrong one is
+    one sentence naming the valid options."""
+    from jsonargparse import ArgumentParser
+
+    resolve_short_names()  # registered short names (``--active.selector rad``) resolve as in run configs
+    parser = ArgumentParser(prog=f"lelp {group}", exit_on_error=False)
+    parser.add_class_arguments(cls, group)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return getattr(parser.instantiate_classes(parser.parse_args(args)), group)
+    except Exception as err:
+        cause = lelp_error_behind(err)
+        if cause is not None:
+            raise cause from None
+        names = ", ".join(f"--{group}.{n}" for n in inspect.signature(cls).parameters)
+        raise LelpError(f"{group} options: {str(err).splitlines()[0]}; valid: --{group} <file>, {names}.") from None

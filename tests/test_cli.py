@@ -24,18 +24,19 @@ from helpers import (
 from lelp_lightning.cli import main
 
 ROOT = CONFIGS.parent
-# Every shipped run config: all of configs/ (every folder, new ones included) but configs/tune (the options of
-# `lelp tune`, exercised by tests/tune), and the YAML under benchmarks/ and examples/ (benchmarks/results/ holds run
-# records, not configs).
-TUNE_FOLDER = "configs/tune"
+# Every shipped run config: all of configs/ (every folder, new ones included) but configs/tune and configs/active
+# (the options of `lelp tune` and `lelp active`, exercised by tests/tune and tests/active), and the YAML under
+# benchmarks/ and examples/ (benchmarks/results/ holds run records, not configs).
+OPTION_FOLDERS = {"configs/tune", "configs/active"}
 ALL_CONFIGS = sorted(p.relative_to(ROOT).as_posix() for folder in ("configs", "benchmarks", "examples")
                      for p in (ROOT / folder).rglob("*.yaml")
-                     if "results" not in p.relative_to(ROOT).parts and p.parent.relative_to(ROOT).as_posix() != TUNE_FOLDER)
+                     if "results" not in p.relative_to(ROOT).parts
+                     and p.parent.relative_to(ROOT).as_posix() not in OPTION_FOLDERS)
 
 
 def test_the_shipped_config_list_covers_every_folder_of_configs():
     folders = {p.parent.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml")}
-    assert folders <= {Path(c).parent.as_posix() for c in ALL_CONFIGS} | {TUNE_FOLDER}
+    assert folders <= {Path(c).parent.as_posix() for c in ALL_CONFIGS} | OPTION_FOLDERS
     assert {"configs/method", "configs/experiments", "benchmarks/accuracy"} <= {Path(c).parent.as_posix() for c in ALL_CONFIGS}
 
 

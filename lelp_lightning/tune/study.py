@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from optuna.trial import TrialState
 
 from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
-from lelp_lightning.runs import build_cli
+from lelp_lightning.runs import build_cli, parse_group_options, split_group_args
 from lelp_lightning.tune.report import method_params, trial_value, write_report
 from lelp_lightning.tune.space import SearchSpace
 
@@ -331,32 +330,9 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
 
 def split_tune_args(args: list[str]) -> tuple[list[str], list[str]]:
     """(the run's own arguments, the ``--tune`` / ``--tune.<name>`` ones with their values)."""
-    run, tune, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--tune" or arg.startswith(("--tune.", "--tune=")):
-            takes_value = "=" not in arg and i + 1 < len(args)
-            tune += args[i:i + 1 + takes_value]
-            i += 1 + takes_value
-        else:
-            run.append(arg)
-            i += 1
-    return run, tune
+    return split_group_args(args, "tune")
 
 
 def parse_options(tune_args: list[str]) -> TuneOptions:
     """The ``--tune`` options as :class:`TuneOptions`; a wrong one is one sentence naming the valid ones."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="lelp tune", exit_on_error=False)
-    parser.add_class_arguments(TuneOptions, "tune")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return parser.instantiate_classes(parser.parse_args(tune_args)).tune
-    except Exception as err:
-        cause = next((e for e in (err, err.__cause__, err.__context__) if isinstance(e, LelpError)), None)
-        if cause is not None:
-            raise cause from None
-        names = ", ".join(f"--tune.{n}" for n in inspect.signature(TuneOptions).parameters)
-        raise LelpError(f"tune options: {str(err).splitlines()[0]}; valid: --tune <file>, {names}.") from None
+    return parse_group_options(TuneOptions, "tune", tune_args)
