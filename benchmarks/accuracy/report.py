@@ -10,6 +10,7 @@ when it exceeds twice its standard error (√(s₁²/n₁ + s₂²/n₂)); other
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -366,6 +367,18 @@ def current(records: list[dict], seeds: int) -> list[dict]:
     return [r for r in records if r["key"] in named]
 
 
+def companion_sections() -> list[str]:
+    """The sections of the benchmarks built on the grid's cells (``lelp tune``, ``lelp active``), from their records."""
+    out = []
+    for name in ("tune", "active"):
+        path = spec.REPO / "benchmarks" / name / "bench.py"
+        module_spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        out += module.section()
+    return out
+
+
 def main(seeds: int = 3) -> None:
     records = current(spec.load_records(), seeds)
     stats, chosen, teacher = final_stats(records, seeds)
@@ -426,7 +439,8 @@ def main(seeds: int = 3) -> None:
     lines += ["## Plots", ""] + plots(stats, ablations, kd) + [""]
     lines += ["## Selected hyper-parameters (validation, seed 0)", ""] + hp_table(chosen)
     lines += ["## Cost", ""] + cost(records)
-    lines += ["## The paper, for comparison", "", PAPER]
+    lines += ["## The paper, for comparison", "", PAPER, ""]
+    lines += companion_sections()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT} from {len(records)} records")
 

@@ -171,6 +171,19 @@ def table(cells: list[str]) -> str:
     return "\n".join(lines)
 
 
+def section() -> list[str]:
+    """The RESULTS.md section (``benchmarks/accuracy/report.py`` puts it after the grid): intro, tables, plot."""
+    cells = [c for c in CELLS if load(c)]
+    if not cells:
+        return []
+    plot(cells, RECORDS / "active_curves.png")
+    return ["## `lelp active`: student accuracy against teacher queries", "",
+            "`benchmarks/active/bench.py`; records in `benchmarks/results/active/`. Test accuracy % (mean ± std over "
+            f"seeds {', '.join(map(str, SEEDS))}) after {ROUNDS} rounds at each share of the pool; vanilla KD (τ = 1), "
+            "1,000 labeled rows; the whole-pool row is `lelp fit` with the teacher on every pool row.", "",
+            table(cells), "![accuracy against teacher queries](results/active/active_curves.png)", ""]
+
+
 def plot(cells: list[str], out: Path) -> None:
     import matplotlib
 

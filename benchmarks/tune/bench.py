@@ -116,6 +116,20 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def section() -> list[str]:
+    """The RESULTS.md section (``benchmarks/accuracy/report.py`` puts it after the grid): intro and table."""
+    records = [json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))]
+    if not records:
+        return []
+    trials = sorted({r["trials"] for r in records})
+    cpus = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores" for r in records})
+    return [f"## `lelp tune` against the grid ({'/'.join(map(str, trials))} trials, default space without the oracle, "
+            "refit on 3 seeds)", "",
+            "`benchmarks/tune/bench.py --cells <cell>`; records in `benchmarks/results/tune/`. Run-seconds: the sum "
+            "of the study's trial wall times / of the grid's selection runs for the cell. "
+            f"{len(records)} of {len(spec.DEFAULT_CELLS)} cells measured ({'; '.join(cpus)}).", "", table(), ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="*", default=[])
