@@ -36,6 +36,16 @@ def _list(registry) -> str:
     return "\n".join(f"{e.name:<{width}}  {e.cls.__name__:<28} {e.description}" for e in registry.entries())
 
 
+def _resumable(command: str, run) -> int:
+    """Run a command that resumes where it stopped; Ctrl-C ends it with status 130 and says how to resume."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        print(f"lelp: {command} interrupted; the same command resumes it.", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     args = list(sys.argv[1:] if args is None else args)
@@ -71,23 +81,13 @@ def main(args: list[str] | None = None) -> int:
             from lelp_lightning.tune.study import parse_options, run_study, split_tune_args
 
             run_args, tune_args = split_tune_args(args[1:])
-            try:
-                run_study(run_args, parse_options(tune_args))
-            except KeyboardInterrupt:
-                print("lelp: tune interrupted; the same command resumes the study.", file=sys.stderr)
-                return 130
-            return 0
+            return _resumable("tune", lambda: run_study(run_args, parse_options(tune_args)))
         if args[:1] == ["active"]:
             from lelp_lightning.active.loop import parse_options as parse_active
             from lelp_lightning.active.loop import run_active, split_active_args
 
             run_args, active_args = split_active_args(args[1:])
-            try:
-                run_active(run_args, parse_active(active_args))
-            except KeyboardInterrupt:
-                print("lelp: active run interrupted; the same command resumes it.", file=sys.stderr)
-                return 130
-            return 0
+            return _resumable("active", lambda: run_active(run_args, parse_active(active_args)))
         build_cli(args)
         return 0
     except Exception as err:

@@ -213,3 +213,19 @@ def parse_group_options(cls: type, group: str, args: list[str]):
             raise cause from None
         names = ", ".join(f"--{group}.{n}" for n in inspect.signature(cls).parameters)
         raise LelpError(f"{group} options: {str(err).splitlines()[0]}; valid: --{group} <file>, {names}.") from None
+
+
+def flat_config(cli: LelpCLI, leave_out: tuple[str, ...] = ()) -> dict:
+    """The run's resolved config as ``{"data.batch_size": 128, ...}`` (a class's ``{class_path, init_args}`` kept
+    whole), without the keys that start with one of ``leave_out``: what ties a study or an active run to its config."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and "class_path" not in value:
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    config = flat(json.loads(json.dumps(cli.config.as_dict(), default=str)))
+    return {k: v for k, v in config.items() if not k.startswith(leave_out)}

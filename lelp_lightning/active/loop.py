@@ -33,7 +33,7 @@ from lelp_lightning.active.selectors import RobustSelector, RoundView, Selector
 from lelp_lightning.core import FINAL
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
-from lelp_lightning.runs import build_cli, parse_group_options, split_group_args
+from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
 
 log = logging.getLogger(__name__)
 MONITOR = "val/accuracy"
@@ -103,16 +103,6 @@ def _write_json(path: Path, payload: dict) -> None:
     _atomic_save(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, default=str)))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and "class_path" not in value:
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @torch.inference_mode()
 def student_probabilities(model, inputs, positions: np.ndarray, batch_size: int) -> np.ndarray:
     """The student's class probabilities [n, C] on the rows ``positions`` of ``inputs``."""
@@ -154,8 +144,7 @@ class ActiveRun:
         configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
         stem = Path(configs[0]).stem if configs else "run"
         self.folder = Path(options.root) / (options.name or f"{stem}-{options.selector.registered_name}")
-        config = {k: v for k, v in _flat(json.loads(json.dumps(cli.config.as_dict(), default=str))).items()
-                  if not k.startswith(_RUN_OWNED)}
+        config = flat_config(cli, _RUN_OWNED)
         self.record = {"config": config, "selector": options.selector.describe(), "budget": options.budget,
                        "rounds": options.rounds, "seed": options.seed}
         self.fingerprint = hashlib.sha256(json.dumps(self.record, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
-from lelp_lightning.runs import build_cli, parse_group_options, split_group_args
+from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
 from lelp_lightning.tune.report import method_params, trial_value, write_report
 from lelp_lightning.tune.space import SearchSpace
 
@@ -103,8 +103,7 @@ class Base:
         self.lr = float(cli.config.model.lr)
         seed = cli.config.seed_everything
         self.seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0
-        config = {k: v for k, v in _flat(json.loads(json.dumps(cli.config.as_dict(), default=str))).items()
-                  if not k.startswith(_TRIAL_OWNED)}
+        config = flat_config(cli, _TRIAL_OWNED)
         self.fingerprint = hashlib.sha256(json.dumps([config, self.space.fingerprint()], sort_keys=True)
                                           .encode()).hexdigest()[:16]
 
@@ -118,16 +117,6 @@ class Base:
             for name in sorted(self.space.representations()):
                 data.plan.build_representation(name, data.progress)
         self.datamodule = None  # trials build their own; nothing keeps this one's arrays alive
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and "class_path" not in value:
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def study_folder(args: list[str], options: TuneOptions) -> tuple[Path, str]:
