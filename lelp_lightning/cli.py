@@ -8,6 +8,8 @@
     lelp tune --config my_run.yaml [--tune configs/tune/quick.yaml] [--tune.n_trials 40]   # Optuna study (docs/tune.md)
     lelp active --config my_run.yaml [--active configs/active/rad.yaml] [--active.budget 0.3]   # docs/active.md
     lelp selectors                                  # the registered selectors of lelp active
+    lelp export --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt --output student/   # ONNX + card
+    lelp serve student/ [--port 8000] [--max_batch_size 64]   # HTTP JSON endpoint (docs/serving.md)
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
 before any argument is parsed, so their classes work by short name in YAML; a short name is recorded in the
@@ -19,6 +21,7 @@ saved config as its class's import path. Bad input (a
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 from lelp_lightning.cache.teacher_pass import build_teacher_cache
@@ -88,6 +91,23 @@ def main(args: list[str] | None = None) -> int:
 
             run_args, active_args = split_active_args(args[1:])
             return _resumable("active", lambda: run_active(run_args, parse_active(active_args)))
+        if args[:1] == ["export"]:
+            from lelp_lightning.serving.export import export
+            from lelp_lightning.serving.export import parse_args as parse_export
+
+            options = parse_export(args[1:])
+            card = export(options.config, options.ckpt_path, options.output, options.opset, options.bench_seconds,
+                          command=shlex.join(["lelp", *args]))
+            speed = card["speed"] and f", {card['speed']['rows_per_s']:,.0f} rows/s at batch {card['speed']['batch_size']}"
+            print(f"exported to {options.output}: student.onnx ({card['onnx']['bytes'] / 2**20:.1f} MiB), test "
+                  f"accuracy {100 * card['accuracy']['exported_test']:.2f}%{speed or ''}; see {options.output}/model_card.md")
+            return 0
+        if args[:1] == ["serve"]:
+            from lelp_lightning.serving.server import parse_args as parse_serve
+            from lelp_lightning.serving.server import serve
+
+            serve(parse_serve(args[1:]))
+            return 0
         build_cli(args)
         return 0
     except Exception as err:

@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
+from lelp_lightning.loggers import AutoWandbLogger  # noqa: F401  (imported so configs name it bare)
 from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
 from lelp_lightning.registry import load_plugins, resolve_short_names

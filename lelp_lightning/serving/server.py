@@ -1,0 +1,207 @@
+"""``lelp serve <export folder>``: the exported student behind an HTTP JSON endpoint on LitServe, without torch.
+
+``POST /predict`` with ``{"texts": ["...", ...]}`` (an image student: ``{"images": [[[0-255, ...], ...], ...]}``)
+answers ``{"predictions": [{"label": ..., "probabilities": {label: p, ...}}, ...]}`` in the order of the inputs.
+LitServe gathers concurrent requests into one batch (up to ``max_batch_size`` requests, waiting at most
+``batch_timeout`` s). Every request is checked in the HTTP process before it is queued, because LitServe fails a
+whole batch when one of its requests fails: bad JSON is a 400, a wrong shape a 422, too much a 413, each with
+``{"detail": "<one sentence>"}``. ``GET /health`` answers ``ok`` once the model is loaded; Ctrl-C (SIGINT) or
+SIGTERM stops the server and its worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import litserve as ls
+import numpy as np
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.serving.predictor import FILES, Predictor
+
+
+class RequestError(Exception):
+    """A request that cannot be served: its HTTP status and one sentence saying what was expected."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def check_request(body: bytes, field: str, max_items: int, max_chars: int, image_shape: list[int] | None) -> list:
+    """The inputs of a request body, or :class:`RequestError` naming what was wrong."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(400, f"the request body is not valid JSON ({err}); send {{\"{field}\": [...]}}.") from None
+    if not isinstance(payload, dict) or set(payload) != {field}:
+        got = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise RequestError(422, f"expected a JSON object with the one field \"{field}\", got {got}.")
+    items = payload[field]
+    if not isinstance(items, list) or not items:
+        raise RequestError(422, f"\"{field}\" must be a non-empty list, got {json.dumps(items)[:80]}.")
+    if len(items) > max_items:
+        raise RequestError(413, f"{len(items)} {field} in one request; send at most {max_items} per request.")
+    if image_shape is None:
+        for i, text in enumerate(items):
+            if not isinstance(text, str):
+                raise RequestError(422, f"texts[{i}] is {type(text).__name__}, expected a string.")
+            if not text.strip():
+                raise RequestError(422, f"texts[{i}] is empty; every text needs at least one non-space character.")
+            if len(text) > max_chars:
+                raise RequestError(413, f"texts[{i}] has {len(text)} characters; at most {max_chars} are served.")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(422, f"texts[{i}] holds a lone surrogate; send valid Unicode text.") from None
+        return items
+    try:
+        images = np.asarray(items)
+    except ValueError:
+        images = None
+    if images is None or images.shape[1:] != tuple(image_shape) or images.dtype.kind not in "iu" \
+            or images.min() < 0 or images.max() > 255:
+        raise RequestError(422, f"\"images\" must be a list of {image_shape[0]}×{image_shape[1]} arrays of integers "
+                                "0-255.")
+    return images.astype(np.uint8).tolist()
+
+
+class CheckRequests:
+    """ASGI middleware: reads a ``POST`` body once, answers a bad one itself, and hands a good one on."""
+
+    def __init__(self, app, path: str, field: str, max_items: int, max_chars: int, image_shape: list[int] | None):
+        self.app, self.path, self.field = app, path, field
+        self.max_items, self.max_chars, self.image_shape = max_items, max_chars, image_shape
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            check_request(body, self.field, self.max_items, self.max_chars, self.image_shape)
+        except RequestError as err:
+            answer = json.dumps({"detail": err.detail}).encode()
+            await send({"type": "http.response.start", "status": err.status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+            await send({"type": "http.response.body", "body": answer})
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                        + [(b"content-type", b"application/json")]}, replay, send)
+
+
+class StudentAPI(ls.LitAPI):
+    """One worker's predictor: a batch is the concatenated inputs of the requests LitServe gathered."""
+
+    def __init__(self, folder: str, field: str, max_batch_size: int, batch_timeout: float):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.folder, self.field = folder, field
+
+    def setup(self, device) -> None:
+        # Ctrl-C reaches every process of the group: the server stops this worker itself, without a traceback here
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.predictor = Predictor.load(self.folder)
+        self.kind = self.predictor.kind
+
+    def decode_request(self, request: dict) -> list:
+        return request[self.field]
+
+    def batch(self, inputs: list[list]) -> tuple[list, list[int]]:
+        return [x for items in inputs for x in items], [len(items) for items in inputs]
+
+    def predict(self, batch) -> tuple[np.ndarray, list[int]]:
+        rows, counts = batch if isinstance(batch, tuple) else (batch, [len(batch)])  # batch of one: not batched
+        rows = np.asarray(rows, np.uint8) if self.kind == "pixels" else rows
+        return self.predictor.predict_proba(rows), counts
+
+    def unbatch(self, output) -> list[np.ndarray]:
+        probabilities, counts = output
+        return np.split(probabilities, np.cumsum(counts)[:-1])
+
+    def encode_response(self, output) -> dict:
+        if isinstance(output, tuple):  # not batched: predict's own output
+            output = output[0]
+        labels = self.predictor.labels
+        return {"predictions": [{"label": labels[int(p.argmax())],
+                                 "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)}}
+                                for p in output]}
+
+
+def build_server(folder: str | Path, max_batch_size: int = 64, batch_timeout: float = 0.005,
+                 max_items: int = 256, max_chars: int = 20000) -> ls.LitServer:
+    """A LitServer for the export in ``folder`` (checked here, so a wrong folder fails before any worker starts)."""
+    folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise LelpError(f"{folder} is not an export folder (missing {', '.join(missing)}); write one with "
+                        "`lelp export --config <run>/config.yaml --ckpt_path <ckpt> --output <dir>`.")
+    spec = json.loads((folder / "featurizer.json").read_text())
+    image_shape = spec["image_shape"] if spec["kind"] == "pixels" else None
+    field = "images" if image_shape else "texts"
+    api = StudentAPI(str(folder.resolve()), field, max_batch_size, batch_timeout)
+    check = (CheckRequests, {"path": "/predict", "field": field, "max_items": max_items, "max_chars": max_chars,
+                             "image_shape": image_shape})
+    return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, middlewares=[check],
+                        model_metadata={"export": str(folder.resolve())})
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise LelpError(f"lelp serve: {message}; usage: lelp serve <export folder> [--host H] [--port P] "
+                        "[--max_batch_size N] [--batch_timeout S] [--max_texts N] [--max_chars N].")
+
+
+def parse_args(args: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="lelp serve", description="Serve an exported student over HTTP (JSON in and out).")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_batch_size", type=int, default=64, help="requests gathered into one batch")
+    parser.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a batch waits to fill")
+    parser.add_argument("--max_texts", type=int, default=256, help="inputs allowed in one request")
+    parser.add_argument("--max_chars", type=int, default=20000, help="characters allowed in one text")
+    return parser.parse_args(args)
+
+
+def _stop_handler(main_pid: int):
+    """SIGINT / SIGTERM in the server's own process: LitServe's shutdown (it stops the HTTP server and the worker).
+    A forked HTTP process inherits the handler; there the signal keeps its default action, silently."""
+    def stop(signum, frame):
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return stop
+
+
+def serve(options: argparse.Namespace) -> None:
+    """Run the server until SIGINT / SIGTERM."""
+    stop = _stop_handler(os.getpid())
+    signal.signal(signal.SIGINT, stop)  # also where the shell started it with SIGINT ignored (`lelp serve ... &`)
+    signal.signal(signal.SIGTERM, stop)
+    server = build_server(options.folder, options.max_batch_size, options.batch_timeout, options.max_texts,
+                          options.max_chars)
+    logging.getLogger("litserve").setLevel(logging.WARNING)
+    print(f"lelp: serving {options.folder} on http://{options.host}:{options.port}/predict", flush=True)
+    server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")

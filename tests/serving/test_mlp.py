@@ -1,0 +1,31 @@
+"""The MLP student on MiniLM features, exported with the encoder inside the graph, predicted from raw text."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import CONFIGS, tiny_run_args
+
+from .exports import assert_matches_eager, fit_and_export, modules_imported_by_prediction
+
+
+@pytest.fixture(scope="module")
+def mlp(tweets_cache_dir, tmp_path_factory):
+    """The MLP student over all-MiniLM-L6-v2 features (max_length 64: the teacher's cached encoder entry)."""
+    root = tmp_path_factory.mktemp("mlp")
+    return fit_and_export(root, *tiny_run_args(tweets_cache_dir, root, "--config", str(CONFIGS / "student/mlp_minilm.yaml"),
+                                               "--data.featurizer.init_args.max_length", "64", wandb=False))
+
+
+def test_exported_mlp_with_its_encoder_equals_eager_pytorch_on_the_test_split(mlp):
+    spec = json.loads((mlp.folder / "featurizer.json").read_text())
+    assert (spec["kind"], spec["max_length"], spec["normalize"]) == ("sentence_encoder", 64, True)
+    assert (mlp.folder / "tokenizer.json").is_file()
+    assert_matches_eager(mlp)  # raw text → tokens → encoder in ONNX against the cached torch features
+    card = json.loads((mlp.folder / "model_card.json").read_text())
+    assert card["student"]["encoder_parameters"] > 20_000_000 and card["student"]["parameters"] == 384 * 128 + 128 + 129 * 8
+
+
+def test_mlp_predictor_imports_neither_torch_nor_lightning(mlp):
+    heavy, probabilities = modules_imported_by_prediction(mlp.folder, "['what a great day', 'awful traffic']")
+    assert heavy == [] and np.asarray(probabilities).shape == (2, 2)
