@@ -8,6 +8,7 @@
     lelp tune --config my_run.yaml [--tune configs/tune/quick.yaml] [--tune.n_trials 40]   # Optuna study (docs/tune.md)
     lelp active --config my_run.yaml [--active configs/active/rad.yaml] [--active.budget 0.3]   # docs/active.md
     lelp selectors                                  # the registered selectors of lelp active
+    lelp search --config my_run.yaml --search.space configs/search/hashed_bag.yaml   # LayerNAS (docs/search.md)
     lelp export --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt --output student/   # ONNX + card
     lelp serve student/ [--port 8000] [--max_batch_size 64]   # HTTP JSON endpoint (docs/serving.md)
 
@@ -91,6 +92,12 @@ def main(args: list[str] | None = None) -> int:
 
             run_args, active_args = split_active_args(args[1:])
             return _resumable("active", lambda: run_active(run_args, parse_active(active_args)))
+        if args[:1] == ["search"]:
+            from lelp_lightning.search.study import parse_options as parse_search
+            from lelp_lightning.search.study import run_search, split_search_args
+
+            run_args, search_args = split_search_args(args[1:])
+            return _resumable("search", lambda: run_search(run_args, parse_search(search_args), search_args))
         if args[:1] == ["export"]:
             from lelp_lightning.serving.export import export
             from lelp_lightning.serving.export import parse_args as parse_export

@@ -24,10 +24,10 @@ from helpers import (
 from lelp_lightning.cli import main
 
 ROOT = CONFIGS.parent
-# Every shipped run config: all of configs/ (every folder, new ones included) but configs/tune and configs/active
-# (the options of `lelp tune` and `lelp active`, exercised by tests/tune and tests/active), and the YAML under
-# benchmarks/ and examples/ (benchmarks/results/ holds run records, not configs).
-OPTION_FOLDERS = {"configs/tune", "configs/active"}
+# Every shipped run config: all of configs/ (every folder, new ones included) but configs/tune, configs/active and
+# configs/search (the options of `lelp tune`, `lelp active` and `lelp search`, exercised by tests/tune, tests/active
+# and tests/search), and the YAML under benchmarks/ and examples/ (benchmarks/results/ holds run records, not configs).
+OPTION_FOLDERS = {"configs/tune", "configs/active", "configs/search"}
 ALL_CONFIGS = sorted(p.relative_to(ROOT).as_posix() for folder in ("configs", "benchmarks", "examples")
                      for p in (ROOT / folder).rglob("*.yaml")
                      if "results" not in p.relative_to(ROOT).parts

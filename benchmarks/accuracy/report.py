@@ -368,9 +368,10 @@ def current(records: list[dict], seeds: int) -> list[dict]:
 
 
 def companion_sections() -> list[str]:
-    """The sections of the benchmarks built on the grid's cells (``lelp tune``, ``lelp active``), from their records."""
+    """The sections of the benchmarks built on the grid's cells (``lelp tune``, ``lelp active``, ``lelp search``), from
+    their records."""
     out = []
-    for name in ("tune", "active"):
+    for name in ("tune", "active", "search"):
         path = spec.REPO / "benchmarks" / name / "bench.py"
         module_spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
         module = importlib.util.module_from_spec(module_spec)

@@ -151,7 +151,7 @@ def make_storage(options: TuneOptions, folder: Path) -> optuna.storages.BaseStor
             if type(err).__name__ == "IntegrityError" and attempt < 2:
                 time.sleep(1.0 + attempt)
                 continue
-            raise LelpError(f"tune storage {url!r} could not be opened ({type(err).__name__}: "
+            raise LelpError(f"Optuna storage {url!r} could not be opened ({type(err).__name__}: "
                             f"{str(err).splitlines()[0]}); expected an Optuna RDB URL (sqlite:///file.db, "
                             "postgresql://…, mysql://…) or journal:<file>.") from err
 

@@ -184,4 +184,4 @@ def test_a_study_refuses_another_base_config_and_bad_options(tweets_cache_dir, t
     bad = run_main("tune", *tune_args(tweets_cache_dir, tmp_path, "--tune.space", str(space)))
     assert bad.returncode == 2 and "method 'm' has no parameter 'tau'" in bad.stderr
     bad = run_main("tune", *tune_args(tweets_cache_dir, tmp_path, "--tune.storage", "nosuchdb://x"))
-    assert bad.returncode == 2 and "tune storage 'nosuchdb://x' could not be opened" in bad.stderr
+    assert bad.returncode == 2 and "Optuna storage 'nosuchdb://x' could not be opened" in bad.stderr

@@ -1,0 +1,1 @@
+"""LayerNAS over student architectures under a size or latency budget (``lelp search``)."""

@@ -1,0 +1,450 @@
+"""``lelp search``: the smallest or fastest student that keeps the accuracy, found with LayerNAS on Optuna.
+
+Every candidate architecture is an Optuna trial (one categorical parameter per layer: the value's index), scored by
+a short ``lelp fit`` (``--search.epochs``) on the cached teacher outputs and ranked on validation accuracy. With
+``method: layernas`` the candidates of each layer are enqueued into the study (``enqueue_trial``, skipping those
+already there) and any number of processes sharing its storage run them (``study.optimize``); each process follows
+the same deterministic layer-by-layer plan, so a rerun or an extra worker resumes where the study stands.
+``random`` and ``tpe`` are Optuna's own samplers over the same space with the same budget of trials. At the end the
+Pareto front (cost against validation accuracy), a runnable YAML for the best student under each budget, and those
+students trained fully (the run's own ``trainer.max_epochs``) and tested on ``--search.seeds`` seeds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from lelp_lightning.errors import LelpError
+from lelp_lightning.runs import build_cli, fit, flat_config, parse_group_options, split_group_args
+from lelp_lightning.search.layernas import Arch, bucket_edges, bucket_of, layernas, pareto_front
+from lelp_lightning.search.space import ArchSpace
+from lelp_lightning.tune.study import make_storage
+
+log = logging.getLogger(__name__)
+METHODS = ("layernas", "random", "tpe")
+COSTS = ("params", "latency")
+MONITOR = "val/accuracy"
+_RUN_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar",
+              "trainer.enable_model_summary", "data.progress", "trainer.max_epochs")
+
+
+class SearchOptions:
+    """What ``lelp search`` searches and how (``--search.<name>`` or a ``--search <file>``).
+
+    Args:
+        space: the layers and their options: a YAML file (``configs/search/``) or the mapping itself.
+        method: ``layernas``, or Optuna's ``random`` / ``tpe`` sampler over the same space (baselines).
+        cost: ``params`` (the student's parameter count) or ``latency`` (median ms of a forward pass of
+            ``latency_batch`` validation rows on this machine).
+        buckets: H, the number of cost buckets LayerNAS keeps a best candidate of.
+        epochs: the training epochs of a candidate's score (a short proxy; the chosen ones train fully).
+        n_trials: the budget of ``random`` / ``tpe`` (default: LayerNAS's bound H · max|options| · L).
+        budgets: costs, as fractions of the default architecture's cost, under which the best student is kept,
+            written as YAML, trained fully and tested.
+        seeds: how many seeds the chosen students are trained and tested with (0: none).
+        workers: processes on this machine sharing the study (more on other machines: the same command with the
+            same ``storage``).
+        storage: an Optuna storage URL; default ``sqlite:///<folder>/study.db``. root / name: the folder
+            ``root/name`` (default name: the first ``--config``'s stem and the method).
+        seed: the samplers' seed. heartbeat_interval / grace_period: seconds after which a killed worker's trial
+            is marked failed and retried once with the same architecture.
+    """
+
+    def __init__(self, space: str | dict = "", method: str = "layernas", cost: str = "params",
+                 latency_batch: int = 1, buckets: int = 10, epochs: int = 2, n_trials: int | None = None,
+                 budgets: list[float] = (1.0, 0.5, 0.25), seeds: int = 3, workers: int = 1,
+                 storage: str | None = None, root: str = "runs/search", name: str | None = None, seed: int = 0,
+                 heartbeat_interval: int = 10, grace_period: int = 30):
+        if method not in METHODS:
+            raise LelpError(f"search method must be one of {METHODS}, got {method!r}.")
+        if cost not in COSTS:
+            raise LelpError(f"search cost must be one of {COSTS}, got {cost!r}.")
+        for option, value in (("buckets", buckets), ("epochs", epochs), ("workers", workers),
+                              ("latency_batch", latency_batch)):
+            if int(value) != value or value < 1:
+                raise LelpError(f"search {option} must be an integer >= 1, got {value}.")
+        if not budgets or any(not 0 < b <= 1 for b in budgets):
+            raise LelpError(f"search budgets must be fractions of the default's cost in (0, 1], got {list(budgets)}.")
+        if not space:
+            raise LelpError("lelp search needs --search.space: a YAML file with the layers and their options "
+                            "(see configs/search/).")
+        self.space = ArchSpace.from_dict(space) if isinstance(space, dict) else ArchSpace.load(space)
+        self.space_source = space
+        self.method, self.cost, self.latency_batch = method, cost, int(latency_batch)
+        self.buckets, self.epochs, self.n_trials = int(buckets), int(epochs), n_trials
+        self.budgets, self.seeds, self.workers = sorted(set(budgets), reverse=True), seeds, int(workers)
+        self.storage, self.root, self.name, self.seed = storage, root, name, seed
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+
+    def trial_budget(self) -> int:
+        return self.n_trials or self.buckets * max(self.space.num_options) * len(self.space.layers)
+
+
+def split_search_args(args: list[str]) -> tuple[list[str], list[str]]:
+    return split_group_args(args, "search")
+
+
+def parse_options(search_args: list[str]) -> SearchOptions:
+    return parse_group_options(SearchOptions, "search", search_args)
+
+
+def measure_cost(cli, kind: str, batch: int) -> dict:
+    """The student's parameter count and forward latency (median ms over 30 passes of ``batch`` validation rows)."""
+    student = cli.model.student
+    params = sum(p.numel() for p in student.parameters())
+    out = {"params": int(params)}
+    if kind == "latency":
+        data = cli.datamodule
+        data.setup()
+        inputs = data.dataset("val").__getitems__(list(range(min(batch, len(data.split_cache("val"))))))["inputs"]
+        was_training = student.training
+        student.eval()
+        times = []
+        with torch.inference_mode():
+            for i in range(35):
+                start = time.perf_counter()
+                student(inputs)
+                if i >= 5:
+                    times.append(1000 * (time.perf_counter() - start))
+        student.train(was_training)
+        out["latency_ms"] = statistics.median(times)
+    out["cost"] = float(out["latency_ms"] if kind == "latency" else out["params"])
+    return out
+
+
+class Search:
+    """The user's run, the space and the study: candidates, their scores and the report."""
+
+    def __init__(self, args: list[str], options: SearchOptions):
+        self.args, self.options = list(args), options
+        cli = build_cli([*args, "--data.progress", "false"], run=False)  # bad input fails here
+        self.space = options.space
+        self.space.check_against({"model.student": type(cli.model.student), "data.featurizer": type(cli.datamodule.featurizer)})
+        config = cli.config.as_dict()
+        self.defaults = {"model.student": (config["model"]["student"] or {}).get("init_args", {}),
+                         "data.featurizer": ((config["data"].get("featurizer") or {}).get("init_args", {}))}
+        self.full_epochs = int(cli.config.trainer.max_epochs or 1)
+        configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+        self.folder = Path(options.root) / (options.name or f"{Path(configs[0]).stem if configs else 'run'}-{options.method}")
+        self.identity = {"config": flat_config(cli, _RUN_OWNED), "space": self.space.fingerprint(),
+                         "cost": options.cost, "latency_batch": options.latency_batch, "epochs": options.epochs,
+                         "method": options.method}
+        self.datamodule = cli.datamodule
+        del cli
+
+    # -- the cache, the costs ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        data = self.datamodule
+        data.cache.root.mkdir(parents=True, exist_ok=True)
+        with open(data.cache.root / ".search-prepare.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data.prepare_data()
+        self.datamodule = None
+
+    def arch_args(self, arch: Arch) -> list[str]:
+        return [*self.args, *self.space.overrides(arch, self.defaults)]
+
+    def cost_of(self, arch: Arch) -> dict:
+        cli = build_cli([*self.arch_args(arch), "--data.progress", "false"], run=False)
+        try:
+            return measure_cost(cli, self.options.cost, self.options.latency_batch)
+        finally:
+            del cli
+            gc.collect()
+
+    def extremes(self) -> tuple[dict, dict]:
+        """The costs of the default architecture (every layer's first value) and of the last value everywhere."""
+        path = self.folder / "extremes.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return saved["default"], saved["smallest"]
+        default, smallest = self.cost_of(tuple(0 for _ in self.space.layers)), \
+            self.cost_of(tuple(n - 1 for n in self.space.num_options))
+        _write(path, json.dumps({"default": default, "smallest": smallest}))
+        return default, smallest
+
+    # -- the study ---------------------------------------------------------------------------------------------
+    def open_study(self) -> optuna.Study:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        storage = make_storage(self.options, self.folder)
+        sampler = {"random": optuna.samplers.RandomSampler(seed=self.options.seed),
+                   "tpe": optuna.samplers.TPESampler(seed=self.options.seed, multivariate=True)
+                   }.get(self.options.method, optuna.samplers.RandomSampler(seed=self.options.seed))
+        name = self.folder.name
+        for attempt in range(5):
+            try:
+                study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
+                                            load_if_exists=True)
+                break
+            except Exception:  # two workers creating the tables of a new SQLite file at once
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+        made_for = study.user_attrs.get("identity")
+        if made_for is None:
+            study.set_user_attr("identity", self.identity)
+        elif made_for != json.loads(json.dumps(self.identity)):
+            raise LelpError(f"study {name!r} in {self.options.storage or self.folder / 'study.db'} was made for another base config, space, cost or method; give "
+                            "this one its own --search.name or --search.root.")
+        return study
+
+    def objective(self, trial: optuna.Trial) -> float:
+        enqueued = "fixed_params" in trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        if self.options.method == "layernas" and not enqueued:
+            trial.set_user_attr("surplus", True)  # another worker took the candidate this process meant to run
+            raise optuna.TrialPruned("no enqueued candidate was left")
+        arch = tuple(trial.suggest_categorical(layer.name, list(range(len(layer.values))))
+                     for layer in self.space.layers)
+        trial.set_user_attr("values", self.space.values(arch))
+        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(self.folder), "name": "trials", "version": f"trial_{trial.number:04d}"}}
+        start = time.perf_counter()
+        cli = build_cli([*self.arch_args(arch), "--trainer.max_epochs", str(self.options.epochs),
+                         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
+                         "--trainer.enable_model_summary", "false", "--data.progress", "false",
+                         "--trainer.default_root_dir", str(self.folder / "trials")], run=False)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            value = cli.trainer.callback_metrics.get(MONITOR)
+            if value is None:
+                value = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0][MONITOR]
+            for key, v in measure_cost(cli, self.options.cost, self.options.latency_batch).items():
+                trial.set_user_attr(key, v)
+            return float(value)
+        except Exception as err:  # kept beside the trial: the front and the error below say why it failed
+            trial.set_user_attr("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            raise
+        finally:
+            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 2))
+            if cli.trainer.log_dir:  # a candidate's weights are not kept: the chosen ones are trained again fully
+                shutil.rmtree(Path(cli.trainer.log_dir) / "checkpoints", ignore_errors=True)
+            del cli
+            gc.collect()
+
+    def run_enqueued(self, study: optuna.Study, archs: list[Arch]) -> dict[Arch, tuple[float, float]]:
+        """Enqueue ``archs`` (those not in the study yet) and run waiting trials until every one has finished."""
+        names = [layer.name for layer in self.space.layers]
+        for arch in archs:
+            study.enqueue_trial(dict(zip(names, arch, strict=True)), skip_if_exists=True)
+        while True:
+            done = scores_of(study, names)
+            if all(a in done for a in archs):
+                if all(done[a][1] == -math.inf for a in archs):
+                    errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+                    raise LelpError(f"every candidate of this layer failed to train (the first: "
+                                    f"{next((e for e in errors if e), 'no error recorded')}); check the run config "
+                                    "with `lelp fit` first.")
+                return {a: done[a] for a in archs}
+            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.optimize(self.objective, n_trials=1, catch=(Exception,))
+            else:
+                time.sleep(2)  # the rest is running in other processes (or its retry is on the way)
+
+    def search(self, study: optuna.Study, edges: list[float]) -> None:
+        if self.options.method == "layernas":
+            layernas(self.space.num_options, self.options.buckets, edges,
+                     lambda archs: self.run_enqueued(study, archs))
+            return
+        budget = self.options.trial_budget()
+        finished = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))  # noqa: E731
+
+        def stop_at_budget(study_, trial_):
+            if finished() >= budget:
+                study_.stop()
+
+        if finished() < budget:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(self.objective, callbacks=[stop_at_budget], catch=(Exception,))
+
+
+def scores_of(study: optuna.Study, names: list[str]) -> dict[Arch, tuple[float, float]]:
+    """(cost, validation accuracy) of every finished candidate; a failed one scores −∞ (never kept)."""
+    out: dict[Arch, tuple[float, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get("surplus") or not all(n in t.params for n in names):
+            continue
+        arch = tuple(t.params[n] for n in names)
+        if t.state == TrialState.COMPLETE:
+            out[arch] = (float(t.user_attrs["cost"]), float(t.value))
+        elif arch not in out and not _will_retry(study, t):
+            out[arch] = (math.inf, -math.inf)
+    return out
+
+
+def _will_retry(study: optuna.Study, trial) -> bool:
+    """A trial failed by the heartbeat gets one retry (a waiting or running copy of it)."""
+    return any(t.system_attrs.get("failed_trial") == trial.number
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)))
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _worker(args: list[str], search_args: list[str]) -> None:
+    search = Search(args, parse_options(search_args))
+    study = search.open_study()
+    default, smallest = search.extremes()
+    search.search(study, bucket_edges(smallest["cost"], default["cost"], search.options.buckets))
+
+
+def run_search(args: list[str], options: SearchOptions, search_args: list[str] | None = None) -> dict:
+    """The whole of ``lelp search``: prepare the cache, search (with ``workers`` processes), report, train the chosen."""
+    search = Search(args, options)
+    search.prepare()
+    study = search.open_study()
+    default, smallest = search.extremes()
+    cheapest = min(options.budgets) * default["cost"]
+    if cheapest < smallest["cost"]:
+        raise LelpError(f"the budget {min(options.budgets)} × the default's cost ({default['cost']:.4g} "
+                        f"{options.cost}) = {cheapest:.4g} is below every candidate's cost (the smallest architecture "
+                        f"costs {smallest['cost']:.4g}); expected budgets of at least "
+                        f"{smallest['cost'] / default['cost']:.3g}.")
+    edges = bucket_edges(smallest["cost"], default["cost"], options.buckets)
+    others = []
+    if options.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        others = [context.Process(target=_worker, args=(args, [*(search_args or []), "--search.workers", "1"]))
+                  for _ in range(options.workers - 1)]
+        for p in others:
+            p.start()
+    try:
+        search.search(study, edges)
+    finally:
+        for p in others:
+            p.join()
+    return report(search, study, default, edges)
+
+
+def report(search: Search, study: optuna.Study, default: dict, edges: list[float]) -> dict:
+    """front.csv / front.png, a YAML per budget, and the chosen students trained fully and tested (resumable)."""
+    import pandas as pd
+
+    names = [layer.name for layer in search.space.layers]
+    scores = {a: s for a, s in scores_of(study, names).items() if s[1] > -math.inf}
+    front = set(pareto_front(scores))
+    trials = {tuple(t.params[n] for n in names): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if all(n in t.params for n in names)}
+    rows = []
+    for arch, (cost, value) in sorted(scores.items(), key=lambda item: item[1][0]):
+        t = trials[arch]
+        rows.append({"trial": t.number, **search.space.values(arch), "cost": cost, "params": t.user_attrs["params"],
+                     "latency_ms": t.user_attrs.get("latency_ms"), "val_accuracy": value, "pareto": arch in front,
+                     "bucket": bucket_of(cost, edges), "wall_s": t.user_attrs.get("wall_s")})
+    frame = pd.DataFrame(rows)
+    tmp = search.folder / f".front.csv.tmp{os.getpid()}"
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, search.folder / "front.csv")
+    plot_front(frame, default, search.options.cost, search.folder / "front.png", search.options.method)
+    chosen = []
+    for budget in search.options.budgets:
+        affordable = {a: s for a, s in scores.items() if s[0] <= budget * default["cost"] * (1 + 1e-9)}
+        if not affordable:
+            chosen.append({"budget": budget, "arch": None})
+            continue
+        arch = max(affordable, key=lambda a: (affordable[a][1], -affordable[a][0]))
+        chosen.append({"budget": budget, "arch": arch, "values": search.space.values(arch),
+                       "cost": affordable[arch][0], "val_accuracy": affordable[arch][1],
+                       "yaml": str(best_yaml(search, arch, budget))})
+    results = train_chosen(search, chosen)
+    summary = {"method": search.options.method, "trials": len(study.trials), "finished": len(scores),
+               "default_cost": default["cost"], "cost": search.options.cost, "chosen": results}
+    _write(search.folder / "search.json", json.dumps(summary, indent=1, default=str))
+    print(format_summary(summary, search.folder))
+    return summary
+
+
+def best_yaml(search: Search, arch: Arch, budget: float) -> Path:
+    cli = build_cli([*search.arch_args(arch), "--trainer.max_epochs", str(search.full_epochs),
+                     "--trainer.default_root_dir", str(search.folder / f"budget_{budget:g}")], run=False)
+    path = search.folder / f"best_{budget:g}.yaml"
+    _write(path, f"# lelp search: the best student within {budget:g} × the default's {search.options.cost} "
+                 f"({search.space.values(arch)}); run it with: lelp fit --config {path.name}\n"
+                 + cli.parser.dump(cli.config, skip_none=False))
+    del cli
+    return path
+
+
+def train_chosen(search: Search, chosen: list[dict]) -> list[dict]:
+    """Each budget's student trained with the run's full epochs on ``seeds`` seeds, tested once each (kept on disk;
+    an architecture chosen under several budgets is trained once)."""
+    path = search.folder / "chosen.json"
+    done = {(json.dumps(r["values"], sort_keys=True), r["seed"]): r
+            for r in (json.loads(path.read_text()) if path.is_file() else [])}
+    for entry in chosen:
+        if entry["arch"] is None:
+            continue
+        accs = []
+        for seed in range(search.options.seeds):
+            key = (json.dumps(entry["values"], sort_keys=True), seed)
+            if key not in done:
+                logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                          "init_args": {"save_dir": str(search.folder), "name": f"budget_{entry['budget']:g}",
+                                        "version": f"seed_{seed}"}}
+                summary = fit(["--config", entry["yaml"], "--seed_everything", str(seed), "--trainer.logger",
+                               json.dumps(logger), "--trainer.enable_progress_bar", "false",
+                               "--trainer.enable_model_summary", "false", "--data.progress", "false"])
+                done[key] = {"values": entry["values"], "seed": seed, "test_accuracy": summary["student"]["test_accuracy"]}
+                _write(path, json.dumps(list(done.values()), indent=1))
+            accs.append(done[key]["test_accuracy"])
+        if accs:
+            entry["test_accuracy"] = [statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0]
+    return chosen
+
+
+def plot_front(frame, default: dict, cost: str, out: Path, method: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if len(frame):
+        ax.scatter(frame["cost"], 100 * frame["val_accuracy"], s=14, alpha=0.5, label=f"{method} candidates")
+        front = frame[frame["pareto"]].sort_values("cost")
+        ax.step(front["cost"], 100 * front["val_accuracy"], where="post", color="black", label="Pareto front")
+    ax.axvline(default["cost"], color="grey", linestyle=":", label="default")
+    ax.set_xscale("log")
+    ax.set_xlabel(cost)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_name(f"{out.name}.tmp{os.getpid()}.png"), dpi=110)
+    os.replace(out.with_name(f"{out.name}.tmp{os.getpid()}.png"), out)
+    plt.close(fig)
+
+
+def format_summary(summary: dict, folder: Path) -> str:
+    lines = [f"lelp search ({summary['method']}): {summary['finished']} candidates scored; default "
+             f"{summary['cost']} {summary['default_cost']:.4g}",
+             f"{'budget':<8}{'cost':>14}{'val acc':>9}{'test acc':>18}  architecture"]
+    for c in summary["chosen"]:
+        if c["arch"] is None:
+            lines.append(f"{c['budget']:<8g}  no candidate within the budget")
+            continue
+        test = c.get("test_accuracy")
+        shown = f"{100 * test[0]:.2f} ± {100 * test[1]:.2f}" if test else "–"
+        lines.append(f"{c['budget']:<8g}{c['cost']:>14.4g}{100 * c['val_accuracy']:>8.2f}%{shown:>18}  {c['values']}")
+    lines.append(f"front, YAMLs and results in {folder}")
+    return "\n".join(lines)
+
