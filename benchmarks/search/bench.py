@@ -112,7 +112,7 @@ def _pct(values: list[float]) -> str:
 
 
 def table() -> str:
-    lines = ["| cell | method | candidates | best within 1.0 × default (params, test %) | best within 0.25 × default "
+    lines = ["| cell | method | distinct candidates / trials | best within 1.0 × default (params, test %) | best within 0.25 × default "
              "(params, test %) | default (params, test %) |", "|---|---|---|---|---|---|"]
     for cell in CELLS:
         ref = RECORDS / f"{cell.replace('/', '__')}__default.json"
@@ -132,7 +132,8 @@ def table() -> str:
                 cols.append(f"{chosen['cost']:,.0f} ({chosen['values']}): "
                             + (f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}" if acc else "–"))
             ref_col = (f"{r['summary']['default_cost']:,.0f}: {_pct(default['test_accuracy'])}" if default else "—")
-            lines.append(f"| {cell} | {method} | {r['summary']['finished']} | {cols[0]} | {cols[1]} | {ref_col} |")
+            lines.append(f"| {cell} | {method} | {r['summary']['finished']} / {r['summary']['trials']} | {cols[0]} | "
+                         f"{cols[1]} | {ref_col} |")
     return "\n".join(lines)
 
 
@@ -170,7 +171,8 @@ def section() -> list[str]:
     return ["## `lelp search`: LayerNAS against random search and TPE at equal trials", "",
             "`benchmarks/search/bench.py`; records in `benchmarks/results/search/`. Cost: the student's parameters. "
             "Candidates scored on validation after a short proxy fit; the chosen ones (and the default architecture) "
-            f"trained with the cell's epochs on {SEEDS} seeds and tested once. Vanilla KD (τ = 1).", "", table(), "",
+            f"trained with the cell's epochs on {SEEDS} seeds and tested once. Vanilla KD (τ = 1). Random search and "
+            "TPE sample with replacement, so some of their trials repeat a candidate.", "", table(), "",
             "![Pareto fronts](results/search/fronts.png)", ""]
 
 
