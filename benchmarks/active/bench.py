@@ -166,6 +166,10 @@ def table(cells: list[str]) -> str:
                       for b in BUDGETS}
             lines.append("| teacher rows needed (labeled + val + test + queries) | "
                          + " | ".join(f"{needed[b]:,}" if needed[b] else "—" for b in BUDGETS) + " |")
+            whole = summary["pool"] + summary["teacher_rows_needed"] - summary["budget"]  # every training row, val, test
+            lines.append("| teacher time at the measured rate, s (whole pool: "
+                         f"{whole * per_row:,.0f} s for {whole:,} rows) | "
+                         + " | ".join(f"{needed[b] * per_row:,.0f}" if needed[b] else "—" for b in BUDGETS) + " |")
         lines += ["", f"Round 0 (labeled rows only) validation accuracy: {_mean_std(labeled_only)}." if labeled_only
                   else "", ""]
     return "\n".join(lines)

@@ -99,6 +99,14 @@ def _atomic_save(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _save_arrays(path: Path, arrays: dict) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_save(path, write)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     _atomic_save(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, default=str)))
 
@@ -209,7 +217,7 @@ class ActiveRun:
                                    f"distinct valid rows; round {r} needs exactly {view.batch}.")
             selection = {"queried": unqueried[picked], "student": probabilities[picked]}
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(path, lambda tmp: np.savez(open(tmp, "wb"), **selection))
+            _save_arrays(path, selection)
         if "kept" not in selection:
             before = (self.store.spent.rows, self.store.spent.seconds)
             self.store.query(selection["queried"], self.options.progress)
@@ -218,7 +226,7 @@ class ActiveRun:
             selection["kept"] = np.sort(np.asarray(self.options.selector.keep(selection["queried"], selection["student"],
                                                                               teacher), np.int64))
             selection["encoded"] = np.array([self.store.spent.rows - before[0], self.store.spent.seconds - before[1]])
-            _atomic_save(path, lambda tmp: np.savez(open(tmp, "wb"), **selection))
+            _save_arrays(path, selection)
         return selection
 
     def queried_before(self, r: int) -> np.ndarray:
