@@ -254,8 +254,9 @@ class Search:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.optimize(self.objective, n_trials=1, catch=(Exception,))
-            else:
-                time.sleep(2)  # the rest is running in other processes (or its retry is on the way)
+            else:  # the rest runs in other processes; a killed one's trial is failed (and retried) once it is stale
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(1)
 
     def search(self, study: optuna.Study, edges: list[float]) -> None:
         if self.options.method == "layernas":

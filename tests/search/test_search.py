@@ -45,13 +45,13 @@ def test_the_cost_is_the_hand_count_of_the_students_parameters(tweets_cache_dir,
     assert latency["params"] == hand and latency["latency_ms"] > 0 and latency["cost"] == latency["latency_ms"]
 
 
-def test_a_two_layer_search_through_the_console_script(tweets_cache_dir, tmp_path):
-    done = run_lelp("search", *search_args(tweets_cache_dir, tmp_path), cwd=tmp_path)
+def test_a_two_layer_search_with_two_workers_through_the_console_script(tweets_cache_dir, tmp_path):
+    done = run_lelp("search", *search_args(tweets_cache_dir, tmp_path, "--search.workers", "2"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "search" / "quickstart-layernas"
     trials = completed(folder)
     archs = [(t.params["buckets"], t.params["embed_dim"]) for t in trials]
-    assert len(archs) == len(set(archs)) <= 2 * 3 * 2  # H · max|options| · L, none run twice
+    assert len(archs) == len(set(archs)) <= 2 * 3 * 2  # H · max|options| · L, none run twice by the two workers
     front = pd.read_csv(folder / "front.csv")
     assert len(front) == len(trials) and front["pareto"].any()
     assert front.loc[front["cost"].idxmin(), "pareto"]  # the cheapest candidate is always on the front
@@ -74,7 +74,8 @@ def test_a_two_layer_search_through_the_console_script(tweets_cache_dir, tmp_pat
 
 
 def test_a_killed_worker_is_resumed_without_running_a_candidate_twice(tweets_cache_dir, tmp_path):
-    args = ["search", *search_args(tweets_cache_dir, tmp_path, "--search.seeds", "0")]
+    args = ["search", *search_args(tweets_cache_dir, tmp_path, "--search.seeds", "0", "--search.heartbeat_interval", "1",
+                                   "--search.grace_period", "3")]
     folder = tmp_path / "search" / "quickstart-layernas"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([LELP, *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
