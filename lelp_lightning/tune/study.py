@@ -169,14 +169,19 @@ def open_study(base: Base, options: TuneOptions, folder: Path, name: str) -> opt
             sampler = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True, seed=options.seed)
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                         pruner=pruner)
-            study.set_user_attr("fingerprint", base.fingerprint)
             for method in ("ce", "kd"):  # the baselines first: the study always measures them
                 if method in base.space.methods:
                     study.enqueue_trial({"method": method}, user_attrs={"baseline": True})
+            study.set_user_attr("fingerprint", base.fingerprint)  # last: a joining worker waits for it
         except optuna.exceptions.DuplicatedStudyError:
             sampler = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True)
             study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
     made_for = study.user_attrs.get("fingerprint")
+    for _ in range(60):  # a worker that joins a study being created: the creator is enqueuing the baselines
+        if made_for is not None:
+            break
+        time.sleep(0.5)
+        made_for = study.user_attrs.get("fingerprint")
     if made_for != base.fingerprint:
         raise LelpError(f"study {name!r} in {options.storage or folder / 'study.db'} was made for another base config "
                         f"or search space (fingerprint {made_for}, this run's {base.fingerprint}); give this one its "
