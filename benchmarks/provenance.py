@@ -6,7 +6,9 @@ describe a run the same way. Imports nothing heavy: torch loads only for :func:`
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -63,3 +65,13 @@ def hardware_tag() -> str:
     else:
         name = f"cpu {re.sub(r'[(][^)]*[)]', '', cpu_name())} {torch.get_num_threads()}threads"
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def write_record(folder: Path, sha: str, record: dict) -> Path:
+    """``record`` as ``folder/<UTC time>_<sha>.json``, written atomically (a record is never rewritten)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = folder / f"{stamp}_{sha[:10]}.json"
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
+    os.replace(path.with_suffix(".tmp"), path)
+    return path

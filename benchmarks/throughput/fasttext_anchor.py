@@ -16,7 +16,6 @@ configuration runs once per seed and reads the test split once. Record: ``benchm
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -108,11 +107,7 @@ def main() -> None:
               "threads": args.threads, "epochs": EPOCHS, "dim": DIM, "buckets": BUCKETS, "tasks": TASKS,
               "machine": provenance.machine(), "versions": provenance.versions("torch", "lightning", "fasttext-wheel"),
               "runs": runs}
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = RECORDS / f"{stamp}_{sha[:10]}.json"
-    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
-    os.replace(path.with_suffix(".tmp"), path)
+    path = provenance.write_record(RECORDS, sha, record)
     print(f"\n{provenance.cpu_name()}, {args.threads} threads, {args.seeds} seeds; record {path.name}")
     print(f"{'task':<11}{'side':<16}{'test acc %':>16}{'train s':>10}{'rows/s':>10}{'time vs fastText':>18}")
     for task in args.tasks.split(","):

@@ -15,7 +15,6 @@ is also given as a ratio to the eager teacher measured in the same run, the figu
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -139,11 +138,7 @@ def main() -> None:
               "threads": args.threads, "seconds": args.seconds, "machine": provenance.machine(),
               "versions": provenance.versions("torch", "lightning", "transformers", "onnxruntime", "onnx"),
               "runs": runs}
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = RECORDS / f"{stamp}_{sha[:10]}.json"
-    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
-    os.replace(path.with_suffix(".tmp"), path)
+    path = provenance.write_record(RECORDS, sha, record)
     print(f"\n{provenance.cpu_name()}, {args.threads} threads; record {path.relative_to(REPO)}\n")
     print("| model | runtime | test accuracy | Δ vs teacher | rows/s @256 | × eager teacher | p50 ms @1 | p99 ms @1 |")
     print("|---|---|---|---|---|---|---|---|")
