@@ -226,6 +226,8 @@ class QueryStore:
 class QueriedTeacher(Teacher):
     """The teacher as an active round sees it: the outputs in a :class:`QueryStore`, nothing computed."""
 
+    pass_description = "copying the queried teacher outputs (no teacher compute)"
+
     def __init__(self, store: QueryStore):
         self.store = store
         self.batch_size = 4096

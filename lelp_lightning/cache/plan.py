@@ -107,7 +107,8 @@ class CachePlan:
         if not self.missing():
             log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
             return
-        log.info("running the teacher for split(s) %s into %s", ", ".join(self.missing()), self.cache.root)
+        log.info("%s for split(s) %s into %s", getattr(self.teacher, "pass_description", "running the teacher"),
+                 ", ".join(self.missing()), self.cache.root)
         for targets in (self.feature_targets, self.output_targets):
             for target in targets():
                 build_entry(self.cache, target, progress)
