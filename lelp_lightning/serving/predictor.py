@@ -19,6 +19,19 @@ from lelp_lightning.serving.hashing import HashedNgrams
 FILES = ("student.onnx", "featurizer.json", "labels.json", "model_card.json")
 
 
+def export_spec(folder: Path) -> dict:
+    """The featuriser spec of the export in ``folder``, refused unless the folder is a complete export."""
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise LelpError(f"{folder} is not a complete export folder (missing {', '.join(missing)}); "
+                        "write one with `lelp export --config <run>/config.yaml --ckpt_path <ckpt> --output <dir>`.")
+    spec = json.loads((folder / "featurizer.json").read_text())
+    if spec.get("kind") not in _FEATURIZERS:
+        raise LelpError(f"{folder / 'featurizer.json'} names the featuriser kind {spec.get('kind')!r}; "
+                        f"expected one of {sorted(_FEATURIZERS)}.")
+    return spec
+
+
 class _Hashed:
     """Texts → the hashed bag (ids, offsets, weights) of :class:`~lelp_lightning.serving.hashing.HashedNgrams`."""
 
@@ -79,14 +92,7 @@ class Predictor:
         import onnxruntime as ort
 
         folder = Path(folder)
-        missing = [name for name in FILES if not (folder / name).is_file()]
-        if missing:
-            raise LelpError(f"{folder} is not a complete export folder (missing {', '.join(missing)}); "
-                            "write one with `lelp export --config <run>/config.yaml --ckpt_path <ckpt> --output <dir>`.")
-        spec = json.loads((folder / "featurizer.json").read_text())
-        if spec.get("kind") not in _FEATURIZERS:
-            raise LelpError(f"{folder / 'featurizer.json'} names the featuriser kind {spec.get('kind')!r}; "
-                            f"expected one of {sorted(_FEATURIZERS)}.")
+        spec = export_spec(folder)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -22,7 +22,7 @@ import litserve as ls
 import numpy as np
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.serving.predictor import FILES, Predictor
+from lelp_lightning.serving.predictor import Predictor, export_spec
 
 
 class RequestError(Exception):
@@ -151,11 +151,7 @@ def build_server(folder: str | Path, max_batch_size: int = 64, batch_timeout: fl
                  max_items: int = 256, max_chars: int = 20000) -> ls.LitServer:
     """A LitServer for the export in ``folder`` (checked here, so a wrong folder fails before any worker starts)."""
     folder = Path(folder)
-    missing = [name for name in FILES if not (folder / name).is_file()]
-    if missing:
-        raise LelpError(f"{folder} is not an export folder (missing {', '.join(missing)}); write one with "
-                        "`lelp export --config <run>/config.yaml --ckpt_path <ckpt> --output <dir>`.")
-    spec = json.loads((folder / "featurizer.json").read_text())
+    spec = export_spec(folder)
     image_shape = spec["image_shape"] if spec["kind"] == "pixels" else None
     field = "images" if image_shape else "texts"
     api = StudentAPI(str(folder.resolve()), field, max_batch_size, batch_timeout)
