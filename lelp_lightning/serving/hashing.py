@@ -5,7 +5,8 @@
 steps: lowercase, ``re.findall(token_pattern)``, word n-grams in scikit-learn's order, MurmurHash3 (x86, 32-bit,
 seed 0) of each n-gram's UTF-8 bytes, bucket ``|h| mod num_buckets``, then per row the sorted buckets with
 ``count / row total`` as weights (what :class:`~lelp_lightning.data.featurizers.BagInputs` feeds ``EmbeddingBag``).
-The hash runs vectorised over all n-grams of a batch with numpy's wrapping uint32 arithmetic.
+The hash runs vectorised over all n-grams of a batch with numpy's wrapping uint32 arithmetic, each n-gram a slice
+of one buffer of the batch's tokens, so nothing runs per n-gram in Python.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ def _rotl(x: np.ndarray, r: int) -> np.ndarray:
     return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
 
 
-def _hash_chunk(keys: list[bytes], seed: int) -> np.ndarray:
-    lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+def _hash_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int) -> np.ndarray:
+    """MurmurHash3 of the byte strings ``data[start: start + length]``, all at once."""
     width = int(-(-max(int(lengths.max()), 1) // 4) * 4)
-    padded = np.zeros((len(keys), width), np.uint8)
-    rows = np.repeat(np.arange(len(keys)), lengths)
-    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    padded[rows, cols] = np.frombuffer(b"".join(keys), np.uint8)
+    column = np.arange(width)
+    inside = column < lengths[:, None]
+    padded = np.where(inside, data[np.minimum(starts[:, None] + column, max(len(data) - 1, 0))], 0).astype(np.uint8)
     words = padded.view("<u4").astype(np.uint32)  # little-endian 4-byte blocks, zero padded
     full = lengths // 4
-    h = np.full(len(keys), seed, np.uint32)
+    h = np.full(len(starts), seed, np.uint32)
     for j in range(words.shape[1]):
         k = _rotl(words[:, j] * _C1, 15) * _C2
         block = full > j
@@ -47,43 +47,74 @@ def _hash_chunk(keys: list[bytes], seed: int) -> np.ndarray:
     return h.view(np.int32)
 
 
-def murmurhash3_32(keys: list[bytes], seed: int = 0) -> np.ndarray:
-    """Signed 32-bit MurmurHash3 (x86) of each byte string, as ``sklearn.utils.murmurhash3_32(key, seed)``."""
-    out = np.zeros(len(keys), np.int32)
-    if not keys:
+def murmurhash_spans(data: bytes, starts: np.ndarray, lengths: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Signed 32-bit MurmurHash3 (x86) of each slice ``data[start: start + length]``; slices of similar length are
+    hashed together, so a chunk pads to about its own length."""
+    out = np.zeros(len(starts), np.int32)
+    if not len(starts):
         return out
-    order = sorted(range(len(keys)), key=lambda i: len(keys[i]))
+    buffer = np.frombuffer(data, np.uint8) if data else np.zeros(1, np.uint8)
+    order = np.argsort(lengths, kind="stable")
     for lo in range(0, len(order), _HASH_CHUNK):
         index = order[lo: lo + _HASH_CHUNK]
-        out[index] = _hash_chunk([keys[i] for i in index], seed)
+        out[index] = _hash_spans(buffer, starts[index], lengths[index], seed)
     return out
 
 
+def murmurhash3_32(keys: list[bytes], seed: int = 0) -> np.ndarray:
+    """Signed 32-bit MurmurHash3 (x86) of each byte string, as ``sklearn.utils.murmurhash3_32(key, seed)``."""
+    lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+    return murmurhash_spans(b"".join(keys), np.cumsum(lengths) - lengths, lengths, seed)
+
+
 class HashedNgrams:
-    """Texts → (ids, offsets, weights), the inputs of a hashed-bag student, as the training featuriser made them."""
+    """Texts → a hashed-bag student's inputs, as the training featuriser made them: :meth:`bags` gives
+    ``EmbeddingBag``'s (ids, offsets, weights); calling it gives the exported graph's padded ``ids`` / ``weights``
+    [N, L] (each row's entries in that order, then bucket 0 at weight 0 up to the batch's longest row, L ≥ 1)."""
 
     def __init__(self, num_buckets: int, max_ngram: int, lowercase: bool, token_pattern: str):
         self.num_buckets, self.max_ngram, self.lowercase = int(num_buckets), int(max_ngram), bool(lowercase)
         self.token_pattern = re.compile(token_pattern)
 
-    def ngrams(self, text: str) -> list[str]:
-        """The word n-grams of ``text`` in scikit-learn's order: every unigram, then every bigram, ..."""
-        tokens = self.token_pattern.findall(text.lower() if self.lowercase else text)
-        grams = list(tokens)
-        for n in range(2, min(self.max_ngram, len(tokens)) + 1):
-            grams += [" ".join(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
-        return grams
-
-    def buckets(self, grams: list[str]) -> np.ndarray:
-        """Each n-gram's bucket: ``|h| mod num_buckets`` (h = −2³¹ maps as scikit-learn maps it)."""
-        h = murmurhash3_32([g.encode("utf-8") for g in grams]).astype(np.int64)
-        return np.where(h == -(2**31), 2**31 % self.num_buckets, np.abs(h) % self.num_buckets)
+    def spans(self, texts: list[str]) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+        """Every word n-gram of ``texts`` as a slice of one UTF-8 buffer (the rows' tokens joined by single spaces,
+        so an n-gram is the bytes from its first token's start to its last token's end): (buffer, row, start,
+        length). scikit-learn joins an n-gram's tokens with one space too; the order of n-grams does not matter."""
+        tokens = [self.token_pattern.findall(t.lower() if self.lowercase else t) for t in texts]
+        flat = [token for row in tokens for token in row]
+        joined = " ".join(flat)
+        data = joined.encode("utf-8")
+        sizes = np.fromiter(map(len, flat) if joined.isascii() else (len(t.encode("utf-8")) for t in flat),
+                            np.int64, len(flat))
+        token_start = np.cumsum(sizes + 1) - (sizes + 1)
+        per_row = np.fromiter(map(len, tokens), np.int64, len(tokens))
+        token_row = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
+        left_in_row = np.repeat(np.cumsum(per_row), per_row) - np.arange(len(flat))  # this token and those after it
+        rows, starts, lengths = [], [], []
+        for n in range(1, self.max_ngram + 1):
+            first = np.flatnonzero(left_in_row >= n)
+            last = first + n - 1
+            rows.append(token_row[first])
+            starts.append(token_start[first])
+            lengths.append(token_start[last] + sizes[last] - token_start[first])
+        return data, np.concatenate(rows), np.concatenate(starts), np.concatenate(lengths)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        grams = [self.ngrams(t) for t in texts]
-        counts = np.fromiter(map(len, grams), np.int64, len(grams))
-        row = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
-        bucket = self.buckets([g for row_grams in grams for g in row_grams])
+        bags = self.bags(texts)
+        ids, offsets = bags["ids"], bags["offsets"]
+        per_row = np.diff(np.append(offsets, len(ids)))
+        row = np.repeat(np.arange(len(texts)), per_row)
+        column = np.arange(len(ids)) - np.repeat(offsets, per_row)
+        shape = (len(texts), max(int(per_row.max(initial=0)), 1))
+        padded_ids, padded_weights = np.zeros(shape, np.int64), np.zeros(shape, np.float32)
+        padded_ids[row, column], padded_weights[row, column] = ids, bags["weights"]
+        return {"ids": padded_ids, "weights": padded_weights}
+
+    def bags(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``EmbeddingBag``'s inputs for ``texts``: one entry per (row, bucket), sorted, weight = count / row total."""
+        data, row, starts, lengths = self.spans(texts)
+        h = murmurhash_spans(data, starts, lengths).astype(np.int64)
+        bucket = np.where(h == -(2**31), 2**31 % self.num_buckets, np.abs(h) % self.num_buckets)  # as scikit-learn
         # one entry per (row, bucket) with its count, sorted by row then bucket (scikit-learn's sorted CSR)
         keys, count = np.unique(row * self.num_buckets + bucket, return_counts=True)
         rows, ids = keys // self.num_buckets, keys % self.num_buckets

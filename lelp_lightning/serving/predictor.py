@@ -33,7 +33,7 @@ def export_spec(folder: Path) -> dict:
 
 
 class _Hashed:
-    """Texts → the hashed bag (ids, offsets, weights) of :class:`~lelp_lightning.serving.hashing.HashedNgrams`."""
+    """Texts → the padded hashed bag (ids, weights) of :class:`~lelp_lightning.serving.hashing.HashedNgrams`."""
 
     def __init__(self, spec: dict, folder: Path):
         self.bags = HashedNgrams(spec["num_buckets"], spec["max_ngram"], spec["lowercase"], spec["token_pattern"])

@@ -34,7 +34,16 @@ def test_bags_equal_the_training_featuriser_on_real_tweets(num_buckets, max_ngra
     texts += ["", "   ", "!!!", "Ünïcode ÀÉ 日本語 😀 text", "a", "A a A a", "x " * 300]
     featurizer = HashedNgramFeaturizer(num_buckets=num_buckets, max_ngram=max_ngram, lowercase=lowercase)
     expected = featurizer.transform(texts).gather(np.arange(len(texts)))
-    got = HashedNgrams(num_buckets, max_ngram, lowercase, featurizer._vectorizer().token_pattern)(texts)
+    hashed = HashedNgrams(num_buckets, max_ngram, lowercase, featurizer._vectorizer().token_pattern)
+    got = hashed.bags(texts)
     for key in ("ids", "offsets", "weights"):
         assert got[key].dtype == expected[key].numpy().dtype
         np.testing.assert_array_equal(got[key], expected[key].numpy())
+    # the padded form the graph reads: row i holds its entries in order, then bucket 0 at weight 0
+    padded = hashed(texts)
+    ends = np.append(got["offsets"][1:], len(got["ids"]))
+    assert padded["ids"].shape == padded["weights"].shape == (len(texts), max(int((ends - got["offsets"]).max()), 1))
+    for i, (lo, hi) in enumerate(zip(got["offsets"], ends, strict=True)):
+        np.testing.assert_array_equal(padded["ids"][i], np.pad(got["ids"][lo:hi], (0, padded["ids"].shape[1] - hi + lo)))
+        np.testing.assert_array_equal(padded["weights"][i],
+                                      np.pad(got["weights"][lo:hi], (0, padded["ids"].shape[1] - hi + lo)))
