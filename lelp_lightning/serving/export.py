@@ -111,7 +111,7 @@ def featurizer_spec(featurizer) -> tuple[dict, dict]:
         tokenizer = AutoTokenizer.from_pretrained(path)
         return {"kind": "sentence_encoder", "encoder": encoder.model, "max_length": encoder.max_length,
                 "tokenizer": "tokenizer.json", "pad_id": tokenizer.pad_token_id, "pad_token": tokenizer.pad_token,
-                "normalize": _normalizes(path), "precision": "fp32",
+                "normalize": _normalizes(path), "precision": "fp32", "batch_rows": encoder.batch_size,
                 "inputs": [n for n in ("input_ids", "attention_mask", "token_type_ids")
                            if n in tokenizer.model_input_names]}, {"tokenizer.json": path / "tokenizer.json"}
     if isinstance(featurizer, PixelFeaturizer):

@@ -24,8 +24,9 @@ def _rotl(x: np.ndarray, r: int) -> np.ndarray:
 
 
 def _hash_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int) -> np.ndarray:
-    """MurmurHash3 of the byte strings ``data[start: start + length]``, all at once."""
-    width = int(-(-max(int(lengths.max()), 1) // 4) * 4)
+    """MurmurHash3 of the byte strings ``data[start: start + length]``, all at once; ``lengths`` ascending, so the
+    strings that still have a 4-byte block ``j`` are a suffix of the rows, and each step works on that suffix only."""
+    width = int(-(-max(int(lengths[-1]), 1) // 4) * 4)
     column = np.arange(width)
     inside = column < lengths[:, None]
     padded = np.where(inside, data[np.minimum(starts[:, None] + column, max(len(data) - 1, 0))], 0).astype(np.uint8)
@@ -33,11 +34,12 @@ def _hash_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed:
     full = lengths // 4
     h = np.full(len(starts), seed, np.uint32)
     for j in range(words.shape[1]):
-        k = _rotl(words[:, j] * _C1, 15) * _C2
-        block = full > j
-        mixed = _rotl(h ^ k, 13) * np.uint32(5) + np.uint32(0xE6546B64)
-        tail = (full == j) & (lengths % 4 > 0)  # the 1-3 trailing bytes: the zero-padded block, not mixed further
-        h = np.where(block, mixed, np.where(tail, h ^ k, h))
+        first_tail, first_full = np.searchsorted(full, j, "left"), np.searchsorted(full, j, "right")
+        k = _rotl(words[first_tail:, j] * _C1, 15) * _C2
+        # the 1-3 trailing bytes (the zero-padded block ``j`` of a string with ``j`` full blocks): xor, no mixing
+        tail = slice(first_tail, first_full)
+        h[tail] = np.where(lengths[tail] % 4 > 0, h[tail] ^ k[: first_full - first_tail], h[tail])
+        h[first_full:] = _rotl(h[first_full:] ^ k[first_full - first_tail:], 13) * np.uint32(5) + np.uint32(0xE6546B64)
     h ^= lengths.astype(np.uint32)
     h ^= h >> np.uint32(16)
     h *= np.uint32(0x85EBCA6B)

@@ -120,9 +120,12 @@ class Predictor:
         """Class probabilities [N, C] (float32, columns in the order of ``labels``), ``batch_size`` rows per run."""
         self._check(inputs)
         out = np.zeros((len(inputs), len(self.labels)), np.float32)
-        # token batches pad to their longest text: similar lengths together (stable, so the result is the same)
-        order = np.argsort([len(t) for t in inputs], kind="stable") if self.kind == "sentence_encoder" \
-            else np.arange(len(inputs))
+        order = np.arange(len(inputs))
+        if self.kind == "sentence_encoder":
+            # token batches pad to their longest text: similar lengths together (stable, so the result is the same),
+            # in runs of the training encoder's batch size, which pad less than one run of a large batch
+            order = np.argsort([len(t) for t in inputs], kind="stable")
+            batch_size = min(batch_size, int(self.spec.get("batch_rows", batch_size)))
         for lo in range(0, len(inputs), batch_size):
             index = order[lo: lo + batch_size]
             chunk = inputs[index] if isinstance(inputs, np.ndarray) else [inputs[i] for i in index]
