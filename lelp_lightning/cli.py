@@ -104,7 +104,7 @@ def main(args: list[str] | None = None) -> int:
 
             options = parse_export(args[1:])
             card = export(options.config, options.ckpt_path, options.output, options.opset, options.bench_seconds,
-                          command=shlex.join(["lelp", *args]))
+                          command=shlex.join(["lelp", *args]), quantize=options.quantize)
             speed = card["speed"] and f", {card['speed']['rows_per_s']:,.0f} rows/s at batch {card['speed']['batch_size']}"
             print(f"exported to {options.output}: student.onnx ({card['onnx']['bytes'] / 2**20:.1f} MiB), test "
                   f"accuracy {100 * card['accuracy']['exported_test']:.2f}%{speed or ''}; see {options.output}/model_card.md")

@@ -45,7 +45,8 @@ def render(card: dict) -> str:
         f"{method['representation']}, probe {method['probe']})",
         f"- objectives (τ, β, α, weight): {objectives}",
         f"- file: `{onnx['file']}`, {onnx['bytes'] / 2**20:.1f} MiB, ONNX opset {onnx['opset']}, inputs "
-        f"{', '.join(onnx['inputs'])} → {onnx['output']} (dynamic batch axis)", "",
+        f"{', '.join(onnx['inputs'])} → {onnx['output']} (dynamic batch axis)"
+        + (f"; quantised: {onnx['quantization']}" if onnx.get("quantization") else ""), "",
         "## Data",
         f"- source: {_name(data['source'])}; classes {', '.join(data['classes'])}",
         f"- split sizes: {sizes}" + (f"; labeled rows {method['num_labeled']}" if method.get("num_labeled") else ""),

@@ -186,9 +186,17 @@ def load_student(config: Path, ckpt_path: Path):
     return model.eval(), cli.datamodule, cli.config
 
 
+QUANTIZE = ("none", "int8")
+
+
 def export(config: str | Path, ckpt_path: str | Path, output: str | Path, opset: int = OPSET,
-           bench_seconds: float = 2.0, command: str = "") -> dict:
-    """Export the run of ``config`` with the weights of ``ckpt_path`` to the folder ``output``; returns the card."""
+           bench_seconds: float = 2.0, command: str = "", quantize: str = "none") -> dict:
+    """Export the run of ``config`` with the weights of ``ckpt_path`` to the folder ``output``; returns the card.
+
+    ``quantize="int8"``: onnxruntime's dynamic quantisation (int8 weights, activations quantised per run), smaller
+    and, for an encoder student, faster, at an accuracy cost the card's exported test accuracy shows."""
+    if quantize not in QUANTIZE:
+        raise LelpError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}.")
     config, ckpt_path, output = Path(config), Path(ckpt_path), Path(output)
     if output.exists() and any(output.iterdir()) and not (output / "model_card.json").is_file():
         raise LelpError(f"--output {output} exists and is not an export folder; give a new or empty folder (an "
@@ -213,6 +221,8 @@ def export(config: str | Path, ckpt_path: str | Path, output: str | Path, opset:
                               str(stage / "student.onnx"), dynamo=False, opset_version=opset,
                               input_names=spec["inputs"], output_names=["probabilities"],
                               dynamic_axes={**axes, "probabilities": {0: "batch"}})
+        if quantize == "int8":
+            _quantize_int8(stage / "student.onnx")
         (stage / "featurizer.json").write_text(json.dumps(spec, indent=2))
         (stage / "labels.json").write_text(json.dumps({"labels": list(source.class_names)}, indent=2))
         (stage / "model_card.json").write_text("{}")  # placeholder, so that the folder loads for the measurement
@@ -220,12 +230,25 @@ def export(config: str | Path, ckpt_path: str | Path, output: str | Path, opset:
         probabilities = predictor.predict_proba(test.texts)
         speed = measure(predictor.predict_proba, test.texts, seconds=bench_seconds) if bench_seconds > 0 else None
         card = _card(run_config, config, ckpt_path, source, model, graph, spec, stage, opset, command, speed,
-                     float((probabilities.argmax(1) == np.asarray(test.labels)).mean()))
+                     float((probabilities.argmax(1) == np.asarray(test.labels)).mean()), quantize)
         write_card(card, stage)
         _swap_into_place(stage, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return card
+
+
+def _quantize_int8(graph: Path) -> None:
+    """Replace the fp32 graph by its dynamically quantised int8 form (MatMul, Gather and friends)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = graph.with_name("fp32.onnx")
+    os.replace(graph, fp32)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "pre-process first" advice
+    quantize_dynamic(str(fp32), str(graph), weight_type=QuantType.QInt8)
+    fp32.unlink()
 
 
 def _swap_into_place(stage: Path, output: Path) -> None:
@@ -238,7 +261,7 @@ def _swap_into_place(stage: Path, output: Path) -> None:
 
 
 def _card(run_config, config: Path, ckpt_path: Path, source, model, graph_module: nn.Module, spec: dict, folder: Path,
-          opset: int, command: str, speed: dict, exported_accuracy: float) -> dict:
+          opset: int, command: str, speed: dict, exported_accuracy: float, quantize: str) -> dict:
     """What ``model_card.json`` holds (and ``model_card.md`` shows)."""
     import onnxruntime
 
@@ -269,6 +292,8 @@ def _card(run_config, config: Path, ckpt_path: Path, source, model, graph_module
                      "majority_class_rate": summary.get("majority_class_rate"),
                      "exported_test": exported_accuracy},
         "onnx": {"file": "student.onnx", "bytes": graph.stat().st_size, "opset": opset,
+                 "quantization": "int8 dynamic (onnxruntime quantize_dynamic, QInt8 weights)" if quantize == "int8"
+                 else None,
                  "inputs": spec["inputs"], "output": "probabilities", "dynamic_axis": "batch",
                  "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "speed": speed and {"machine": machine(), "path": "raw input → probabilities (featuriser + onnxruntime)",
@@ -279,7 +304,7 @@ def _card(run_config, config: Path, ckpt_path: Path, source, model, graph_module
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise LelpError(f"lelp export: {message}; usage: lelp export --config <run>/config.yaml --ckpt_path "
-                        "<run>/checkpoints/last.ckpt --output <dir> [--opset N] [--bench_seconds S].")
+                        "<run>/checkpoints/last.ckpt --output <dir> [--opset N] [--quantize none|int8] [--bench_seconds S].")
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -288,6 +313,8 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--ckpt_path", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--opset", type=int, default=OPSET)
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none",
+                        help="int8: onnxruntime dynamic quantisation (smaller, faster for encoder students, less exact)")
     parser.add_argument("--bench_seconds", type=float, default=2.0,
                         help="time for each speed measurement in the card; 0 skips them")
     return parser.parse_args(args)

@@ -79,6 +79,9 @@ def test_a_checkpoint_of_another_config_is_one_sentence(bag, tmp_path):
     ran = run_main("export", "--config", str(bag.config), "--ckpt_path", str(tmp_path / "none.ckpt"),
                    "--output", str(tmp_path / "s"))
     assert ran.returncode == 2 and "is not a file" in one_error_line(ran.stderr)
+    ran = run_main("export", "--config", str(bag.config), "--ckpt_path", str(bag.ckpt), "--output", str(tmp_path / "s"),
+                   "--quantize", "int4")
+    assert ran.returncode == 2 and "--quantize: invalid choice: 'int4'" in one_error_line(ran.stderr)
     assert not (tmp_path / "s").exists()
 
 

@@ -29,3 +29,26 @@ def test_exported_mlp_with_its_encoder_equals_eager_pytorch_on_the_test_split(ml
 def test_mlp_predictor_imports_neither_torch_nor_lightning(mlp):
     heavy, probabilities = modules_imported_by_prediction(mlp.folder, "['what a great day', 'awful traffic']")
     assert heavy == [] and np.asarray(probabilities).shape == (2, 2)
+
+
+def test_int8_export_is_smaller_and_agrees_with_eager_pytorch(mlp, tmp_path):
+    """--quantize int8: the graph shrinks (int8 weights), the card says so and reports the quantised graph's own test
+    accuracy, and its predictions agree with eager PyTorch's on most test rows (not within 1e-5: it is quantised)."""
+    from helpers import run_main
+
+    from lelp_lightning.serving import Predictor
+
+    from .exports import eager_test_probabilities
+
+    folder = tmp_path / "int8"
+    ran = run_main("export", "--config", str(mlp.config), "--ckpt_path", str(mlp.ckpt), "--output", str(folder),
+                   "--quantize", "int8", "--bench_seconds", "0")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    fp32, int8 = (json.loads((f / "model_card.json").read_text()) for f in (mlp.folder, folder))
+    assert int8["onnx"]["quantization"].startswith("int8") and fp32["onnx"]["quantization"] is None
+    assert int8["onnx"]["bytes"] < 0.4 * fp32["onnx"]["bytes"]
+    eager, test = eager_test_probabilities(mlp)
+    served = Predictor.load(folder).predict_proba(test.texts)
+    assert (served.argmax(1) == eager.argmax(1)).mean() >= 0.9
+    assert int8["accuracy"]["exported_test"] == pytest.approx((served.argmax(1) == np.asarray(test.labels)).mean())
+    assert "quantised: int8" in (folder / "model_card.md").read_text()
