@@ -8,7 +8,7 @@ the hashed bag with the quickstart's LELP, the hashed bag with the method the ac
 for this cell (k-means, S = 4, on the encoder output, τ = 1; 2^16 buckets, 5 epochs), and the MLP on MiniLM features.
 Images (binarised Fashion-MNIST, ``--images`` training images, the whole test split): the CNN teacher and the
 2-block CNN student. Students are exported with ``lelp export``; each teacher is exported the same way (encoder +
-head, or the CNN, in one graph). Each model runs from raw input to probabilities, eagerly in PyTorch and through
+head, or the CNN, in one graph); the grid's bag and the MLP also with ``lelp export --quantize int8``. Each model runs from raw input to probabilities, eagerly in PyTorch and through
 onnxruntime, on the same test inputs and ``--threads`` threads: rows/s at batch 256 and p50 / p99 latency at batch 1
 (:func:`lelp_lightning.serving.timing.measure`, about ``--seconds`` each), beside its test accuracy. Speed is also a
 ratio to the eager teacher of the same task measured in the same run, the figure to compare across machines.
@@ -132,7 +132,8 @@ def student_eager(config: Path, ckpt: Path):
 
 
 def timed(task: str, models: dict, test, threads: int, seconds: float) -> list[dict]:
-    """Accuracy and speed of every (model, runtime); ``models``: name → (description, eager predict, export folder)."""
+    """Accuracy and speed of every (model, runtime); ``models``: name → (description, eager predict or None for an
+    export-only variant, export folder)."""
     import numpy as np
 
     from lelp_lightning.serving import Predictor
@@ -143,6 +144,8 @@ def timed(task: str, models: dict, test, threads: int, seconds: float) -> list[d
     for name, (description, eager, folder) in models.items():
         predictor = Predictor.load(folder, threads=threads)
         for runtime, predict in (("eager", eager), ("onnxruntime", predictor.predict_proba)):
+            if predict is None:
+                continue
             accuracy = float((predict(test.texts).argmax(1) == labels).mean())
             speed = measure(predict, test.texts, seconds=seconds)
             runs.append({"task": task, "model": name, "description": description, "runtime": runtime,
@@ -186,6 +189,10 @@ def main() -> None:
         config, ckpt = runs_of[name]
         assert lelp(["export", "--config", str(config), "--ckpt_path", str(ckpt), "--output",
                      str(work / name / "student"), "--bench_seconds", "0"]) == 0
+    for name in ("bag_grid", "mlp"):  # the opt-in int8 graphs beside the fp32 ones
+        config, ckpt = runs_of[name]
+        assert lelp(["export", "--config", str(config), "--ckpt_path", str(ckpt), "--output",
+                     str(work / name / "student_int8"), "--quantize", "int8", "--bench_seconds", "0"]) == 0
     eager = {name: student_eager(*runs_of[name]) for name in runs_of}
 
     text_teacher, mpnet = eager["bag"][1].teacher, eager["mpnet"][1].teacher
@@ -206,7 +213,10 @@ def main() -> None:
             "bag": ("hashed bag student, quickstart LELP (2^18 buckets)", eager["bag"][0], work / "bag" / "student"),
             "bag_grid": ("hashed bag student, grid's method (k-means on the encoder output, 2^16 buckets)",
                          eager["bag_grid"][0], work / "bag_grid" / "student"),
-            "mlp": ("MLP on MiniLM features student", eager["mlp"][0], work / "mlp" / "student")}
+            "bag_grid_int8": ("hashed bag student, grid's method, int8 export", None,
+                              work / "bag_grid" / "student_int8"),
+            "mlp": ("MLP on MiniLM features student", eager["mlp"][0], work / "mlp" / "student"),
+            "mlp_int8": ("MLP on MiniLM features student, int8 export", None, work / "mlp" / "student_int8")}
     images = {"cnn_teacher": ("CNN 16-32 channels + 128 FC (teacher)", teacher_eager(cnn_teacher), work / "cnn_teacher"),
               "cnn": ("CNN student (8-16 channels)", eager["cnn"][0], work / "cnn" / "student")}
     text_test, image_test = eager["bag"][1].source.split("test"), eager["cnn"][1].source.split("test")
