@@ -1,6 +1,8 @@
 """`lelp tune` on the accuracy grid's cells, against the grid's own results.
 
     .venv/bin/python benchmarks/tune/bench.py --cells 20ng/minilm/bag_sparse/sup     # one cell (resumable)
+    .venv/bin/python benchmarks/tune/bench.py --cells 20ng/minilm/bag_sparse/sup --confirm_top 3   # the best 3
+                                                                # trials rerun with 2 more seeds before choosing
     .venv/bin/python benchmarks/tune/bench.py --table                                # the table from the records
 
 Every cell gets the same budget (``--trials``, default 40) over the default search space without the oracle (a
@@ -8,7 +10,9 @@ user's task has no true subclasses), and the best configuration refit on 3 seeds
 (``benchmarks/results/tune/<cell>.json``, written once, never rewritten) holds the refit's test accuracy per seed,
 the study's run-seconds (the sum of its trials' wall times) and, from the grid's records of the same cell, KD's,
 the student alone's and the best method's test accuracy (mean ± std over their seeds) and the run-seconds of the
-grid's selection phase for that cell. ``--table`` prints the markdown table RESULTS.md carries.
+grid's selection phase for that cell. With ``--confirm_top K`` (``--tune.confirm_top``) the record is
+``<cell>__confirm<K>x<seeds>.json`` and its run-seconds include the confirmation runs. ``--table`` prints the
+markdown table RESULTS.md carries.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ def grid_figures(cell: str) -> dict:
             "grid_select_run_s": round(select_s, 1)}
 
 
-def run_cell(name: str, trials: int, seeds: int) -> dict:
-    path = RECORDS / f"{name.replace('/', '__')}.json"
+def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_seeds: int = 2) -> dict:
+    study = name.replace("/", "__") + (f"__confirm{confirm_top}x{confirm_seeds}" if confirm_top else "")
+    path = RECORDS / f"{study}.json"
     if path.is_file():
         return json.loads(path.read_text())
     import optuna
@@ -63,12 +68,12 @@ def run_cell(name: str, trials: int, seeds: int) -> dict:
     from lelp_lightning.tune.study import parse_options, run_study
 
     cell = spec.CELLS[name]
-    study = name.replace("/", "__")
     # the cell's run with the student's base learning rate (lr_factor multiplies it) and a method to replace
     args = [*cell.args(), *spec.METHODS["ce"].build({}, 0), "--model.lr", str(spec.STUDENTS[cell.student].lr),
             "--trainer.default_root_dir", str(TUNE_ROOT / "runs")]
     tune = ["--tune.n_trials", str(trials), "--tune.seeds", str(seeds), "--tune.exclude", "[oracle]",
-            "--tune.root", str(TUNE_ROOT), "--tune.study_name", study]
+            "--tune.root", str(TUNE_ROOT), "--tune.study_name", study, "--tune.confirm_top", str(confirm_top),
+            "--tune.confirm_seeds", str(confirm_seeds)]
     start = time.perf_counter()
     report = run_study(args, parse_options(tune))
     if not report["complete"]:
@@ -79,8 +84,9 @@ def run_cell(name: str, trials: int, seeds: int) -> dict:
     git = provenance.git_state("lelp_lightning", "benchmarks/tune")
     record = {
         "cell": name, "trials": trials, "seeds": seeds, "space": "default without the oracle",
+        "confirm": [confirm_top, confirm_seeds] if confirm_top else None,
         "best_method": report["best_method"], "best_params": report["best_params"],
-        "best_val_accuracy": report["best_val_accuracy"],
+        "best_val_accuracy": report["best_val_accuracy"], "best_val_accuracy_runs": report["best_val_accuracy_runs"],
         "tuned_test_accuracy": [r["test_accuracy"] for r in refit["runs"]],
         "tuned": [refit["test_accuracy_mean"], refit["test_accuracy_std"]],
         "study_run_s": round(sum(t.user_attrs.get("wall_s", 0.0) for t in ran), 1),
@@ -110,7 +116,9 @@ def table() -> str:
         r = json.loads(path.read_text())
         g = r["grid"]
         delta = f"{100 * (r['tuned'][0] - g['kd'][0]):+.2f}" if g["kd"] else "–"
-        lines.append(f"| {r['cell']} | {pct(r['tuned'])} ({r['best_method']}) | {pct(g['kd'])} | {pct(g['ce'])} | "
+        confirm = r.get("confirm")
+        label = r["cell"] + (f" (best {confirm[0]} rerun with {confirm[1]} more seeds)" if confirm else "")
+        lines.append(f"| {label} | {pct(r['tuned'])} ({r['best_method']}) | {pct(g['kd'])} | {pct(g['ce'])} | "
                      f"{pct(g['best'])} ({g['best_method']}) | {delta} | {r['study_run_s']:.0f} / "
                      f"{g['grid_select_run_s']:.0f} |")
     return "\n".join(lines)
@@ -127,7 +135,7 @@ def section() -> list[str]:
             "refit on 3 seeds)", "",
             "`benchmarks/tune/bench.py --cells <cell>`; records in `benchmarks/results/tune/`. Run-seconds: the sum "
             "of the study's trial wall times / of the grid's selection runs for the cell. "
-            f"{len(records)} of {len(spec.DEFAULT_CELLS)} cells measured ({'; '.join(cpus)}).", "", table(), ""]
+            f"{len({r['cell'] for r in records})} of {len(spec.DEFAULT_CELLS)} cells measured ({'; '.join(cpus)}).", "", table(), ""]
 
 
 def main() -> None:
@@ -135,12 +143,14 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=[])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--confirm_top", type=int, default=0, help="lelp tune's --tune.confirm_top")
+    parser.add_argument("--confirm_seeds", type=int, default=2, help="lelp tune's --tune.confirm_seeds")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     for name in args.cells:
         if name not in spec.CELLS:
             raise SystemExit(f"unknown cell {name!r}; cells: {', '.join(spec.DEFAULT_CELLS)}")
-        record = run_cell(name, args.trials, args.seeds)
+        record = run_cell(name, args.trials, args.seeds, args.confirm_top, args.confirm_seeds)
         print(f"{name}: tuned {record['tuned']} ({record['best_method']}), KD {record['grid']['kd']}")
     if args.table:
         print(table())

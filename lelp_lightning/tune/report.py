@@ -37,7 +37,8 @@ def _write(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path):
+def locked(folder: Path):
+    """One process at a time in a study's folder (the report, queueing confirmations)."""
     with open(folder / "report.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -53,6 +54,39 @@ def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
     return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
 
 
+def is_confirmation(trial) -> bool:
+    """A rerun of a search trial with another seed (``confirm_top``): outside the budget and the ranking."""
+    return "confirm_of" in trial.user_attrs
+
+
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` complete search trials with the highest validation accuracy (ties: the earlier trial)."""
+    search = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_confirmation(t)]
+    return sorted(search, key=lambda t: (-t.value, t.number))[:k]
+
+
+def confirmed_values(study: optuna.Study) -> dict[int, list[float]]:
+    """Search trial number → its value followed by its complete confirmations' values (one per seed offset)."""
+    values: dict[int, dict[int, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if is_confirmation(t):
+            values.setdefault(t.user_attrs["confirm_of"], {}).setdefault(t.user_attrs["confirm_seed"], t.value)
+        else:
+            values.setdefault(t.number, {})[0] = t.value
+    return {n: [v[s] for s in sorted(v)] for n, v in values.items() if 0 in v}
+
+
+def select_best(study: optuna.Study, confirm_top: int) -> tuple[optuna.trial.FrozenTrial, list[float]] | None:
+    """The study's answer and its validation values: the best single search trial, or with ``confirm_top`` the one
+    of the top trials with the highest mean over its runs (ties: the higher single run, then the earlier trial)."""
+    top = top_trials(study, max(confirm_top, 1))
+    if not top:
+        return None
+    values = confirmed_values(study)
+    best = min(top, key=lambda t: (-statistics.fmean(values[t.number]), -t.value, t.number))
+    return best, values[best.number]
+
+
 def method_params(trial: optuna.trial.FrozenTrial) -> dict:
     """The trial's parameters without the method and its prefix (``lelp.beta`` → ``beta``)."""
     method = trial.params.get("method")
@@ -62,20 +96,28 @@ def method_params(trial: optuna.trial.FrozenTrial) -> dict:
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial that ran (surplus trials, never run, are left out), best validation accuracy first;
     a pruned trial shows its last reported value."""
-    rows = []
+    rows, confirmed = [], confirmed_values(study)
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus") or t.state == TrialState.WAITING:
             continue
         rows.append({"trial": t.number, "state": t.state.name.lower(), "method": t.params.get("method"),
                      "params": json.dumps({k: _short(v) for k, v in method_params(t).items()}, sort_keys=True),
                      "val_accuracy": trial_value(t), "epochs": t.user_attrs.get("epochs"), "wall_s": t.user_attrs.get("wall_s"),
-                     "note": t.user_attrs.get("error", "")})
+                     "note": t.user_attrs.get("error", "") or _confirm_note(t, confirmed.get(t.number))})
     frame = pd.DataFrame(rows, columns=["trial", "state", "method", "params", "val_accuracy", "epochs", "wall_s",
                                         "note"]).astype({"epochs": "Int64"})
     order = {"complete": 0, "pruned": 1, "fail": 2, "running": 3}
     frame["_order"] = frame["state"].map(order).fillna(4)
     return frame.sort_values(["_order", "val_accuracy", "trial"], ascending=[True, False, True],
                              na_position="last").drop(columns="_order").reset_index(drop=True)
+
+
+def _confirm_note(trial, values: list[float] | None) -> str:
+    if is_confirmation(trial):
+        return f"confirms trial {trial.user_attrs['confirm_of']} (seed +{trial.user_attrs['confirm_seed']})"
+    if values and len(values) > 1:
+        return f"mean over {len(values)} seeds {statistics.fmean(values):.4f}"
+    return ""
 
 
 def _short(value):
@@ -89,13 +131,14 @@ def markdown(frame: pd.DataFrame) -> str:
     return head + "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
-def best_config(base, trial: optuna.trial.FrozenTrial, folder: Path) -> Path:
+def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], folder: Path) -> Path:
     """``best.yaml``: the base config with the best trial's method and parameters, as the CLI resolves it."""
     cli = build_cli([*base.args, *trial.user_attrs["overrides"],
                      "--trainer.default_root_dir", str(folder / "best")], run=False)
     path = folder / "best.yaml"
+    mean = f", mean over {len(values)} seeds {statistics.fmean(values):.4f}" if len(values) > 1 else ""
     _write(path, f"# lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
-                 f"{trial.value:.4f}); run it with: lelp fit --config best.yaml\n"
+                 f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml\n"
                  + cli.parser.dump(cli.config, skip_none=False))
     del cli
     return path
@@ -129,7 +172,7 @@ def plots(study: optuna.Study, folder: Path) -> list[str]:
     return written
 
 
-def refit(best: Path, trial: optuna.trial.FrozenTrial, seeds: int, folder: Path) -> dict:
+def refit(best: Path, trial: optuna.trial.FrozenTrial, values: list[float], seeds: int, folder: Path) -> dict:
     """The best configuration trained with ``seeds`` seeds, each tested once; seeds already done are kept."""
     path = folder / "refit.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
@@ -148,14 +191,15 @@ def refit(best: Path, trial: optuna.trial.FrozenTrial, seeds: int, folder: Path)
                       "test_macro_f1": summary["student"]["test_macro_f1"], "fit_seconds": summary["fit_seconds"],
                       "teacher_test_accuracy": summary["teacher"]["test_accuracy"],
                       "run_dir": str(folder / "refit" / f"seed_{seed}")}
-        _write(path, json.dumps(_refit_record(trial, runs), indent=1))
-    return _refit_record(trial, runs)
+        _write(path, json.dumps(_refit_record(trial, values, runs), indent=1))
+    return _refit_record(trial, values, runs)
 
 
-def _refit_record(trial, runs: dict) -> dict:
+def _refit_record(trial, values: list[float], runs: dict) -> dict:
     accs = [runs[s]["test_accuracy"] for s in sorted(runs)]
     teacher = runs[min(runs)]["teacher_test_accuracy"] if runs else None
     return {"trial": trial.number, "method": trial.user_attrs["method"], "val_accuracy": trial.value,
+            "val_accuracy_runs": values,
             "params": {k: v for k, v in trial.params.items()}, "runs": [runs[s] for s in sorted(runs)],
             "test_accuracy_mean": statistics.fmean(accs) if accs else None,
             "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
@@ -165,32 +209,39 @@ def _refit_record(trial, runs: dict) -> dict:
 def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
     """Leaderboard, best.yaml, plots, then the refit; returns what was written and the refit's figures."""
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
+    with locked(folder):
         frame = leaderboard(study)
         tmp = folder / f".leaderboard.csv.tmp{os.getpid()}"
         frame.to_csv(tmp, index=False)
         os.replace(tmp, folder / "leaderboard.csv")
         _write(folder / "leaderboard.md", markdown(frame))
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        chosen = select_best(study, options.confirm_top)
+        if chosen is None:
             log.warning("tune: no trial completed (every one was pruned or failed): no best configuration; see %s",
                         folder / "leaderboard.md")
             return {"best_trial": None, "written": ["leaderboard.csv", "leaderboard.md"], "refit": None}
-        best = study.best_trial
-        best_yaml = best_config(base, best, folder)
+        best, values = chosen
+        best_yaml = best_config(base, best, values, folder)
         written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]
-        result = refit(best_yaml, best, options.seeds, folder) if options.seeds else None
+        result = refit(best_yaml, best, values, options.seeds, folder) if options.seeds else None
     report = {"best_trial": best.number, "best_method": best.user_attrs["method"], "best_val_accuracy": best.value,
+              "best_val_accuracy_runs": values,
               "best_params": {k: v for k, v in best.params.items() if k != "method"}, "written": written,
               "refit": result}
     print(format_report(report, frame, folder))
     return report
 
 
+def _mean(values: list[float]) -> str:
+    return f" (mean over {len(values)} seeds {statistics.fmean(values):.4f})" if len(values) > 1 else ""
+
+
 def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
     lines = ["", f"leaderboard (top 10 of {len(frame)}; all in {folder / 'leaderboard.md'}):",
              *markdown(frame.head(10)).rstrip().splitlines(),
              f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
-             f"validation {report['best_val_accuracy']:.4f}; config {folder / 'best.yaml'}"]
+             f"validation {report['best_val_accuracy']:.4f}{_mean(report['best_val_accuracy_runs'])}; "
+             f"config {folder / 'best.yaml'}"]
     refit = report["refit"]
     if refit and refit["runs"]:
         lines.append(f"refit on {len(refit['runs'])} seeds, test accuracy {100 * refit['test_accuracy_mean']:.2f} ± "

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
 from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
-from lelp_lightning.tune.report import method_params, trial_value, write_report
+from lelp_lightning.tune.report import is_confirmation, locked, method_params, top_trials, trial_value, write_report
 from lelp_lightning.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class TuneOptions:
         heartbeat_interval / grace_period: seconds; an RDB storage marks a trial failed once its process has not
             beaten for ``grace_period`` (a killed worker), and the trial is redone once.
         max_failures: stop after this many failed trials in a row (a space whose every trial fails).
+        confirm_top / confirm_seeds: once the budget is met, the ``confirm_top`` best trials are each run again
+            with ``confirm_seeds`` more seeds (validation only, never pruned, outside the budget) and the best is
+            the one with the highest mean validation accuracy over its runs: on a small validation split the
+            single best run of many is partly luck. 0 (the default): the best single run.
         progress: the progress bar over trials.
     """
 
@@ -68,18 +72,20 @@ class TuneOptions:
                  storage: str | None = None, seeds: int = 3, seed: int = 0,
                  sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
                  monitor: str = "val/accuracy", heartbeat_interval: int = 10, grace_period: int = 30,
-                 max_failures: int = 5, progress: bool = True):
+                 max_failures: int = 5, confirm_top: int = 0, confirm_seeds: int = 2, progress: bool = True):
         if n_trials < 1 or seeds < 0 or heartbeat_interval < 1 or grace_period <= heartbeat_interval \
-                or max_failures < 1:
+                or max_failures < 1 or confirm_top < 0 or confirm_seeds < 0:
             raise LelpError(f"tune options need n_trials >= 1, seeds >= 0, heartbeat_interval >= 1, grace_period > "
-                            f"heartbeat_interval and max_failures >= 1; got n_trials={n_trials}, seeds={seeds}, "
-                            f"heartbeat_interval={heartbeat_interval}, grace_period={grace_period}, "
-                            f"max_failures={max_failures}.")
+                            f"heartbeat_interval, max_failures >= 1, confirm_top >= 0 and confirm_seeds >= 0; got "
+                            f"n_trials={n_trials}, seeds={seeds}, heartbeat_interval={heartbeat_interval}, "
+                            f"grace_period={grace_period}, max_failures={max_failures}, confirm_top={confirm_top}, "
+                            f"confirm_seeds={confirm_seeds}.")
         self.space, self.n_trials, self.methods, self.exclude = space, n_trials, methods, list(exclude or [])
         self.root, self.study_name, self.storage = root, study_name, storage
         self.seeds, self.seed, self.sampler, self.pruner, self.monitor = seeds, seed, sampler, pruner, monitor
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.max_failures, self.progress = max_failures, progress
+        self.confirm_top, self.confirm_seeds = confirm_top, confirm_seeds
 
     def load_space(self) -> SearchSpace:
         if isinstance(self.space, dict):
@@ -190,7 +196,8 @@ def open_study(base: Base, options: TuneOptions, folder: Path, name: str) -> opt
 
 
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished search trials: what the budget counts (confirmations are outside it)."""
+    return sum(not is_confirmation(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 class Objective:
@@ -210,22 +217,27 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
+        confirming = is_confirmation(trial)
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                 if t.number < trial.number]
-        if len(ahead) >= self.options.n_trials:
+                 if t.number < trial.number and not is_confirmation(t)]
+        if not confirming and len(ahead) >= self.options.n_trials:
             trial.set_user_attr("surplus", True)
             trial.study.stop()
             raise _Surplus(f"trial {trial.number}: the budget of {self.options.n_trials} was met by other processes")
         self.current = trial
         method, values = self.base.space.suggest(trial)
-        overrides = method.overrides(values, self.base.lr, self.base.seed)
+        seed = self.base.seed + int(trial.user_attrs.get("confirm_seed", 0))
+        overrides = method.overrides(values, self.base.lr, seed)
+        if confirming:  # the same configuration, another seed: weights, batches and the strategy's own seed
+            overrides += ["--seed_everything", str(seed)]
         trial.set_user_attr("method", method.name)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         start = time.perf_counter()
         cli = build_cli([*self.base.args, *overrides, *self.trial_args(trial.number)], run=False)
         trainer = cli.trainer
-        trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.options.monitor))
+        if not confirming:  # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
+            trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.options.monitor))
         try:
             trainer.fit(cli.model, datamodule=cli.datamodule)
             value = trainer.callback_metrics.get(self.options.monitor)
@@ -253,6 +265,12 @@ class _Budget:
         self.options, self.bar, self.failures = options, bar, 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if is_confirmation(trial):
+            if trial.state == TrialState.COMPLETE:
+                line = (f"trial {trial.number} confirms trial {trial.user_attrs['confirm_of']} (seed "
+                        f"+{trial.user_attrs['confirm_seed']}): {trial.value:.4f}")
+                (self.bar.write if self.bar is not None else print)(line)
+            return
         done = finished(study)
         if self.bar is not None:
             self.bar.n = min(done, self.options.n_trials)
@@ -304,7 +322,8 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
         current = objective.current
         if current is not None and _state(study, current.number) == TrialState.FAIL:
             # redo the interrupted trial first when the study resumes (Optuna marked it failed)
-            study.enqueue_trial(current.params, user_attrs={"retry_of": current.number})
+            kept = {k: v for k, v in current.user_attrs.items() if k in ("confirm_of", "confirm_seed")}
+            study.enqueue_trial(current.params, user_attrs={"retry_of": current.number, **kept})
         raise
     finally:
         for q, level in zip(quiet, levels, strict=True):
@@ -317,9 +336,34 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
                     "rerun the same command to finish the study.", done, options.n_trials, running,
                     options.grace_period)
         return {"study": name, "folder": str(folder), "finished": done, "complete": False}
+    confirm(study, objective, options, folder)
     return write_report(study, base, options, folder) | {"study": name, "folder": str(folder), "finished": done,
                                                           "complete": True}
 
+
+
+def confirm(study: optuna.Study, objective: Objective, options: TuneOptions, folder: Path) -> None:
+    """Run the best ``confirm_top`` search trials again with ``confirm_seeds`` more seeds each (queued once: a
+    confirmation already waiting, running or complete is not queued again; a failed one is)."""
+    if not options.confirm_top or not options.confirm_seeds:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder):
+        trials = study.get_trials(deepcopy=False)
+        queued = {(t.user_attrs["confirm_of"], t.user_attrs["confirm_seed"]) for t in trials
+                  if is_confirmation(t) and t.state != TrialState.FAIL}
+        for top in top_trials(study, options.confirm_top):
+            for offset in range(1, options.confirm_seeds + 1):
+                if (top.number, offset) not in queued:
+                    study.enqueue_trial(top.params, user_attrs={"confirm_of": top.number, "confirm_seed": offset})
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if is_confirmation(t)]
+    if waiting:
+        log.info("tune: confirming the best %d trials with %d more seeds each (%d runs)", options.confirm_top,
+                 options.confirm_seeds, len(waiting))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=len(waiting), callbacks=[_Budget(options, None)], catch=(Exception,),
+                           gc_after_trial=True)
 
 
 def split_tune_args(args: list[str]) -> tuple[list[str], list[str]]:
