@@ -44,21 +44,34 @@ class _Hashed:
 
 class _Tokens:
     """Texts → token ids for the encoder inside the graph, tokenised as the training encoder tokenised them
-    (the encoder's own ``tokenizer.json``, truncated to ``max_length``, padded to the batch's longest)."""
+    (the encoder's own ``tokenizer.json``, truncated to ``max_length``, padded on the right to the batch's longest)."""
 
     def __init__(self, spec: dict, folder: Path):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(folder / spec["tokenizer"]))
         self.tokenizer.enable_truncation(int(spec["max_length"]))
-        self.tokenizer.enable_padding(pad_id=int(spec["pad_id"]), pad_token=spec["pad_token"])
-        self.inputs = spec["inputs"]
+        self.tokenizer.no_padding()
+        self.pad_id, self.inputs = int(spec["pad_id"]), spec["inputs"]
+
+    def encode(self, texts: list[str]) -> list:
+        """Each text's tokens, unpadded (their count orders a batch)."""
+        return self.tokenizer.encode_batch(texts)
+
+    def pad(self, encodings: list) -> dict[str, np.ndarray]:
+        """Encodings → the graph's [N, longest] arrays: pad id, attention 0 and token type 0 after each text."""
+        width = max(len(e.ids) for e in encodings)
+        arrays = {"input_ids": np.full((len(encodings), width), self.pad_id, np.int64),
+                  "attention_mask": np.zeros((len(encodings), width), np.int64),
+                  "token_type_ids": np.zeros((len(encodings), width), np.int64)}
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            arrays["input_ids"][row, :n], arrays["attention_mask"][row, :n] = e.ids, e.attention_mask
+            arrays["token_type_ids"][row, :n] = e.type_ids
+        return {name: arrays[name] for name in self.inputs}
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer.encode_batch(texts)
-        arrays = {"input_ids": [e.ids for e in encoded], "attention_mask": [e.attention_mask for e in encoded],
-                  "token_type_ids": [e.type_ids for e in encoded]}
-        return {name: np.asarray(arrays[name], dtype=np.int64).reshape(len(texts), -1) for name in self.inputs}
+        return self.pad(self.encode(texts))
 
 
 class _Pixels:
@@ -120,16 +133,19 @@ class Predictor:
         """Class probabilities [N, C] (float32, columns in the order of ``labels``), ``batch_size`` rows per run."""
         self._check(inputs)
         out = np.zeros((len(inputs), len(self.labels)), np.float32)
-        order = np.arange(len(inputs))
         if self.kind == "sentence_encoder":
-            # token batches pad to their longest text: similar lengths together (stable, so the result is the same),
-            # in runs of the training encoder's batch size, which pad less than one run of a large batch
-            order = np.argsort([len(t) for t in inputs], kind="stable")
+            # tokenised once; texts of similar token counts run together (a stable order, so the result does not
+            # depend on it), in runs of the training encoder's batch size, which pad less than one large batch
+            encodings = self.featurize.encode(list(inputs))
+            order = np.argsort([len(e.ids) for e in encodings], kind="stable")
             batch_size = min(batch_size, int(self.spec.get("batch_rows", batch_size)))
+            for lo in range(0, len(inputs), batch_size):
+                index = order[lo: lo + batch_size]
+                out[index] = self.session.run(["probabilities"], self.featurize.pad([encodings[i] for i in index]))[0]
+            return out
         for lo in range(0, len(inputs), batch_size):
-            index = order[lo: lo + batch_size]
-            chunk = inputs[index] if isinstance(inputs, np.ndarray) else [inputs[i] for i in index]
-            out[index] = self.session.run(["probabilities"], self.featurize(chunk))[0]
+            chunk = inputs[lo: lo + batch_size]
+            out[lo: lo + batch_size] = self.session.run(["probabilities"], self.featurize(chunk))[0]
         return out
 
     def predict(self, inputs: Sequence[str] | np.ndarray, batch_size: int = 256) -> list[str]:

@@ -52,3 +52,30 @@ def test_int8_export_is_smaller_and_agrees_with_eager_pytorch(mlp, tmp_path):
     assert (served.argmax(1) == eager.argmax(1)).mean() >= 0.9
     assert int8["accuracy"]["exported_test"] == pytest.approx((served.argmax(1) == np.asarray(test.labels)).mean())
     assert "quantised: int8" in (folder / "model_card.md").read_text()
+
+
+def test_token_count_batches_give_each_text_its_own_probabilities(mlp):
+    """The predictor tokenises once and runs texts of similar token counts together: every text's probabilities
+    equal those of the text run alone (no padding), whatever the input order, and its padded arrays are the
+    tokenizers library's own right padding."""
+    from tokenizers import Tokenizer
+
+    from lelp_lightning.serving import Predictor
+
+    predictor = Predictor.load(mlp.folder)
+    texts = ["ok", "a much longer text about the weather, the traffic and the rest of a long day", "good film",
+             "", "the end of the line for this one " * 10]
+    together = predictor.predict_proba(texts, batch_size=2)
+    alone = np.concatenate([predictor.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    permutation = [3, 0, 4, 2, 1]
+    np.testing.assert_allclose(predictor.predict_proba([texts[i] for i in permutation]), together[permutation], atol=1e-5)
+    reference = Tokenizer.from_file(str(mlp.folder / "tokenizer.json"))
+    spec = json.loads((mlp.folder / "featurizer.json").read_text())
+    reference.enable_truncation(spec["max_length"])
+    reference.enable_padding(pad_id=spec["pad_id"], pad_token=spec["pad_token"])
+    encoded = reference.encode_batch(texts)
+    padded = predictor.featurize(texts)
+    np.testing.assert_array_equal(padded["input_ids"], [e.ids for e in encoded])
+    np.testing.assert_array_equal(padded["attention_mask"], [e.attention_mask for e in encoded])
+    assert padded["input_ids"].shape[1] == 64  # the long text is truncated to max_length
