@@ -72,16 +72,17 @@ def murmurhash3_32(keys: list[bytes], seed: int = 0) -> np.ndarray:
 class HashedNgrams:
     """Texts → a hashed-bag student's inputs, as the training featuriser made them: :meth:`bags` gives
     ``EmbeddingBag``'s (ids, offsets, weights); calling it gives the exported graph's padded ``ids`` / ``weights``
-    [N, L] (each row's entries in that order, then bucket 0 at weight 0 up to the batch's longest row, L ≥ 1)."""
+    [N, L] (one entry per n-gram, not per bucket: the graph's weighted sum adds repeats, so no sort is needed)."""
 
     def __init__(self, num_buckets: int, max_ngram: int, lowercase: bool, token_pattern: str):
         self.num_buckets, self.max_ngram, self.lowercase = int(num_buckets), int(max_ngram), bool(lowercase)
         self.token_pattern = re.compile(token_pattern)
 
-    def spans(self, texts: list[str]) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    def spans(self, texts: list[str]) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every word n-gram of ``texts`` as a slice of one UTF-8 buffer (the rows' tokens joined by single spaces,
         so an n-gram is the bytes from its first token's start to its last token's end): (buffer, row, start,
-        length). scikit-learn joins an n-gram's tokens with one space too; the order of n-grams does not matter."""
+        length, column), ``column`` numbering a row's n-grams from 0 (its unigrams, then its bigrams, …).
+        scikit-learn joins an n-gram's tokens with one space too; the order of n-grams does not matter."""
         tokens = [self.token_pattern.findall(t.lower() if self.lowercase else t) for t in texts]
         flat = [token for row in tokens for token in row]
         joined = " ".join(flat)
@@ -91,32 +92,39 @@ class HashedNgrams:
         token_start = np.cumsum(sizes + 1) - (sizes + 1)
         per_row = np.fromiter(map(len, tokens), np.int64, len(tokens))
         token_row = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
-        left_in_row = np.repeat(np.cumsum(per_row), per_row) - np.arange(len(flat))  # this token and those after it
-        rows, starts, lengths = [], [], []
+        position = np.arange(len(flat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)  # the token's index in its row
+        rows, starts, lengths, columns = [], [], [], []
+        before = np.zeros(len(texts), np.int64)  # each row's n-grams of the smaller orders
         for n in range(1, self.max_ngram + 1):
-            first = np.flatnonzero(left_in_row >= n)
+            first = np.flatnonzero(position + n <= per_row[token_row])
             last = first + n - 1
             rows.append(token_row[first])
             starts.append(token_start[first])
             lengths.append(token_start[last] + sizes[last] - token_start[first])
-        return data, np.concatenate(rows), np.concatenate(starts), np.concatenate(lengths)
+            columns.append(before[token_row[first]] + position[first])
+            before += np.maximum(per_row - n + 1, 0)
+        return data, *(np.concatenate(a) for a in (rows, starts, lengths, columns))
+
+    def buckets(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Each n-gram's bucket: ``|MurmurHash3| mod num_buckets``, as scikit-learn takes it."""
+        h = murmurhash_spans(data, starts, lengths).astype(np.int64)
+        return np.where(h == -(2**31), 2**31 % self.num_buckets, np.abs(h) % self.num_buckets)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        bags = self.bags(texts)
-        ids, offsets = bags["ids"], bags["offsets"]
-        per_row = np.diff(np.append(offsets, len(ids)))
-        row = np.repeat(np.arange(len(texts)), per_row)
-        column = np.arange(len(ids)) - np.repeat(offsets, per_row)
-        shape = (len(texts), max(int(per_row.max(initial=0)), 1))
-        padded_ids, padded_weights = np.zeros(shape, np.int64), np.zeros(shape, np.float32)
-        padded_ids[row, column], padded_weights[row, column] = ids, bags["weights"]
-        return {"ids": padded_ids, "weights": padded_weights}
+        """The graph's padded ``ids`` / ``weights`` [N, L]: every n-gram of a row at weight 1 / the row's n-gram
+        count (a bucket hit k times sums to k / count, the bag's weight, in the graph), then bucket 0 at weight 0."""
+        data, row, starts, lengths, column = self.spans(texts)
+        total = np.bincount(row, minlength=len(texts))
+        shape = (len(texts), max(int(total.max(initial=0)), 1))
+        ids, weights = np.zeros(shape, np.int64), np.zeros(shape, np.float32)
+        ids[row, column] = self.buckets(data, starts, lengths)
+        weights[row, column] = (1.0 / np.maximum(total, 1)).astype(np.float32)[row]
+        return {"ids": ids, "weights": weights}
 
     def bags(self, texts: list[str]) -> dict[str, np.ndarray]:
         """``EmbeddingBag``'s inputs for ``texts``: one entry per (row, bucket), sorted, weight = count / row total."""
-        data, row, starts, lengths = self.spans(texts)
-        h = murmurhash_spans(data, starts, lengths).astype(np.int64)
-        bucket = np.where(h == -(2**31), 2**31 % self.num_buckets, np.abs(h) % self.num_buckets)  # as scikit-learn
+        data, row, starts, lengths, _ = self.spans(texts)
+        bucket = self.buckets(data, starts, lengths)
         # one entry per (row, bucket) with its count, sorted by row then bucket (scikit-learn's sorted CSR)
         keys, count = np.unique(row * self.num_buckets + bucket, return_counts=True)
         rows, ids = keys // self.num_buckets, keys % self.num_buckets

@@ -39,11 +39,16 @@ def test_bags_equal_the_training_featuriser_on_real_tweets(num_buckets, max_ngra
     for key in ("ids", "offsets", "weights"):
         assert got[key].dtype == expected[key].numpy().dtype
         np.testing.assert_array_equal(got[key], expected[key].numpy())
-    # the padded form the graph reads: row i holds its entries in order, then bucket 0 at weight 0
+    # the padded form the graph reads: one entry per n-gram at weight 1 / the row's n-gram count, padding at weight
+    # 0; summed per (row, bucket), as the graph's weighted sum does, it is the bag (count / total) exactly
     padded = hashed(texts)
-    ends = np.append(got["offsets"][1:], len(got["ids"]))
-    assert padded["ids"].shape == padded["weights"].shape == (len(texts), max(int((ends - got["offsets"]).max()), 1))
-    for i, (lo, hi) in enumerate(zip(got["offsets"], ends, strict=True)):
-        np.testing.assert_array_equal(padded["ids"][i], np.pad(got["ids"][lo:hi], (0, padded["ids"].shape[1] - hi + lo)))
-        np.testing.assert_array_equal(padded["weights"][i],
-                                      np.pad(got["weights"][lo:hi], (0, padded["ids"].shape[1] - hi + lo)))
+    dense = np.zeros((len(texts), num_buckets))
+    np.add.at(dense, (np.repeat(np.arange(len(texts)), padded["ids"].shape[1]), padded["ids"].ravel()),
+              padded["weights"].ravel().astype(np.float64))
+    reference = np.zeros((len(texts), num_buckets))
+    rows = np.repeat(np.arange(len(texts)), np.diff(np.append(got["offsets"], len(got["ids"]))))
+    reference[rows, got["ids"]] = got["weights"]
+    np.testing.assert_allclose(dense, reference, rtol=1e-6, atol=1e-7)
+    ngrams = np.asarray(featurizer._vectorizer().transform(texts).sum(1)).ravel()  # scikit-learn's n-gram counts
+    np.testing.assert_array_equal((padded["weights"] > 0).sum(1), ngrams)
+    assert padded["ids"].shape == padded["weights"].shape == (len(texts), max(int(ngrams.max()), 1))
