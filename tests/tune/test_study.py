@@ -67,6 +67,12 @@ def test_a_four_trial_study_through_the_console_script(tweets_cache_dir, tmp_pat
                          "save_dir": str(tmp_path), "name": "again", "version": "v"}}))
     assert again.returncode == 0
     assert last_val_accuracy(tmp_path / "again" / "v") == pytest.approx(best.value)
+    refit_run = folder / "refit" / "seed_0"  # the README's last step: the refit student leaves the framework
+    shipped = run_main("export", "--config", str(refit_run / "config.yaml"), "--ckpt_path",
+                       str(refit_run / "checkpoints" / "last.ckpt"), "--output", str(tmp_path / "student"),
+                       "--bench_seconds", "0")
+    assert shipped.returncode == 0, shipped.stderr[-3000:]
+    assert (tmp_path / "student" / "student.onnx").is_file()
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
