@@ -93,10 +93,11 @@ class HashedNgrams:
         per_row = np.fromiter(map(len, tokens), np.int64, len(tokens))
         token_row = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
         position = np.arange(len(flat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)  # the token's index in its row
+        row_length = per_row[token_row]  # its row's token count
         rows, starts, lengths, columns = [], [], [], []
         before = np.zeros(len(texts), np.int64)  # each row's n-grams of the smaller orders
         for n in range(1, self.max_ngram + 1):
-            first = np.flatnonzero(position + n <= per_row[token_row])
+            first = np.flatnonzero(position + n <= row_length)
             last = first + n - 1
             rows.append(token_row[first])
             starts.append(token_start[first])

@@ -112,12 +112,15 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
                              na_position="last").drop(columns="_order").reset_index(drop=True)
 
 
+def seed_mean(values: list[float] | None) -> str:
+    """"mean over N seeds X" for a confirmed trial's validation values; "" for a single run."""
+    return f"mean over {len(values)} seeds {statistics.fmean(values):.4f}" if values and len(values) > 1 else ""
+
+
 def _confirm_note(trial, values: list[float] | None) -> str:
     if is_confirmation(trial):
         return f"confirms trial {trial.user_attrs['confirm_of']} (seed +{trial.user_attrs['confirm_seed']})"
-    if values and len(values) > 1:
-        return f"mean over {len(values)} seeds {statistics.fmean(values):.4f}"
-    return ""
+    return seed_mean(values)
 
 
 def _short(value):
@@ -136,7 +139,7 @@ def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], fold
     cli = build_cli([*base.args, *trial.user_attrs["overrides"],
                      "--trainer.default_root_dir", str(folder / "best")], run=False)
     path = folder / "best.yaml"
-    mean = f", mean over {len(values)} seeds {statistics.fmean(values):.4f}" if len(values) > 1 else ""
+    mean = f", {seed_mean(values)}" if seed_mean(values) else ""
     _write(path, f"# lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
                  f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml\n"
                  + cli.parser.dump(cli.config, skip_none=False))
@@ -232,15 +235,15 @@ def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
     return report
 
 
-def _mean(values: list[float]) -> str:
-    return f" (mean over {len(values)} seeds {statistics.fmean(values):.4f})" if len(values) > 1 else ""
+def _parenthesised(text: str) -> str:
+    return f" ({text})" if text else ""
 
 
 def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
     lines = ["", f"leaderboard (top 10 of {len(frame)}; all in {folder / 'leaderboard.md'}):",
              *markdown(frame.head(10)).rstrip().splitlines(),
              f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
-             f"validation {report['best_val_accuracy']:.4f}{_mean(report['best_val_accuracy_runs'])}; "
+             f"validation {report['best_val_accuracy']:.4f}{_parenthesised(seed_mean(report['best_val_accuracy_runs']))}; "
              f"config {folder / 'best.yaml'}"]
     refit = report["refit"]
     if refit and refit["runs"]:

@@ -1,6 +1,5 @@
 """`lelp tune --tune.confirm_top`: the best trials rerun with more seeds, the answer chosen by their mean."""
 
-
 import numpy as np
 import optuna
 import pandas as pd
