@@ -2,12 +2,15 @@
 
 The rule is ``torch.optim.SparseAdam``'s, exactly: the moments of a row move only when the row has a gradient,
 with Adam's bias correction by the parameter's step count and ``eps`` added to √v before the correction. It is
-computed with row gathers and scatters (``index_select`` / ``index_copy_``) on the distinct rows instead of
-sparse-tensor arithmetic over the whole table, which on CPU costs several times more per step.
+computed with row gathers and scatters on the distinct rows instead of sparse-tensor arithmetic over the whole
+table, which on CPU costs several times more per step. A step is bound by memory latency (three random rows of
+three tables per distinct row), so it spends nothing else: the distinct rows come from a mark table instead of
+a sort, and the row buffers are kept between steps (fresh multi-megabyte tensors page-fault on every step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -21,6 +24,7 @@ class LazyAdam(torch.optim.Optimizer):
             raise ValueError(f"LazyAdam needs lr > 0, eps > 0 and betas in [0, 1), got lr={lr}, betas={betas}, "
                              f"eps={eps}.")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+        self._rows: dict[torch.Tensor, RowScratch] = {}  # per parameter; work memory, not state
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -28,37 +32,82 @@ class LazyAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("LazyAdam takes sparse gradients only; train dense parameters with AdamW.")
-                rows, values = unique_rows(param.grad)
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["step"] += 1
-                exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values,
-                                                                                            value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))
-                param.index_copy_(0, rows, param.index_select(0, rows).add_(update, alpha=-step_size))
+        with distinct_index_writes():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        self._update(param, group)
         return loss
 
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        if not param.grad.is_sparse:
+            raise RuntimeError("LazyAdam takes sparse gradients only; train dense parameters with AdamW.")
+        beta1, beta2 = group["betas"]
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        scratch = self._rows.get(param)
+        if scratch is None:
+            scratch = self._rows[param] = RowScratch(param)
+        rows, grad = scratch.coalesce(param.grad)
+        value, exp_avg, exp_avg_sq, denom = scratch.buffers(len(rows))
+        torch.index_select(param, 0, rows, out=value)
+        torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
+        torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
+        state["step"] += 1
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+        value.addcdiv_(exp_avg, torch.sqrt(exp_avg_sq, out=denom).add_(group["eps"]), value=-step_size)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        param.index_copy_(0, rows, value)
 
-def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted distinct rows, their summed gradients) of a sparse COO gradient over dim 0 (what ``coalesce``
-    gives, by a sort of the row ids and one small ``index_add_``)."""
-    if grad.is_coalesced():
-        return grad.indices()[0], grad.values()
-    rows, inverse = torch.unique(grad._indices()[0], sorted=True, return_inverse=True)
-    values = grad._values()
-    summed = torch.zeros((len(rows), *values.shape[1:]), dtype=values.dtype, device=values.device)
-    return rows, summed.index_add_(0, inverse, values)
+
+class RowScratch:
+    """Work memory for one sparse parameter: a mark and a position per table row (to find a gradient's distinct
+    rows in O(rows + ids) without a sort) and row buffers that grow to the largest step seen."""
+
+    def __init__(self, param: torch.Tensor):
+        self.marked = torch.zeros(param.shape[0], dtype=torch.bool, device=param.device)
+        self.position = torch.empty(param.shape[0], dtype=torch.long, device=param.device)
+        self.shape, self.dtype, self.device = param.shape[1:], param.dtype, param.device
+        self.rows_buffer = torch.empty((5, 0, *self.shape), dtype=self.dtype, device=self.device)
+
+    def buffers(self, count: int) -> list[torch.Tensor]:
+        """Four [count, ...] row buffers (value, both moments, a denominator), views of one kept allocation."""
+        if self.rows_buffer.shape[1] < count:
+            self.rows_buffer = torch.empty((5, int(count * 1.25), *self.shape), dtype=self.dtype, device=self.device)
+        return [self.rows_buffer[i, :count] for i in range(1, 5)]
+
+    def coalesce(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted distinct rows, their summed gradients) of a sparse COO gradient over dim 0: what ``coalesce``
+        gives, without its sort."""
+        if grad.is_coalesced():
+            return grad.indices()[0], grad.values()
+        ids, values = grad._indices()[0], grad._values()
+        self.marked.index_fill_(0, ids, True)
+        rows = self.marked.nonzero().squeeze(1)
+        self.marked.index_fill_(0, rows, False)
+        self.position.index_copy_(0, rows, torch.arange(len(rows), device=rows.device))
+        self.buffers(len(rows))  # grows the kept allocation before a view of it is taken
+        summed = self.rows_buffer[0, :len(rows)]
+        return rows, summed.zero_().index_add_(0, self.position.index_select(0, ids), values)
+
+
+@contextlib.contextmanager
+def distinct_index_writes():
+    """Lets ``index_copy_`` take its direct path while deterministic algorithms are on: every index it gets here is
+    distinct, so the result does not depend on the order of the writes, and the deterministic path would sort the
+    indices of every write (three per step, most of a step's cost)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)

@@ -93,10 +93,23 @@ def test_nccl_is_refused_for_sparse_gradients(monkeypatch):
     model.on_fit_start()  # gloo all-reduces sparse gradients (the DDP test checks the result)
 
 
-def test_lazy_adam_follows_torch_sparse_adam_step_for_step():
+@pytest.mark.parametrize("coalesced", [False, True])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_lazy_adam_follows_torch_sparse_adam_step_for_step(coalesced, deterministic):
     """torch.optim.SparseAdam is the reference: same rows, moments and parameters over many steps with repeated
-    rows in a gradient (uncoalesced, as EmbeddingBag's backward gives), steps that skip a parameter, and a
-    checkpoint round trip of the state half way."""
+    rows in a gradient (uncoalesced, as EmbeddingBag's backward gives; or coalesced), steps that skip a parameter,
+    a step touching more rows than any before (the kept buffers grow), and a checkpoint round trip of the state
+    half way; with deterministic algorithms on, the step leaves the setting as it found it."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        _follow_sparse_adam(coalesced)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _follow_sparse_adam(coalesced: bool) -> None:
     rng = torch.Generator().manual_seed(3)
     ours = torch.nn.Parameter(torch.randn(40, 5, generator=rng))
     theirs = torch.nn.Parameter(ours.detach().clone())
@@ -109,8 +122,10 @@ def test_lazy_adam_follows_torch_sparse_adam_step_for_step():
             mine.load_state_dict(saved)
         if step % 5 == 4:
             continue  # a batch that did not touch the table
-        rows = torch.randint(0, 20, (1, 30), generator=rng)
-        grad = torch.sparse_coo_tensor(rows, torch.randn(30, 5, generator=rng), (40, 5), check_invariants=True)
+        count = 60 if step == 8 else 30
+        rows = torch.randint(0, 20, (1, count), generator=rng)
+        grad = torch.sparse_coo_tensor(rows, torch.randn(count, 5, generator=rng), (40, 5), check_invariants=True)
+        grad = grad.coalesce() if coalesced else grad
         ours.grad, theirs.grad = grad.clone(), grad.clone()
         mine.step()
         reference.step()
