@@ -7,7 +7,8 @@ fresh process for each variant, alternating them, so a slow spell of a shared ma
 student as shipped (sparse table, lazy Adam), ``dense`` the same with ``sparse: false`` (every step updates the
 whole 2^18 × 64 table with AdamW: the student before the sparse path). Phases, from the child's timestamps:
 startup (process start → CLI imported), cli (parse, instantiate, cache open, featurise), targets (the strategy fit
-and z, the model's setup, the sanity check), epochs, test (the final test pass), exit (summary, teardown). The
+and z, the model's setup, the sanity check), epochs (training and validation), checkpoint (the epochs' checkpoint
+saves, taken out of the epochs), test (the final test pass), exit (summary, teardown). The
 record (JSON, immutable, ``benchmarks/results/fit_breakdown/``) keeps every round; the table shows medians.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "benchmarks" / "results" / "fit_breakdown"
-PHASES = ("startup", "cli", "featurise", "targets", "epochs", "test", "exit")
+PHASES = ("startup", "cli", "featurise", "targets", "epochs", "checkpoint", "test", "exit")
 VARIANTS = {"sparse": [], "dense": ["--model.student.init_args.sparse", "false"]}
 
 
@@ -49,6 +50,16 @@ def child(out: Path, launched: float, extra: list[str]) -> None:
         return result
 
     HashedNgramFeaturizer.featurize = timed_featurize
+    from lightning.pytorch import Trainer
+
+    save_checkpoint, saving = Trainer.save_checkpoint, []
+
+    def timed_save_checkpoint(self, *args, **kwargs):
+        start = time.time()
+        save_checkpoint(self, *args, **kwargs)
+        saving.append(time.time() - start)
+
+    Trainer.save_checkpoint = timed_save_checkpoint
 
     class Marks(Callback):
         def setup(self, trainer, pl_module, stage):
@@ -79,6 +90,7 @@ def child(out: Path, launched: float, extra: list[str]) -> None:
                  "false", "--trainer.enable_model_summary", "false", *extra])
     marks["done"] = time.time()
     marks["featurise_seconds"] = sum(spent)
+    marks["checkpoint_seconds"] = sum(saving)
     marks["exit_code"] = code
     out.write_text(json.dumps(marks))
 
@@ -97,7 +109,8 @@ def run_variant(variant: str, threads: int, run_root: Path) -> dict:
     summary = json.loads(next(run_dir.rglob("summary.json")).read_text())
     phases = {"startup": m["imported"] - m["launched"],
               "cli": m["setup"] - m["imported"] - m["featurise_seconds"], "featurise": m["featurise_seconds"],
-              "targets": m["train_start"] - m["setup"], "epochs": m["train_end"] - m["train_start"],
+              "targets": m["train_start"] - m["setup"], "epochs": m["train_end"] - m["train_start"] - m["checkpoint_seconds"],
+              "checkpoint": m["checkpoint_seconds"],
               "test": m["test_end"] - m["test_start"], "exit": ended - m["test_end"]}
     return {"variant": variant, "phases": phases, "command_seconds": ended - launched,
             "fit_seconds": summary["fit_seconds"], "test_accuracy": summary["student"]["test_accuracy"],
