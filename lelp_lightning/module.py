@@ -14,7 +14,6 @@ from lelp_lightning.distributed import shard_modules
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import STAGES, Objective, class_logits
 from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
-from lelp_lightning.optim import LazyAdam
 from lelp_lightning.students.networks import Student
 
 
@@ -172,10 +171,10 @@ class DistillModule(LightningModule):
                             "use the run's own config (--config <run>/config.yaml) or the checkpoint's num_subclasses.")
 
     def configure_optimizers(self):
-        """AdamW over every dense parameter; with a sparse student also lazy Adam (:class:`~lelp_lightning.optim.LazyAdam`,
-        ``SparseAdam``'s rule, no weight decay) over its sparse table. Both states are in the checkpoint, so a
+        """AdamW over every dense parameter; with a sparse student also the student's optimiser of its sparse table
+        (lazy Adam, ``SparseAdam``'s rule, by default; no weight decay). Both states are in the checkpoint, so a
         resumed run continues exactly."""
         sparse = self.student.sparse_parameters()
         dense = [p for p in self.parameters() if all(p is not s for s in sparse)]
         adamw = torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.weight_decay)
-        return [adamw, LazyAdam(sparse, lr=self.lr)] if sparse else adamw
+        return [adamw, self.student.sparse_optimizer(self.lr)] if sparse else adamw

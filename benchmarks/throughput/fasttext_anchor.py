@@ -9,7 +9,9 @@ validation split (seed 0) from ``FASTTEXT_LRS`` (its default, 0.1, is meant for 
 loss, minCount 1); ours keeps the quickstart's (AdamW, lr 0.02, batch 64) with the ``ce`` objective
 (configs/method/ce.yaml), untuned here. Our time is the summary's ``fit_seconds`` (the training loop with
 its per-epoch validation; the cached teacher is not used by ``ce``); fastText's is its ``train_supervised`` call.
-Beside them, the distilled student of the quickstart (LELP, the default) on the same task, same seeds. Each
+Beside them, the distilled student of the quickstart (LELP, the default) on the same task, same seeds; and both
+of ours again with the table trained by row-wise Adagrad (``table_optimizer: rowwise_adagrad``, ``*_adagrad``), its
+``table_lr`` chosen on validation (seed 0) from ``ADAGRAD_LRS`` for each side and task. Each final
 configuration runs once per seed and reads the test split once. Record: ``benchmarks/results/fasttext_anchor/``.
 """
 
@@ -34,6 +36,8 @@ TASKS = {
 }
 EPOCHS, DIM, BUCKETS = 6, 64, 2**18
 FASTTEXT_LRS = (0.1, 0.25, 0.5, 1.0)
+ADAGRAD_LRS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+ADAGRAD = ["--model.student.init_args.table_optimizer", "rowwise_adagrad"]
 TOKEN = re.compile(r"(?u)\b\w+\b")
 
 
@@ -58,13 +62,26 @@ def fasttext_run(source, seed: int, threads: int, work: Path, lr: float, split: 
     return {"train_seconds": seconds, f"{split}_accuracy": accuracy, "train_rows": len(train), "lr": lr}
 
 
+def quiet(task_args: list[str], method: list[str], seed: int, run_dir: Path) -> list[str]:
+    return [*QUICKSTART, *task_args, *method, "--seed_everything", str(seed), "--trainer.max_epochs", str(EPOCHS),
+            "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false", "--trainer.enable_checkpointing",
+            "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]
+
+
+def ours_val(task_args: list[str], method: list[str], run_dir: Path) -> float:
+    """Validation accuracy of ours (seed 0), the test split untouched: for choosing the table's learning rate."""
+    from lelp_lightning.cli import build_cli
+
+    cli = build_cli(quiet(task_args, method, 0, run_dir), run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return float(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/accuracy"])
+
+
 def ours(task_args: list[str], method: list[str], seed: int, run_dir: Path) -> dict:
     from lelp_lightning.cli import fit
 
-    summary = fit([*QUICKSTART, *task_args, *method, "--seed_everything", str(seed), "--trainer.max_epochs",
-                   str(EPOCHS), "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
-                   "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
-                   "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    summary = fit(quiet(task_args, method, seed, run_dir))
     return {"train_seconds": summary["fit_seconds"], "test_accuracy": summary["student"]["test_accuracy"],
             "teacher_accuracy": summary["teacher"]["test_accuracy"]}
 
@@ -97,6 +114,17 @@ def main() -> None:
         sides = {"fasttext": lambda seed, source=source, lr=lr: fasttext_run(source, seed, args.threads, work, lr),
                  "ours_ce": lambda seed, task=task: ours(TASKS[task], ce, seed, work / "runs"),
                  "ours_distilled": lambda seed, task=task: ours(TASKS[task], [], seed, work / "runs")}
+        for side, method in (("ours_ce_adagrad", ce), ("ours_distilled_adagrad", [])):
+            chosen = {}
+            for table_lr in ADAGRAD_LRS:
+                table = [*method, *ADAGRAD, "--model.student.init_args.table_lr", str(table_lr)]
+                chosen[table_lr] = ours_val(TASKS[task], table, work / "runs")
+                runs.append({"task": task, "side": f"{side}_selection", "seed": 0, "table_lr": table_lr,
+                             "val_accuracy": chosen[table_lr]})
+            table_lr = max(ADAGRAD_LRS, key=lambda x, chosen=chosen: chosen[x])  # ties: the first, the smallest
+            table = [*method, *ADAGRAD, "--model.student.init_args.table_lr", str(table_lr)]
+            sides[side] = lambda seed, task=task, table=table, table_lr=table_lr: {
+                **ours(TASKS[task], table, seed, work / "runs"), "table_lr": table_lr}
         for seed in range(args.seeds):
             for side, run in sides.items():
                 result = {"task": task, "side": side, "seed": seed, **run(seed)}
@@ -109,19 +137,20 @@ def main() -> None:
               "runs": runs}
     path = provenance.write_record(RECORDS, sha, record)
     print(f"\n{provenance.cpu_name()}, {args.threads} threads, {args.seeds} seeds; record {path.name}")
-    print(f"{'task':<11}{'side':<16}{'test acc %':>16}{'train s':>10}{'rows/s':>10}{'time vs fastText':>18}")
+    print(f"{'task':<11}{'side':<24}{'test acc %':>16}{'train s':>10}{'rows/s':>10}{'time vs fastText':>18}")
     for task in args.tasks.split(","):
         anchor = statistics.median(r["train_seconds"] for r in runs if r["task"] == task and r["side"] == "fasttext")
         chosen = next(r["lr"] for r in runs if r["task"] == task and r["side"] == "fasttext")
         print(f"{task}: fastText lr {chosen} (validation, from {FASTTEXT_LRS})")
         rows = next(r["train_rows"] for r in runs if r["task"] == task and r["side"] == "fasttext")
-        for side in ("fasttext", "ours_ce", "ours_distilled"):
+        for side in ("fasttext", "ours_ce", "ours_distilled", "ours_ce_adagrad", "ours_distilled_adagrad"):
             mine = [r for r in runs if r["task"] == task and r["side"] == side]
             acc = [100 * r["test_accuracy"] for r in mine]
             sec = statistics.median(r["train_seconds"] for r in mine)
             spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            print(f"{task:<11}{side:<16}{statistics.mean(acc):>9.2f} ± {spread:4.2f}{sec:>10.2f}"
-                  f"{rows * EPOCHS / sec:>10.0f}{sec / anchor:>17.2f}×")
+            note = f" (table_lr {mine[0]['table_lr']}, validation)" if "table_lr" in mine[0] else ""
+            print(f"{task:<11}{side:<24}{statistics.mean(acc):>9.2f} ± {spread:4.2f}{sec:>10.2f}"
+                  f"{rows * EPOCHS / sec:>10.0f}{sec / anchor:>17.2f}×{note}")
 
 
 if __name__ == "__main__":

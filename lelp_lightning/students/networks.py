@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lelp_lightning.errors import LelpError
+from lelp_lightning.optim import SPARSE_OPTIMIZERS, LazyAdam
 from lelp_lightning.registry import Registry
 
 students = Registry("student", "lelp_lightning.students")
@@ -41,8 +42,12 @@ class Student(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters whose gradients are sparse (rows of a table a batch touches); the model trains them with a
-        sparse-aware optimiser (lazy Adam) and the rest with AdamW. Default: none."""
+        sparse-aware optimiser (:meth:`sparse_optimizer`) and the rest with AdamW. Default: none."""
         return []
+
+    def sparse_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The optimiser of :meth:`sparse_parameters`, ``lr`` being the model's. Default: lazy Adam."""
+        return LazyAdam(self.sparse_parameters(), lr=lr)
 
     def forward(self, inputs) -> torch.Tensor:
         return self.head(self.embed(inputs))
@@ -55,12 +60,23 @@ class HashedBagStudent(Student, name="hashed_bag",
     ``sparse`` (default): the table's gradient holds only the rows a batch touches, and the table trains with
     lazy Adam (moments of a row move only when the row is used), so a step costs what the batch touches
     rather than the whole ``input_dim × embed_dim`` table; ``sparse: false`` trains it densely with AdamW.
+    ``table_optimizer: rowwise_adagrad`` trains the sparse table with row-wise Adagrad instead (one accumulator per
+    row, a step moves a third of lazy Adam's memory), at ``table_lr`` (default: the model's ``lr``).
     """
 
     def __init__(self, input_dim: int = 2**18, num_outputs: int = 2, embed_dim: int = 64, hidden_dim: int = 0,
-                 dropout: float = 0.0, sparse: bool = True):
+                 dropout: float = 0.0, sparse: bool = True, table_optimizer: str = "lazy_adam",
+                 table_lr: float | None = None):
         super().__init__(input_dim, num_outputs)
-        self.sparse = sparse
+        if table_optimizer not in SPARSE_OPTIMIZERS:
+            raise LelpError(f"hashed_bag's table_optimizer is {table_optimizer!r}; expected one of "
+                            f"{sorted(SPARSE_OPTIMIZERS)}.")
+        if not sparse and (table_optimizer != "lazy_adam" or table_lr is not None):
+            raise LelpError("hashed_bag's table_optimizer and table_lr apply to a sparse table; with sparse: false "
+                            "the table trains with AdamW at the model's lr (remove them, or set sparse: true).")
+        if table_lr is not None and not table_lr > 0:
+            raise LelpError(f"hashed_bag's table_lr must be > 0 (or null for the model's lr), got {table_lr}.")
+        self.sparse, self.table_optimizer, self.table_lr = sparse, table_optimizer, table_lr
         self.embedding = nn.EmbeddingBag(input_dim, embed_dim, mode="sum", sparse=sparse)
         nn.init.normal_(self.embedding.weight, std=0.1)
         layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
@@ -76,6 +92,9 @@ class HashedBagStudent(Student, name="hashed_bag",
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.embedding.weight] if self.sparse else []
+
+    def sparse_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return SPARSE_OPTIMIZERS[self.table_optimizer](self.sparse_parameters(), lr=self.table_lr or lr)
 
 
 class MLPStudent(Student, name="mlp", description="An MLP over dense input features, then a C·S linear head."):
