@@ -374,12 +374,16 @@ def cost(records: list[dict]) -> list[str]:
     lines = ["| phase | runs | run-seconds (sum over runs) |", "|---|---|---|"]
     lines += [f"| {p} | {n} | {s:,.0f} |" for p, (n, s) in by_phase.items()]
     lines += [f"| all | {len(records)} | {total:,.0f} |", ""]
-    spans = [r for r in records]
-    if spans:
+    if records:
         machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in records})
+        legacy = spec.LEGACY
+        default = sum(r["wall_s"] for r in records if r["cell"] not in legacy)
         lines.append(f"Runs went {max(workers)} at a time, one thread each, on {', '.join(machines)}: about "
-                     f"{total / max(workers) / 3600:.2f} h of wall time for the grid (sum of run times / workers), "
-                     "caches excluded.")
+                     f"{default / max(workers) / 3600:.2f} h of wall time for the grid as `grid.py` runs it by default "
+                     f"(sum of run times / workers, caches excluded), {total / max(workers) / 3600:.2f} h with the "
+                     "legacy dense-bag cells. Each run's time is from the code and CPU it ran on: runs of the bag "
+                     "recorded before the faster lazy-Adam step (git de33df8) took longer than they "
+                     "would now.")
     if prepare:
         built = ", ".join(f"{p['cell']} {p['seconds']:.0f} s" for p in prepare if p["seconds"] > 5)
         lines.append(f"Building the caches (teacher passes, heads, student features; once): "
