@@ -36,7 +36,7 @@ TASKS = {
 }
 EPOCHS, DIM, BUCKETS = 6, 64, 2**18
 FASTTEXT_LRS = (0.1, 0.25, 0.5, 1.0)
-ADAGRAD_LRS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+ADAGRAD_LRS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 ADAGRAD = ["--model.student.init_args.table_optimizer", "rowwise_adagrad"]
 TOKEN = re.compile(r"(?u)\b\w+\b")
 
