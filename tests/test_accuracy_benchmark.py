@@ -10,6 +10,8 @@ import pytest
 from helpers import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS, tiny_tweets_teacher_metrics
 
 sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
+sys.path.insert(0, str(REPO / "benchmarks" / "tune"))
+import bench  # noqa: E402
 import grid  # noqa: E402
 import report  # noqa: E402
 import spec  # noqa: E402
@@ -18,11 +20,12 @@ from selection import choices  # noqa: E402
 CELL = spec.CELLS["20ng/minilm/bag_sparse/sup"]
 
 
-def fake_record(run: spec.Run, val: float, test: float | None = None) -> dict:
+def fake_record(run: spec.Run, val: float, test: float | None = None, teacher_val: float = 0.88) -> dict:
     metrics = {"val_accuracy": val} | ({"test_accuracy": test} if test is not None else {})
     return {"identity": run.identity(), "key": run.key, "cell": run.cell, "method": run.method, "hp": run.hp_dict,
             "seed": run.seed, "phase": run.phase, "metrics": metrics, "wall_s": 1.0,
-            "teacher": {"test_teacher_accuracy": 0.9, "test_majority_class_rate": 0.5},
+            "teacher": {"val_teacher_accuracy": teacher_val, "test_teacher_accuracy": 0.9,
+                        "test_majority_class_rate": 0.5},
             "machine": {"cpu": "test cpu", "cores": 2}}
 
 
@@ -134,6 +137,18 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
     gap = delta / (100 * (np.mean(tests["oracle"]) - np.mean(tests["kd"])))
     assert f"{delta:+.2f}" in text and f"{100 * gap:.0f}%" in text
     assert (tmp_path / "plots" / "methods__20ng__minilm__bag_sparse__sup.png").stat().st_size > 1000
+    assert "Every cell's final runs read one teacher pass." in text
+
+
+def test_the_report_names_the_methods_that_read_another_teacher_pass():
+    """Two teacher readings in one cell's final runs: both listed, each with its CPU and its methods."""
+    runs = [spec.make_run(CELL, method, {"lr": 0.02}, seed, True, "final") for method in ("ce", "kd") for seed in range(3)]
+    records = [fake_record(r, 0.8, 0.8, teacher_val=0.8627 if r.method == "kd" else 0.8570) for r in runs]
+    records[0]["machine"]["cpu"] = "other cpu"
+    lines = report.teacher_readings(records)
+    row = next(line for line in lines if line.startswith(f"| {CELL.name} |"))
+    assert "val 85.70 / test 90.00 on " in row and "val 86.27 / test 90.00 on test cpu: kd |" in row
+    assert report.teacher_readings([records[0]]) == ["Every cell's final runs read one teacher pass.", ""]
 
 
 def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, monkeypatch):
@@ -169,3 +184,24 @@ def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, mon
     assert record["metrics"]["test_accuracy"] >= record["teacher"]["test_majority_class_rate"] - 1e-6, record
     mtime = run.path.stat().st_mtime_ns
     assert grid.execute(run, ("1" * 40, False)) == record and run.path.stat().st_mtime_ns == mtime
+
+
+def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_test_mean(monkeypatch):
+    """The tune table's fair reference: every method at its chosen configuration scored by its seed-0 validation
+    accuracy (the oracle left out, ties to the first method); the winner's test accuracy over its final seeds."""
+    records = {}
+    chosen = select_all(CELL, records)
+    finals = []
+    for r in grid.plan([CELL], 3, records)["final"]:
+        val = {"kmeans": 0.95, "oracle": 0.99}.get(r.method, 0.8)  # k-means best on validation, the oracle aside
+        test = {"kmeans": [0.70, 0.72, 0.74], "lelp": [0.90, 0.91, 0.92]}.get(r.method, [0.8] * 3)[r.seed]
+        finals.append(fake_record(r, val, test))
+    # the seed-0 validation score of a selected method is its selection record's, where it has one
+    for method in ("kmeans",):
+        run = spec.make_run(CELL, method, chosen[method], 0, False, "select")
+        records[run.key] = fake_record(run, 0.95)
+    monkeypatch.setattr(spec, "load_records", lambda: list(records.values()) + finals)
+    method, (mean, std) = bench.grid_validation_pick(CELL.name)
+    assert method == "kmeans"
+    assert mean == pytest.approx(np.mean([0.70, 0.72, 0.74])) and std == pytest.approx(np.std([0.70, 0.72, 0.74],
+                                                                                                ddof=1))
