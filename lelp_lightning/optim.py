@@ -17,14 +17,12 @@ import math
 import torch
 
 
-class LazyAdam(torch.optim.Optimizer):
-    """Lazy Adam over parameters whose gradients are sparse COO tensors (``nn.EmbeddingBag(sparse=True)``)."""
+class RowSparseOptimizer(torch.optim.Optimizer):
+    """Base of the optimisers here: steps each parameter's sparse COO gradient (``nn.EmbeddingBag(sparse=True)``)
+    through :meth:`_update` with its distinct rows and their summed gradients, and keeps the work memory."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if not lr > 0 or not eps > 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"LazyAdam needs lr > 0, eps > 0 and betas in [0, 1), got lr={lr}, betas={betas}, "
-                             f"eps={eps}.")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, defaults)
         self._rows: dict[torch.Tensor, RowScratch] = {}  # per parameter; work memory, not state
 
     @torch.no_grad()
@@ -36,23 +34,40 @@ class LazyAdam(torch.optim.Optimizer):
         with distinct_index_writes():
             for group in self.param_groups:
                 for param in group["params"]:
-                    if param.grad is not None:
-                        self._update(param, group)
+                    if param.grad is None:
+                        continue
+                    if not param.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} takes sparse gradients only; train dense "
+                                           "parameters with AdamW.")
+                    scratch = self._rows.get(param)
+                    if scratch is None:
+                        scratch = self._rows[param] = RowScratch(param)
+                    rows, grad = scratch.coalesce(param.grad)
+                    self._update(param, rows, grad, scratch, group)
         return loss
 
-    def _update(self, param: torch.Tensor, group: dict) -> None:
-        if not param.grad.is_sparse:
-            raise RuntimeError("LazyAdam takes sparse gradients only; train dense parameters with AdamW.")
+    def _update(self, param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, scratch: RowScratch,
+                group: dict) -> None:
+        """Move ``param``'s ``rows`` (sorted, distinct) by their summed gradients ``grad``."""
+        raise NotImplementedError
+
+
+class LazyAdam(RowSparseOptimizer):
+    """Lazy Adam over parameters whose gradients are sparse COO tensors (``nn.EmbeddingBag(sparse=True)``)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if not lr > 0 or not eps > 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"LazyAdam needs lr > 0, eps > 0 and betas in [0, 1), got lr={lr}, betas={betas}, "
+                             f"eps={eps}.")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+
+    def _update(self, param, rows, grad, scratch, group) -> None:
         beta1, beta2 = group["betas"]
         state = self.state[param]
         if not state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        scratch = self._rows.get(param)
-        if scratch is None:
-            scratch = self._rows[param] = RowScratch(param)
-        rows, grad = scratch.coalesce(param.grad)
         value, exp_avg, exp_avg_sq, denom = scratch.buffers(len(rows))
         torch.index_select(param, 0, rows, out=value)
         torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
@@ -67,7 +82,7 @@ class LazyAdam(torch.optim.Optimizer):
         param.index_copy_(0, rows, value)
 
 
-class RowwiseAdagrad(torch.optim.Optimizer):
+class RowwiseAdagrad(RowSparseOptimizer):
     """Adagrad with one accumulator per table row (the mean of the row's squared gradient), over sparse gradients.
 
     ``G_r += mean(g_r²)``, ``w_r -= lr · g_r / (√G_r + eps)`` for each row ``r`` the batch touched; untouched rows
@@ -80,32 +95,12 @@ class RowwiseAdagrad(torch.optim.Optimizer):
         if not lr > 0 or not eps > 0:
             raise ValueError(f"RowwiseAdagrad needs lr > 0 and eps > 0, got lr={lr}, eps={eps}.")
         super().__init__(params, {"lr": lr, "eps": eps})
-        self._rows: dict[torch.Tensor, RowScratch] = {}
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with distinct_index_writes():
-            for group in self.param_groups:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        self._update(param, group)
-        return loss
-
-    def _update(self, param: torch.Tensor, group: dict) -> None:
-        if not param.grad.is_sparse:
-            raise RuntimeError("RowwiseAdagrad takes sparse gradients only; train dense parameters with AdamW.")
+    def _update(self, param, rows, grad, scratch, group) -> None:
         state = self.state[param]
         if not state:
             state["step"] = 0
             state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
-        scratch = self._rows.get(param)
-        if scratch is None:
-            scratch = self._rows[param] = RowScratch(param)
-        rows, grad = scratch.coalesce(param.grad)
         value, squared = scratch.buffers(len(rows))[:2]
         state["step"] += 1
         row_sum = state["sum"].index_select(0, rows).add_(torch.mul(grad, grad, out=squared).flatten(1).mean(1))
@@ -129,7 +124,8 @@ class RowScratch:
         self.rows_buffer = torch.empty((5, 0, *self.shape), dtype=self.dtype, device=self.device)
 
     def buffers(self, count: int) -> list[torch.Tensor]:
-        """Four [count, ...] row buffers (value, both moments, a denominator), views of one kept allocation."""
+        """Four [count, ...] row buffers for an update's rows (views of one kept allocation, whose first slot holds
+        the summed gradient :meth:`coalesce` returns)."""
         if self.rows_buffer.shape[1] < count:
             self.rows_buffer = torch.empty((5, int(count * 1.25), *self.shape), dtype=self.dtype, device=self.device)
         return [self.rows_buffer[i, :count] for i in range(1, 5)]
