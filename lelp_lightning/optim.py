@@ -103,7 +103,7 @@ class RowwiseAdagrad(RowSparseOptimizer):
             state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
         value, squared = scratch.buffers(len(rows))[:2]
         state["step"] += 1
-        row_sum = state["sum"].index_select(0, rows).add_(torch.mul(grad, grad, out=squared).flatten(1).mean(1))
+        row_sum = state["sum"].index_select(0, rows).add_(torch.mul(grad, grad, out=squared).reshape(len(rows), -1).mean(1))
         state["sum"].index_copy_(0, rows, row_sum)
         denom = row_sum.sqrt_().add_(group["eps"]).view(-1, *([1] * (grad.dim() - 1)))
         torch.index_select(param, 0, rows, out=value)
