@@ -99,10 +99,8 @@ class RowwiseAdagrad(RowSparseOptimizer):
     def _update(self, param, rows, grad, scratch, group) -> None:
         state = self.state[param]
         if not state:
-            state["step"] = 0
             state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
         value, squared = scratch.buffers(len(rows))[:2]
-        state["step"] += 1
         row_sum = state["sum"].index_select(0, rows).add_(torch.mul(grad, grad, out=squared).reshape(len(rows), -1).mean(1))
         state["sum"].index_copy_(0, rows, row_sum)
         denom = row_sum.sqrt_().add_(group["eps"]).view(-1, *([1] * (grad.dim() - 1)))
@@ -124,11 +122,14 @@ class RowScratch:
         self.rows_buffer = torch.empty((5, 0, *self.shape), dtype=self.dtype, device=self.device)
 
     def buffers(self, count: int) -> list[torch.Tensor]:
-        """Four [count, ...] row buffers for an update's rows (views of one kept allocation, whose first slot holds
-        the summed gradient :meth:`coalesce` returns)."""
+        """Four [count, ...] row buffers for an update's rows (beside the summed gradient :meth:`coalesce` keeps)."""
+        return self._slots(count)[1:]
+
+    def _slots(self, count: int) -> list[torch.Tensor]:
+        """The five [count, ...] views of one kept allocation, grown when a step touches more rows than any before."""
         if self.rows_buffer.shape[1] < count:
             self.rows_buffer = torch.empty((5, int(count * 1.25), *self.shape), dtype=self.dtype, device=self.device)
-        return [self.rows_buffer[i, :count] for i in range(1, 5)]
+        return [self.rows_buffer[i, :count] for i in range(5)]
 
     def coalesce(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sorted distinct rows, their summed gradients) of a sparse COO gradient over dim 0: what ``coalesce``
@@ -140,8 +141,7 @@ class RowScratch:
         rows = self.marked.nonzero().squeeze(1)
         self.marked.index_fill_(0, rows, False)
         self.position.index_copy_(0, rows, torch.arange(len(rows), device=rows.device))
-        self.buffers(len(rows))  # grows the kept allocation before a view of it is taken
-        summed = self.rows_buffer[0, :len(rows)]
+        summed = self._slots(len(rows))[0]
         return rows, summed.zero_().index_add_(0, self.position.index_select(0, ids), values)
 
 

@@ -186,7 +186,7 @@ def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, mon
     assert grid.execute(run, ("1" * 40, False)) == record and run.path.stat().st_mtime_ns == mtime
 
 
-def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_test_mean(monkeypatch):
+def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_test_mean():
     """The tune table's fair reference: every method at its chosen configuration scored by its seed-0 validation
     accuracy (the oracle left out, ties to the first method); the winner's test accuracy over its final seeds."""
     records = {}
@@ -200,8 +200,7 @@ def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_t
     for method in ("kmeans",):
         run = spec.make_run(CELL, method, chosen[method], 0, False, "select")
         records[run.key] = fake_record(run, 0.95)
-    monkeypatch.setattr(spec, "load_records", lambda: list(records.values()) + finals)
-    method, (mean, std) = bench.grid_validation_pick(CELL.name)
+    method, (mean, std) = bench.grid_validation_pick(CELL.name, list(records.values()) + finals)
     assert method == "kmeans"
     assert mean == pytest.approx(np.mean([0.70, 0.72, 0.74])) and std == pytest.approx(np.std([0.70, 0.72, 0.74],
                                                                                                 ddof=1))

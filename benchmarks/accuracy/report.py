@@ -376,8 +376,7 @@ def cost(records: list[dict]) -> list[str]:
     lines += [f"| all | {len(records)} | {total:,.0f} |", ""]
     if records:
         machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in records})
-        legacy = spec.LEGACY
-        default = sum(r["wall_s"] for r in records if r["cell"] not in legacy)
+        default = sum(r["wall_s"] for r in records if r["cell"] not in spec.LEGACY)
         lines.append(f"Runs went {max(workers)} at a time, one thread each, on {', '.join(machines)}: about "
                      f"{default / max(workers) / 3600:.2f} h of wall time for the grid as `grid.py` runs it by default "
                      f"(sum of run times / workers, caches excluded), {total / max(workers) / 3600:.2f} h with the "

@@ -37,7 +37,6 @@ TASKS = {
 EPOCHS, DIM, BUCKETS = 6, 64, 2**18
 FASTTEXT_LRS = (0.1, 0.25, 0.5, 1.0)
 ADAGRAD_LRS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-ADAGRAD = ["--model.student.init_args.table_optimizer", "rowwise_adagrad"]
 TOKEN = re.compile(r"(?u)\b\w+\b")
 
 
@@ -60,6 +59,12 @@ def fasttext_run(source, seed: int, threads: int, work: Path, lr: float, split: 
     predicted = [int(label[0].removeprefix("__label__")) for label in labels]
     accuracy = sum(int(p == y) for p, y in zip(predicted, evaluated.labels, strict=True)) / len(predicted)
     return {"train_seconds": seconds, f"{split}_accuracy": accuracy, "train_rows": len(train), "lr": lr}
+
+
+def adagrad(method: list[str], table_lr: float) -> list[str]:
+    """``method`` with the bag's table trained by row-wise Adagrad at ``table_lr``."""
+    return [*method, "--model.student.init_args.table_optimizer", "rowwise_adagrad",
+            "--model.student.init_args.table_lr", str(table_lr)]
 
 
 def quiet(task_args: list[str], method: list[str], seed: int, run_dir: Path) -> list[str]:
@@ -117,12 +122,11 @@ def main() -> None:
         for side, method in (("ours_ce_adagrad", ce), ("ours_distilled_adagrad", [])):
             chosen = {}
             for table_lr in ADAGRAD_LRS:
-                table = [*method, *ADAGRAD, "--model.student.init_args.table_lr", str(table_lr)]
-                chosen[table_lr] = ours_val(TASKS[task], table, work / "runs")
+                chosen[table_lr] = ours_val(TASKS[task], adagrad(method, table_lr), work / "runs")
                 runs.append({"task": task, "side": f"{side}_selection", "seed": 0, "table_lr": table_lr,
                              "val_accuracy": chosen[table_lr]})
             table_lr = max(ADAGRAD_LRS, key=lambda x, chosen=chosen: chosen[x])  # ties: the first, the smallest
-            table = [*method, *ADAGRAD, "--model.student.init_args.table_lr", str(table_lr)]
+            table = adagrad(method, table_lr)
             sides[side] = lambda seed, task=task, table=table, table_lr=table_lr: {
                 **ours(TASKS[task], table, seed, work / "runs"), "table_lr": table_lr}
         for seed in range(args.seeds):

@@ -108,13 +108,13 @@ def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_s
     return record
 
 
-def grid_validation_pick(cell: str) -> tuple[str, list[float]] | None:
+def grid_validation_pick(cell: str, records: list[dict]) -> tuple[str, list[float]] | None:
     """What choosing among the grid's methods by validation would give: each non-oracle method's selected
     configuration, scored by its seed-0 validation accuracy (ties: the first method in grid order); the winner's
-    test accuracy over its final seeds. None while the cell has no final runs."""
+    test accuracy over its final seeds. None while the cell has no final runs. ``records``: the grid's."""
     from selection import choices
 
-    records = [r for r in spec.load_records() if r["cell"] == cell]
+    records = [r for r in records if r["cell"] == cell]
     by_key = {r["key"]: r for r in records}
     chosen, _ = choices(spec.CELLS[cell], by_key)
     scored = []
@@ -138,13 +138,14 @@ def table() -> str:
     pct = lambda ms: f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if ms else "–"  # noqa: E731
     lines = ["| cell | tuned (method) | KD | student alone | the grid's validation pick (method) | best of the grid by "
              "test (method) | tuned − KD | study / grid selection run-s |", "|---|---|---|---|---|---|---|---|"]
+    grid_records = spec.load_records()
     for path in sorted(RECORDS.glob("*.json")):
         r = json.loads(path.read_text())
         g = r["grid"]
         delta = f"{100 * (r['tuned'][0] - g['kd'][0]):+.2f}" if g["kd"] else "–"
         confirm = r.get("confirm")
         label = r["cell"] + (f" (best {confirm[0]} rerun with {confirm[1]} more seeds)" if confirm else "")
-        pick = grid_validation_pick(r["cell"])
+        pick = grid_validation_pick(r["cell"], grid_records)
         picked = f"{pct(pick[1])} ({pick[0]})" if pick else "–"
         lines.append(f"| {label} | {pct(r['tuned'])} ({r['best_method']}) | {pct(g['kd'])} | {pct(g['ce'])} | "
                      f"{picked} | {pct(g['best'])} ({g['best_method']}) | {delta} | {r['study_run_s']:.0f} / "

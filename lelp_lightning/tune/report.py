@@ -139,7 +139,8 @@ def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], fold
     cli = build_cli([*base.args, *trial.user_attrs["overrides"],
                      "--trainer.default_root_dir", str(folder / "best")], run=False)
     path = folder / "best.yaml"
-    mean = f", {seed_mean(values)}" if seed_mean(values) else ""
+    mean = seed_mean(values)
+    mean = f", {mean}" if mean else ""
     _write(path, f"# lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
                  f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml\n"
                  + cli.parser.dump(cli.config, skip_none=False))
