@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import statistics
 import warnings
@@ -85,6 +86,43 @@ def select_best(study: optuna.Study, confirm_top: int) -> tuple[optuna.trial.Fro
     values = confirmed_values(study)
     best = min(top, key=lambda t: (-statistics.fmean(values[t.number]), -t.value, t.number))
     return best, values[best.number]
+
+
+BASELINES = ("kd", "ce")  # vanilla KD and the student trained on its labels alone
+
+
+def baseline_margins(study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[dict]:
+    """The answer against the best complete search trial of each baseline method (other than its own) on validation:
+    the difference, its standard error and whether it is beyond noise (more than two standard errors).
+
+    The standard error treats the two accuracies as independent proportions on the ``val_rows`` validation rows,
+    ``sqrt(a(1-a)/n + b(1-b)/n)``: both score the same rows, so a paired test would be tighter, but trials keep no
+    per-row predictions. Empty for a study whose trials did not record ``val_rows``."""
+    rows = best.user_attrs.get("val_rows")
+    if not rows:
+        return []
+    margins = []
+    for method in BASELINES:
+        if method == best.user_attrs.get("method"):
+            continue
+        runs = [t for t in top_trials(study, len(study.trials)) if t.user_attrs.get("method") == method]
+        if not runs:
+            continue
+        a, b = best.value, runs[0].value
+        error = math.sqrt(a * (1 - a) / rows + b * (1 - b) / rows)
+        margins.append({"method": method, "trial": runs[0].number, "val_accuracy": b, "difference": a - b,
+                        "standard_error": error, "beyond_noise": abs(a - b) > 2 * error})
+    return margins
+
+
+def margins_text(margins: list[dict], rows: int | None) -> str:
+    """One line: the answer's validation margin over each baseline, for the report and the leaderboard."""
+    if not margins:
+        return ""
+    parts = [f"{m['method']} (trial {m['trial']}, {m['val_accuracy']:.4f}): {m['difference']:+.4f} ± "
+             f"{m['standard_error']:.4f}, {'beyond noise' if m['beyond_noise'] else 'within noise'}" for m in margins]
+    return (f"against the baselines on validation ({rows} rows; ± one standard error, beyond noise past two): "
+            + "; ".join(parts))
 
 
 def method_params(trial: optuna.trial.FrozenTrial) -> dict:
@@ -218,20 +256,23 @@ def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
         tmp = folder / f".leaderboard.csv.tmp{os.getpid()}"
         frame.to_csv(tmp, index=False)
         os.replace(tmp, folder / "leaderboard.csv")
-        _write(folder / "leaderboard.md", markdown(frame))
         chosen = select_best(study, options.confirm_top)
         if chosen is None:
+            _write(folder / "leaderboard.md", markdown(frame))
             log.warning("tune: no trial completed (every one was pruned or failed): no best configuration; see %s",
                         folder / "leaderboard.md")
             return {"best_trial": None, "written": ["leaderboard.csv", "leaderboard.md"], "refit": None}
         best, values = chosen
+        margins = baseline_margins(study, best)
+        against = margins_text(margins, best.user_attrs.get("val_rows"))
+        _write(folder / "leaderboard.md", markdown(frame) + (f"\n{against}\n" if against else ""))
         best_yaml = best_config(base, best, values, folder)
         written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]
         result = refit(best_yaml, best, values, options.seeds, folder) if options.seeds else None
     report = {"best_trial": best.number, "best_method": best.user_attrs["method"], "best_val_accuracy": best.value,
               "best_val_accuracy_runs": values,
               "best_params": {k: v for k, v in best.params.items() if k != "method"}, "written": written,
-              "refit": result}
+              "baselines": margins, "against_baselines": against, "refit": result}
     print(format_report(report, frame, folder))
     return report
 
@@ -245,7 +286,7 @@ def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
              *markdown(frame.head(10)).rstrip().splitlines(),
              f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
              f"validation {report['best_val_accuracy']:.4f}{_parenthesised(seed_mean(report['best_val_accuracy_runs']))}; "
-             f"config {folder / 'best.yaml'}"]
+             f"config {folder / 'best.yaml'}", *([report["against_baselines"]] if report["against_baselines"] else [])]
     refit = report["refit"]
     if refit and refit["runs"]:
         lines.append(f"refit on {len(refit['runs'])} seeds, test accuracy {100 * refit['test_accuracy_mean']:.2f} ± "

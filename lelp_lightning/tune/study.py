@@ -236,6 +236,7 @@ class Objective:
         start = time.perf_counter()
         cli = build_cli([*self.base.args, *overrides, *self.trial_args(trial.number)], run=False)
         trainer = cli.trainer
+        trial.set_user_attr("val_rows", len(cli.datamodule.split_cache("val").label))  # how noisy its value is
         if not confirming:  # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
             trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.options.monitor))
         try:

@@ -10,8 +10,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from helpers import LELP, run_lelp, run_main, tiny_run_args
+from helpers import LELP, run_lelp, run_main, tiny_run_args, tiny_tweets
 from optuna.trial import TrialState
+
+from lelp_lightning.tune.report import baseline_margins, margins_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,6 +64,11 @@ def test_a_four_trial_study_through_the_console_script(tweets_cache_dir, tmp_pat
         assert (folder / plot).stat().st_size > 1000
     assert "tune quickstart" in done.stderr and "trial 0 complete: ce" in done.stdout  # progress bar, trial lines
     assert f"best: trial {best.number}" in done.stdout
+    val_rows = len(tiny_tweets().split("val").labels)
+    assert all(t.user_attrs["val_rows"] == val_rows for t in trials)
+    against = margins_text(baseline_margins(study, best), val_rows)  # ce and kd ran, so at least one baseline
+    assert against.startswith(f"against the baselines on validation ({val_rows} rows;")
+    assert against in done.stdout and (folder / "leaderboard.md").read_text().rstrip().endswith(against)
     again = run_main("fit", "--config", str(folder / "best.yaml"), "--trainer.default_root_dir", str(tmp_path / "again"),
                      "--trainer.logger", json.dumps({"class_path": "CSVLogger", "init_args": {
                          "save_dir": str(tmp_path), "name": "again", "version": "v"}}))
