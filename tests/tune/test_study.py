@@ -122,7 +122,9 @@ def test_a_killed_worker_is_resumed_and_its_trial_redone(tweets_cache_dir, tmp_p
             trials = load(tmp_path).trials
         except Exception:  # the study is being created
             continue
-        if sum(t.state in FINISHED for t in trials) >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # killed mid-fit: its parameters are all sampled once its run's arguments ("overrides") are recorded
+        if sum(t.state in FINISHED for t in trials) >= 2 and any("overrides" in t.user_attrs for t in running):
             worker.send_signal(signal.SIGKILL)
             break
     worker.communicate(timeout=60)
