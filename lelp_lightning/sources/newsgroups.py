@@ -31,20 +31,21 @@ class Newsgroups20(Source):
     def class_names(self) -> list[str]:
         return ["even_topic", "odd_topic"] if self.binary else self._topics()
 
-    def _topics(self) -> list[str]:
-        return sorted(self._read("train")[0].unique().tolist())
+    def _topics(self, train: pd.DataFrame | None = None) -> list[str]:
+        return sorted((self._read("train") if train is None else train)[0].unique().tolist())
 
     def _read(self, part: str) -> pd.DataFrame:
+        """Topic (column 0) and text (column 1) of the official ``part``, as Python strings (object columns: an
+        Arrow-backed string column costs more to build and to turn back into a list than it saves here)."""
         path = package_dir("orangecontrib.text") / "datasets" / f"20newsgroups-{part}.tab"
-        df = pd.read_csv(path, sep="\t", skiprows=[1, 2], header=0, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, sep="\t", skiprows=[1, 2], header=0, dtype=object, keep_default_na=False)
         return df.iloc[:, [0, 1]].set_axis([0, 1], axis=1)
 
     def _load(self) -> dict[str, SplitData]:
-        topics = self._topics()
-        topic_index = {t: i for i, t in enumerate(topics)}
+        frames = {part: self._read(part) for part in ("train", "test")}  # each file read once
+        topic_index = {t: i for i, t in enumerate(self._topics(frames["train"]))}
         out = {}
-        for part in ("train", "test"):
-            df = self._read(part)
+        for part, df in frames.items():
             fine = df[0].map(topic_index).to_numpy()
             texts = [t[: self.max_chars] for t in df[1].tolist()]
             labels = fine % 2 if self.binary else fine
