@@ -89,7 +89,7 @@ class NativeTableStep:
     def __init__(self, library_optimizer, kernels):
         import torch
 
-        self.torch, self.kernels = torch, kernels
+        self.kernels = kernels
         (self.param,) = library_optimizer.param_groups[0]["params"]
         self.group = library_optimizer.param_groups[0]
         self.adam = "betas" in self.group
@@ -140,24 +140,23 @@ def build(task_args: list[str], table_optimizer: str, run_dir: Path):
     return model, cli.datamodule, dense, table
 
 
-def check_native(model, datamodule, library, native) -> float:
-    """Largest difference between the library optimiser's and the native kernel's table after one real step (the
-    library optimiser is not used after it; the table and the kernel's state are put back as they were)."""
+def check_native(model, datamodule, library, kernels) -> float:
+    """Largest difference between the library optimiser's and a native kernel's table after one real step, each
+    from the same table (the table is put back as it was; the library optimiser is not used after it)."""
+    import torch
+
     batch = next(iter(datamodule.loader("train", shuffle=True, keys=model.batch_keys)))
     loss = sum(o.weight * o(model.student(batch["inputs"]), batch) for o in model.objectives)
     loss.backward()
+    native = NativeTableStep(library, kernels)
     before = native.param.detach().clone()
     library.step()
     expected = native.param.detach().clone()
-    with native.torch.no_grad():
+    with torch.no_grad():
         native.param.copy_(before)
-    native.step()
-    difference = float((native.param.detach() - expected).abs().max())
-    with native.torch.no_grad():
+        native.step()
+        difference = float((native.param - expected).abs().max())
         native.param.copy_(before)
-    native.steps, native.param.grad = 0, None
-    for moment in native.moments:
-        moment.zero_()
     model.zero_grad(set_to_none=True)
     return difference
 
@@ -216,8 +215,8 @@ def main() -> None:
             model, datamodule, dense, table = build(TASKS[task], variant.removeprefix("native_"), work)
             difference = None
             if variant.startswith("native_"):
-                library, table = table, NativeTableStep(table, kernels)
-                difference = check_native(model, datamodule, library, table)
+                difference = check_native(model, datamodule, table, kernels)
+                table = NativeTableStep(table, kernels)  # fresh state for the timed steps
                 if difference > 1e-5:
                     raise SystemExit(f"{variant} differs from the library's optimiser by {difference} after one step.")
             times = time_steps(model, datamodule, dense, table, args.epochs)

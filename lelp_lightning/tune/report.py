@@ -101,16 +101,15 @@ def baseline_margins(study: optuna.Study, best: optuna.trial.FrozenTrial) -> lis
     rows = best.user_attrs.get("val_rows")
     if not rows:
         return []
+    ranked = top_trials(study, len(study.trials))
     margins = []
     for method in BASELINES:
-        if method == best.user_attrs.get("method"):
+        baseline = next((t for t in ranked if t.user_attrs.get("method") == method), None)
+        if baseline is None or method == best.user_attrs.get("method"):
             continue
-        runs = [t for t in top_trials(study, len(study.trials)) if t.user_attrs.get("method") == method]
-        if not runs:
-            continue
-        a, b = best.value, runs[0].value
+        a, b = best.value, baseline.value
         error = math.sqrt(a * (1 - a) / rows + b * (1 - b) / rows)
-        margins.append({"method": method, "trial": runs[0].number, "val_accuracy": b, "difference": a - b,
+        margins.append({"method": method, "trial": baseline.number, "val_accuracy": b, "difference": a - b,
                         "standard_error": error, "beyond_noise": abs(a - b) > 2 * error})
     return margins
 

@@ -104,6 +104,7 @@ class Base:
         data = cli.datamodule
         representations = [FINAL, *data.teacher.representations()]
         has_fine = data.source.split("train").fine_labels is not None
+        self.val_rows = len(data.source.split("val").labels)  # what a trial's value is measured on: how noisy it is
         self.space, self.dropped = options.load_space().for_data(representations, has_fine)
         self.args, self.datamodule = list(args), data
         self.lr = float(cli.config.model.lr)
@@ -233,10 +234,10 @@ class Objective:
         trial.set_user_attr("method", method.name)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("val_rows", self.base.val_rows)
         start = time.perf_counter()
         cli = build_cli([*self.base.args, *overrides, *self.trial_args(trial.number)], run=False)
         trainer = cli.trainer
-        trial.set_user_attr("val_rows", len(cli.datamodule.split_cache("val").label))  # how noisy its value is
         if not confirming:  # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
             trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.options.monitor))
         try:
