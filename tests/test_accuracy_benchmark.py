@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from helpers import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS, tiny_tweets_teacher_metrics
 
-sys.path.insert(0, str(REPO / "benchmarks" / "accuracy"))
-sys.path.insert(0, str(REPO / "benchmarks" / "tune"))
-import bench  # noqa: E402
-import grid  # noqa: E402
-import report  # noqa: E402
-import spec  # noqa: E402
-from selection import choices  # noqa: E402
+if str(REPO) not in sys.path:  # `pytest` alone does not put the repository root, benchmarks/'s parent, there
+    sys.path.insert(0, str(REPO))
+from benchmarks.accuracy import grid, spec, tables  # noqa: E402
+from benchmarks.accuracy.plan import plan  # noqa: E402
+from benchmarks.accuracy.selection import choices  # noqa: E402
+from benchmarks.tune import tune_vs_grid  # noqa: E402
 
 CELL = spec.CELLS["20ng/minilm/bag_sparse/sup"]
 
@@ -31,14 +30,14 @@ def fake_record(run: spec.Run, val: float, test: float | None = None, teacher_va
 
 def test_stat_and_verdict_match_numpy():
     values = [0.812, 0.834, 0.801]
-    s = report.Stat(values)
+    s = tables.Stat(values)
     assert s.mean == pytest.approx(100 * np.mean(values))
     assert s.std == pytest.approx(100 * np.std(values, ddof=1))
-    other = report.Stat([0.70, 0.71, 0.72])
+    other = tables.Stat([0.70, 0.71, 0.72])
     delta, se = s.diff(other)
     assert se == pytest.approx(np.sqrt(s.std**2 / 3 + other.std**2 / 3))
-    assert report.verdict(delta, se) == "win" and report.verdict(-delta, se) == "loss"
-    assert report.verdict(0.1, 1.0) == "within noise"
+    assert tables.verdict(delta, se) == "win" and tables.verdict(-delta, se) == "loss"
+    assert tables.verdict(0.1, 1.0) == "within noise"
 
 
 def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeypatch):
@@ -59,13 +58,13 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
     assert {r.hp_dict["tau"] for r in stage2} == {2.0}  # KD's τ too, so S = 1 would be exactly KD
     assert sum(r.method == "lelp" for r in stage2) == len(spec.S_GRID) * len(spec.BETAS)
     assert "oracle" in chosen and chosen["oracle"]["S"] == 10  # one candidate: not selected
-    assert {r.method for r in grid.plan([CELL], 3, records)["final"]} == set(chosen)  # the chosen ones' finals
+    assert {r.method for r in plan([CELL], 3, records)["final"]} == set(chosen)  # the chosen ones' finals
     for r in stage2:
         records[r.key] = fake_record(r, 0.85 if r.hp_dict.get("S") == 4 or r.hp_dict.get("M") == 4 else 0.84)
     chosen, runs = choices(CELL, records)
     stage3 = [r for r in runs if spec.METHODS[r.method].stage == 3]
     assert stage3 and all(not r.test and r.seed == 0 for r in stage3)  # τ is chosen on validation, seed 0 only
-    assert not {r.method for r in grid.plan([CELL], 3, records)["final"]} & {r.method for r in stage3}  # not chosen
+    assert not {r.method for r in plan([CELL], 3, records)["final"]} & {r.method for r in stage3}  # not chosen
     for method in ("lelp", "kmeans", "gmm", "rp_ensemble", "lelp@repr", "gmm@repr"):  # the base's choice, own τ
         mine = [r.hp_dict for r in stage3 if r.method == method + "+tau"]
         betas = spec.BETAS if method.startswith("gmm") else (chosen[method]["beta"],)
@@ -76,11 +75,11 @@ def test_selection_is_on_validation_and_stage_two_uses_kds_learning_rate(monkeyp
         records[r.key] = fake_record(r, 0.86 if r.hp_dict["tau"] == 1.0 else 0.85)
     chosen, _ = choices(CELL, records)
     assert chosen["kmeans+tau"]["tau"] == 1.0 and chosen["kmeans"]["tau"] == 2.0
-    phases = grid.plan([CELL], 3, records)
+    phases = plan([CELL], 3, records)
     assert len(phases["final"]) == 3 * len(spec.methods_for(CELL)) and all(r.test for r in phases["final"])
     assert not phases["ablation"]  # 20ng/minilm/bag/sup is not an ablation cell
     monkeypatch.setattr(spec, "ABLATION_CELLS", (CELL.name,))
-    phases = grid.plan([CELL], 3, records)
+    phases = plan([CELL], 3, records)
     assert len(phases["ablation"]) == sum(len(v) for v in spec.ABLATIONS.values()) * 3
 
 
@@ -113,25 +112,24 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
     select_all(CELL, records)
     tests = {"kd": [0.80, 0.81, 0.82], "lelp": [0.84, 0.85, 0.86], "oracle": [0.90, 0.90, 0.91]}
     finals = []
-    for r in grid.plan([CELL], 3, records)["final"]:
+    for r in plan([CELL], 3, records)["final"]:
         accs = tests.get(r.method, [0.70, 0.71, 0.72])
         finals.append(fake_record(r, 0.8, accs[r.seed]))
     monkeypatch.setattr(spec, "load_records", lambda: list(records.values()) + finals)
-    monkeypatch.setattr(report, "OUT", tmp_path / "RESULTS.md")
-    monkeypatch.setattr(report, "PLOTS", tmp_path / "plots")
-    monkeypatch.setattr(report, "PREPARE", tmp_path / "prepare")
-    monkeypatch.setattr(report, "SUBCLASSES", tmp_path / "subclasses")
+    monkeypatch.setattr(tables, "OUT", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(tables, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(tables, "PREPARE", tmp_path / "prepare")
+    monkeypatch.setattr(tables, "SUBCLASSES", tmp_path / "subclasses")
     (tmp_path / "subclasses").mkdir()
     entry = {"sizes": [5, 5], "nmi": 0.5, "purity": 0.75, "ngrams": [["hockey", "nhl"], ["space"]]}
     (tmp_path / "subclasses" / "c.json").write_text(json.dumps({"cell": CELL.name, "methods": {
         "oracle": {"report": {"a": {**entry, "nmi": 1.0}, "b": {**entry, "nmi": 1.0}}},
         "kmeans@repr": {"report": {"a": entry, "b": entry}}}}))
-    report.main(seeds=3)
-    text = (tmp_path / "RESULTS.md").read_text()
+    text = "\n".join(tables.page(seeds=3))
     assert "| k-means (hard) on the other representation | 2 | 0.50 / 0.50 | 0.75 / 0.75 |" in text
     assert "- hockey, nhl" in text
     assert "Some method beats KD beyond noise in 1 of 1 cells." in text  # LELP 85 ± 1 against KD 81 ± 1
-    lelp = report.Stat(tests["lelp"])
+    lelp = tables.Stat(tests["lelp"])
     assert f"**{lelp}**" in text  # the best column entry is bold (the oracle excluded)
     delta = 100 * (np.mean(tests["lelp"]) - np.mean(tests["kd"]))
     gap = delta / (100 * (np.mean(tests["oracle"]) - np.mean(tests["kd"])))
@@ -145,10 +143,10 @@ def test_the_report_names_the_methods_that_read_another_teacher_pass():
     runs = [spec.make_run(CELL, method, {"lr": 0.02}, seed, True, "final") for method in ("ce", "kd") for seed in range(3)]
     records = [fake_record(r, 0.8, 0.8, teacher_val=0.8627 if r.method == "kd" else 0.8570) for r in runs]
     records[0]["machine"]["cpu"] = "other cpu"
-    lines = report.teacher_readings(records)
+    lines = tables.teacher_readings(records)
     row = next(line for line in lines if line.startswith(f"| {CELL.name} |"))
     assert "val 85.70 / test 90.00 on " in row and "val 86.27 / test 90.00 on test cpu: kd |" in row
-    assert report.teacher_readings([records[0]]) == ["Every cell's final runs read one teacher pass.", ""]
+    assert tables.teacher_readings([records[0]]) == ["Every cell's final runs read one teacher pass.", ""]
 
 
 def test_one_real_run_writes_an_immutable_record(tmp_path, tweets_cache_dir, monkeypatch):
@@ -192,7 +190,7 @@ def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_t
     records = {}
     chosen = select_all(CELL, records)
     finals = []
-    for r in grid.plan([CELL], 3, records)["final"]:
+    for r in plan([CELL], 3, records)["final"]:
         val = {"kmeans": 0.95, "oracle": 0.99}.get(r.method, 0.8)  # k-means best on validation, the oracle aside
         test = {"kmeans": [0.70, 0.72, 0.74], "lelp": [0.90, 0.91, 0.92]}.get(r.method, [0.8] * 3)[r.seed]
         finals.append(fake_record(r, val, test))
@@ -200,7 +198,7 @@ def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_t
     for method in ("kmeans",):
         run = spec.make_run(CELL, method, chosen[method], 0, False, "select")
         records[run.key] = fake_record(run, 0.95)
-    method, (mean, std) = bench.grid_validation_pick(CELL.name, list(records.values()) + finals)
+    method, (mean, std) = tune_vs_grid.grid_validation_pick(CELL.name, list(records.values()) + finals)
     assert method == "kmeans"
     assert mean == pytest.approx(np.mean([0.70, 0.72, 0.74])) and std == pytest.approx(np.std([0.70, 0.72, 0.74],
                                                                                                 ddof=1))

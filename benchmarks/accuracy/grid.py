@@ -1,8 +1,9 @@
 """The accuracy benchmark: every method on real few-class tasks, hyper-parameters chosen on validation, seeds.
 
-    .venv/bin/python benchmarks/accuracy/grid.py              # the whole grid (resumable), then the report
-    .venv/bin/python benchmarks/accuracy/grid.py --list       # what would run, per phase, and what is done
-    .venv/bin/python benchmarks/accuracy/grid.py --cells rt/mpnet/mlp_minilm/sup --seeds 3
+    .venv/bin/python -m benchmarks.accuracy.grid              # the whole grid (resumable)
+    .venv/bin/python -m benchmarks.accuracy.grid --list       # what would run, per phase, and what is done
+    .venv/bin/python -m benchmarks.accuracy.grid --cells rt/mpnet/mlp_minilm/sup --seeds 3
+    .venv/bin/python -m benchmarks.report                     # then RESULTS.md from the records
 
 A *cell* is (task, teacher, student, regime); a *run* is (cell, method, hyper-parameters, seed, whether it
 is tested). Phases, in order, each waiting for the previous one:
@@ -20,7 +21,8 @@ is tested). Phases, in order, each waiting for the previous one:
 
 Each run writes one immutable JSON record under ``benchmarks/results/accuracy/records/<cell>/`` (written to a
 temporary file, then renamed; an existing record is never rerun nor rewritten): git sha, the resolved
-config, seed, versions, machine, metrics, wall time. ``report.py`` turns them into ``benchmarks/RESULTS.md``.
+config, seed, versions, machine, metrics, wall time. ``benchmarks/report.py`` turns them into
+``benchmarks/RESULTS.md`` (its own step: the report reads every benchmark, so the grid does not import it).
 Runs execute in ``--workers`` processes of one thread each (the students are small; two single-threaded
 runs beat one two-threaded run on two cores).
 """
@@ -36,33 +38,13 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # spec, selection and report beside it; benchmarks/provenance.py
-import provenance  # noqa: E402
-import spec  # noqa: E402
-from selection import choices  # noqa: E402
+from benchmarks import provenance
+from benchmarks.accuracy import spec
+from benchmarks.accuracy.plan import plan
 
 PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
 CODE = ("lelp_lightning", "benchmarks/accuracy", "configs")  # what a record depends on: its git_dirty flag
-
-
-def plan(cells: list[spec.Cell], seeds: int, records: dict[str, dict]) -> dict[str, list[spec.Run]]:
-    """The runs of each phase that can be named now (a method's finals once it is chosen)."""
-    phases: dict[str, list[spec.Run]] = {"select": [], "final": [], "ablation": []}
-    for cell in cells:
-        chosen, select_runs = choices(cell, records)
-        phases["select"] += select_runs
-        for method in spec.methods_for(cell):  # a method's finals as soon as it is chosen
-            if method in chosen:
-                phases["final"] += [spec.make_run(cell, method, chosen[method], s, True, "final") for s in range(seeds)]
-        if cell.name in spec.ABLATION_CELLS and "lelp" in chosen:
-            for variants in spec.ABLATIONS.values():
-                for change in variants:
-                    hp = {**chosen["lelp"], **change}
-                    phases["ablation"] += [spec.make_run(cell, "lelp", hp, s, True, "ablation") for s in range(seeds)]
-    return phases
 
 
 def machine() -> dict:
@@ -184,7 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--phases", default="prepare,select,final,ablation")
     parser.add_argument("--list", action="store_true", help="print the plan and what is done, run nothing")
-    parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--prune", action="store_true",
                         help="delete the records the current grid no longer names (after a change of its candidates)")
     args = parser.parse_args(argv)
@@ -223,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{phase}", flush=True)
             if run_phase(runs, args.workers, git):
                 sys.exit(f"{phase}: some runs failed (above); fix them and rerun: finished runs are kept.")
-    if not args.no_report:
-        from report import main as report_main
-
-        report_main()
+    print("done; `python -m benchmarks.report` writes benchmarks/RESULTS.md from the records", flush=True)
 
 
 if __name__ == "__main__":

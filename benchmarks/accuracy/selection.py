@@ -7,7 +7,7 @@ so they exist once KD is measured; stage 3 (a method's own τ) starts from that 
 
 from __future__ import annotations
 
-from spec import METHODS, Cell, Run, make_run, methods_for
+from benchmarks.accuracy.spec import METHODS, Cell, Run, make_run, methods_for
 
 
 def choices(cell: Cell, records: dict[str, dict]) -> tuple[dict[str, dict], list[Run]]:

@@ -3,7 +3,7 @@
 Tasks, teachers, students and regimes form the cells; each method has its candidate hyper-parameters (from the
 grids below) and its CLI arguments; the ablations change LELP's selected configuration. A run's identity (and
 so its record's key and path) is fixed here: change it and ``PROTOCOL`` must change too. ``grid.py`` runs this
-specification, ``selection.py`` chooses among the candidates, ``report.py`` reads the records.
+specification, ``selection.py`` chooses among the candidates, ``tables.py`` reads the records.
 """
 
 from __future__ import annotations

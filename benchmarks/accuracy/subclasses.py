@@ -1,13 +1,13 @@
 """What the pseudo-subclasses of each method are, in the cells whose source knows the true hidden subclasses.
 
-    .venv/bin/python benchmarks/accuracy/subclasses.py [--cells 20ng/minilm/bag_sparse/sup,...]
+    .venv/bin/python -m benchmarks.accuracy.subclasses [--cells 20ng/minilm/bag_sparse/sup,...]
 
 For every strategy method the grid has chosen in a cell (its selected hyper-parameters, seed 0), the strategy is
 fitted on the cell's training split exactly as its runs fit it, and the subclass report
 (:mod:`lelp_lightning.data.subclass_report`: sizes, NMI and purity against the fine labels, distinctive n-grams,
 example rows) is computed on the training rows. No student is trained and no test split is read. One JSON record
 per cell, ``benchmarks/results/accuracy/subclasses/<cell>.json``, rewritten when rerun (it depends only on the
-cache and the selection); ``report.py`` summarises them in RESULTS.md.
+cache and the selection); ``tables.py`` summarises them in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ import argparse
 import datetime
 import json
 import os
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-import grid  # noqa: E402
-import provenance  # noqa: E402
-import spec  # noqa: E402
-from selection import choices  # noqa: E402
+from benchmarks import provenance
+from benchmarks.accuracy import grid, spec
+from benchmarks.accuracy.selection import choices
 
 OUT = spec.REPO / "benchmarks" / "results" / "accuracy" / "subclasses"
 STRATEGY_METHODS = ("oracle", "lelp", "pca", "random_projection", "kmeans", "gmm", "rp_ensemble", "lelp@repr",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,12 +12,11 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
+from benchmarks import provenance
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "throughput"
 CACHE = RESULTS / "cache"  # git-ignored: teacher caches the benchmarks build once and reuse
-sys.path.insert(0, str(REPO / "tests"))  # the tests' small real data and teacher settings
-sys.path.insert(0, str(REPO / "benchmarks"))  # provenance.py, shared by every benchmark
-import provenance  # noqa: E402
 
 
 def write_csv(benchmark: str, rows: list[dict], *packages: str) -> Path:

@@ -1,6 +1,6 @@
 """Data path: training batches/s from the teacher cache, three ways over the same rows, batches and batch size.
 
-    .venv/bin/python benchmarks/throughput/data_path.py [--rows 4000] [--batch-size 128] [--rounds 5]
+    .venv/bin/python -m benchmarks.throughput.data_path [--rows 4000] [--batch-size 128] [--rounds 5]
 
 - lelp: ``DistillDataModule.train_dataloader()`` as training uses it: the sampler yields index batches (numpy
   arrays) and ``CacheDataset`` answers each with one vectorised gather per array (memmaps included);
@@ -22,10 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from benchmarks.throughput import common  # noqa: E402
 
 
 class PerRow(Dataset):

@@ -1,6 +1,6 @@
 """The hashed-bag student against fastText, the tool it imitates: training time and test accuracy on the same rows.
 
-    .venv/bin/python benchmarks/throughput/fasttext_anchor.py [--seeds 3] [--threads 2] [--tasks 20ng_bin,tweets_bin]
+    .venv/bin/python -m benchmarks.throughput.fasttext_anchor [--seeds 3] [--threads 2] [--tasks 20ng_bin,tweets_bin]
 
 Both sides read the same labeled training rows (the student-alone setting), tokenised alike (lower-cased
 ``\\b\\w+\\b`` words, so fastText sees exactly the tokens our hashing featuriser sees), word uni+bigrams, 2^18
@@ -101,9 +101,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import provenance
-
+    from benchmarks import provenance
     from lelp_lightning.cli import build_cli
 
     work = Path(tempfile.mkdtemp(prefix="lelp-fasttext-"))

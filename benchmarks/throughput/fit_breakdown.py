@@ -1,6 +1,6 @@
 """Where a cache-hit `lelp fit` of the quickstart spends its time, sparse bag student against the dense one.
 
-    .venv/bin/python benchmarks/throughput/fit_breakdown.py [--rounds 3] [--threads 2]
+    .venv/bin/python -m benchmarks.throughput.fit_breakdown [--rounds 3] [--threads 2]
 
 Each round runs the whole command (`lelp fit --config configs/quickstart.yaml`, teacher cache already built) in a
 fresh process for each variant, alternating them, so a slow spell of a shared machine hits both: ``sparse`` is the
@@ -128,8 +128,7 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.launched, args.extra)
         return
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import provenance
+    from benchmarks import provenance  # here, not at the top: the child runs this file as a plain script
 
     run_root = Path(tempfile.mkdtemp(prefix="lelp-breakdown-"))
     # the teacher cache must exist: a first run builds it if needed and is not timed

@@ -1,7 +1,7 @@
 """Ten fits in one process (``lelp_lightning.cli.fit``) against ten `lelp fit` processes: what startup costs a
 search or a tuning study that runs many distillations on one cached teacher, and whether memory is freed.
 
-    .venv/bin/python benchmarks/throughput/many_fits.py [--fits 10] [--epochs 1]
+    .venv/bin/python -m benchmarks.throughput.many_fits [--fits 10] [--epochs 1]
 
 Every fit is the quickstart (cache hit) with ``--trainer.max_epochs`` epochs and a different seed. The in-process
 side records its resident memory after each fit (flat when each fit's objects are released). The record (JSON,
@@ -62,8 +62,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(in_process(args.fits, args.epochs)))
         return
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import provenance
+    from benchmarks import provenance  # here, not at the top: the child runs this file as a plain script
 
     work = Path(tempfile.mkdtemp(prefix="lelp-many-fits-"))
     env = {**os.environ, "WANDB_MODE": "offline"}

@@ -1,7 +1,7 @@
 """Scaling: cache build, strategy fit and training-epoch time as N grows 10× and 100×; linear means the
 time per row stays flat (``vs_linear`` = (t(kN) / t(N)) / k ≈ 1).
 
-    .venv/bin/python benchmarks/throughput/scaling.py [--teacher-rows 32] [--rows 10000] [--epoch-rows 500]
+    .venv/bin/python -m benchmarks.throughput.scaling [--teacher-rows 32] [--rows 10000] [--epoch-rows 500]
 
 - cache build, real teacher: all-MiniLM-L6-v2 features of ``teacher-rows`` × {1, 10, 100} real tweets
   (``build_entry``: the block build with one process);
@@ -26,11 +26,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.throughput import common  # noqa: E402
 from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache, build_entry  # noqa: E402
 from lelp_lightning.data.dataset import CacheDataset  # noqa: E402
 from lelp_lightning.data.featurizers import BagInputs  # noqa: E402

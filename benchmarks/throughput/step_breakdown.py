@@ -1,7 +1,7 @@
 """Where a training step of the hashed-bag student goes, phase by phase, beside fastText's time for the same rows;
 and the table's update compiled to native code, as a bound on what a faster update could save.
 
-    .venv/bin/python benchmarks/throughput/step_breakdown.py [--epochs 4] [--threads 2] [--tasks 20ng_bin,tweets_bin]
+    .venv/bin/python -m benchmarks.throughput.step_breakdown [--epochs 4] [--threads 2] [--tasks 20ng_bin,tweets_bin]
 
 The quickstart's student (``ce`` objective, batch and rows as in ``fasttext_anchor.py``) trained by a hand loop
 over the real batches, each phase timed on its own: reading the batch, forward with the loss, backward, AdamW on
@@ -124,8 +124,7 @@ class NativeTableStep:
 
 def build(task_args: list[str], table_optimizer: str, run_dir: Path):
     """A fresh model (seed 0) of the quickstart's student with ``ce``, its data and its two optimisers."""
-    from fasttext_anchor import quiet
-
+    from benchmarks.throughput.fasttext_anchor import quiet
     from lelp_lightning.cli import build_cli
 
     ce = ["--config", str(REPO / "configs" / "method" / "ce.yaml"),
@@ -202,10 +201,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    sys.path.insert(0, str(Path(__file__).parent))
-    import provenance
-    from fasttext_anchor import EPOCHS, TASKS, fasttext_run
+    from benchmarks import provenance
+    from benchmarks.throughput.fasttext_anchor import EPOCHS, TASKS, fasttext_run
 
     kernels = native_kernels()
     work = Path(tempfile.mkdtemp(prefix="lelp-steps-"))

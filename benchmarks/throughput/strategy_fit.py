@@ -1,7 +1,7 @@
 """Fit time and peak memory of every strategy on a memory-mapped float32 cache, against scikit-learn.
 
-    .venv/bin/python benchmarks/throughput/strategy_fit.py                  # N ∈ {1e4,1e5,1e6} × D ∈ {384,768} + 1.6M×768
-    .venv/bin/python benchmarks/throughput/strategy_fit.py --sizes 10000 --dims 384 --no-sentiment140   # a quick look
+    .venv/bin/python -m benchmarks.throughput.strategy_fit                  # N ∈ {1e4,1e5,1e6} × D ∈ {384,768} + 1.6M×768
+    .venv/bin/python -m benchmarks.throughput.strategy_fit --sizes 10000 --dims 384 --no-sentiment140   # a quick look
 
 Data: a synthetic two-class cache (each class a mixture of 4 anisotropic Gaussian blobs; fine label = blob),
 written as a float32 ``.npy`` memmap under ``--data-dir`` and deleted after its runs (1.6M × 768 is 4.9 GB).
@@ -44,10 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))  # provenance.py, shared by every benchmark
-import provenance  # noqa: E402
+from benchmarks import provenance
 
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "strategy_fit"
 C, BLOBS, RANK = 2, 4, 16
 S = 4  # subclasses per class: one per blob, so the clusterings have one clear optimum to be compared at
@@ -264,7 +263,7 @@ def worker(spec: dict) -> None:
 
 
 def run_worker(spec: dict, timeout: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "benchmarks.throughput.strategy_fit", "--worker", json.dumps(spec)]  # from the root
     threads = str(spec["threads"])  # torch, OpenMP (scikit-learn) and BLAS alike, set before they load
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "OPENBLAS_NUM_THREADS": threads}

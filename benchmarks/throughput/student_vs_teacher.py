@@ -1,6 +1,6 @@
 """The distilled students against their teachers at inference: raw input in, class probabilities out, same inputs.
 
-    .venv/bin/python benchmarks/throughput/student_vs_teacher.py [--rows 10000] [--images 10000] [--seconds 3]
+    .venv/bin/python -m benchmarks.throughput.student_vs_teacher [--rows 10000] [--images 10000] [--seconds 3]
 
 Text (binary tweets, the accuracy grid's ``--rows`` stratified subset): the MiniLM + head teacher (the students'
 teacher) and the mpnet + head teacher (bf16 pass, as the grid runs it) beside three students distilled from MiniLM:
@@ -27,7 +27,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "benchmarks" / "results" / "student_vs_teacher"
 CACHE = REPO / "benchmarks" / "results" / "throughput" / "cache"
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 # the accuracy grid's selection on validation for tweets2/minilm/bag_sparse/sup ("k-means on the other
@@ -168,9 +167,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
-    import provenance
     import torch
 
+    from benchmarks import provenance
     from lelp_lightning.cli import main as lelp
 
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Teacher pass: rows/s of the lelp cache build vs sentence-transformers ``encode()`` on the same model, texts,
 batch size, max length and threads, interleaved in one run.
 
-    .venv/bin/python benchmarks/throughput/teacher_pass.py [--rows 512] [--rounds 3] [--batch-size 64] [--device cuda]
+    .venv/bin/python -m benchmarks.throughput.teacher_pass [--rows 512] [--rounds 3] [--batch-size 64] [--device cuda]
 
 Variants (ours): the single-process cache build (``TeacherCache.build``, fp32 and bf16 autocast) and the
 ``lelp cache`` path (Lightning predict, 1 process, fp32). Each round times every variant once, freshly
@@ -22,10 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.throughput import common  # noqa: E402
 from lelp_lightning.cache import TeacherCache  # noqa: E402
 from lelp_lightning.cache.teacher_pass import TeacherPass  # noqa: E402
 from lelp_lightning.encoders import resolve_model_path  # noqa: E402

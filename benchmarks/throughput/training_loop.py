@@ -2,7 +2,7 @@
 objective, optimiser, batches and batch size (Lightning's own parity benchmark is the model: same work,
 timed per epoch, warm-up epoch dropped).
 
-    .venv/bin/python benchmarks/throughput/training_loop.py [--rows 4000] [--epochs 4] [--rounds 3]
+    .venv/bin/python -m benchmarks.throughput.training_loop [--rows 4000] [--epochs 4] [--rounds 3]
 
 Both sides get a fresh DistillModule built by the same CLI config under the same seed, and iterate the
 same batches (``DistillDataModule.loader``) and optimisers (lazy Adam + AdamW for the sparse bag); `lelp fit` runs with no logger, checkpoint,
@@ -21,8 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import common  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.throughput import common  # noqa: E402
 
 
 def lelp_fit(rows: int, epochs: int, run_dir: Path) -> list[float]:

@@ -1,7 +1,7 @@
 """`lelp search`: LayerNAS against Optuna's random search and TPE at the same number of trials, on two cells.
 
-    .venv/bin/python benchmarks/search/bench.py                 # both cells (resumable: finished parts are kept)
-    .venv/bin/python benchmarks/search/bench.py --table         # the table and the fronts' plot from the records
+    .venv/bin/python -m benchmarks.search.layernas_vs_samplers                 # both cells (resumable: finished parts are kept)
+    .venv/bin/python -m benchmarks.search.layernas_vs_samplers --table         # the table and the fronts' plot from the records
 
 Per cell: LayerNAS (H buckets by parameter count, a short proxy fit per candidate) first; random search and TPE then
 get exactly as many trials as LayerNAS ran. Each method's best student within 1.0 and 0.25 of the default's
@@ -17,13 +17,10 @@ import argparse
 import datetime
 import json
 import statistics
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "accuracy"), str(HERE.parent)]
-import provenance  # noqa: E402
-import spec  # noqa: E402
+from benchmarks import provenance
+from benchmarks.accuracy import spec
 
 RECORDS = spec.REPO / "benchmarks" / "results" / "search"
 ROOT = spec.REPO / "runs" / "search-bench"
@@ -164,7 +161,7 @@ def plot(out: Path) -> None:
 
 
 def section() -> list[str]:
-    """The RESULTS.md section (``benchmarks/accuracy/report.py`` puts it after the grid)."""
+    """The RESULTS.md section (``benchmarks/report.py`` puts it after the grid)."""
     if not any(record_path(c, m).is_file() for c in CELLS for m in METHODS):
         return []
     plot(RECORDS / "fronts.png")

@@ -1,7 +1,7 @@
 """`lelp active`: student test accuracy against teacher queries, for every selector, on two cells.
 
-    .venv/bin/python benchmarks/active/bench.py --cells rt/mpnet/mlp_minilm/few      # run (resumable)
-    .venv/bin/python benchmarks/active/bench.py --table                              # table + plot from the records
+    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --cells rt/mpnet/mlp_minilm/few      # run (resumable)
+    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --table                              # table + plot from the records
 
 A cell is a grid cell in the semi-supervised regime (1,000 labels; the rest of the training split is the pool).
 Every selector runs at 10 / 20 / 30 / 50 % of the pool, spent in 3 rounds, on 3 seeds (the seed sets the student's
@@ -23,13 +23,10 @@ import argparse
 import datetime
 import json
 import statistics
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "accuracy"), str(HERE.parent)]
-import provenance  # noqa: E402
-import spec  # noqa: E402
+from benchmarks import provenance
+from benchmarks.accuracy import spec
 
 RECORDS = spec.REPO / "benchmarks" / "results" / "active"
 ROOT = spec.REPO / "runs" / "active-bench"
@@ -176,7 +173,7 @@ def table(cells: list[str]) -> str:
 
 
 def section() -> list[str]:
-    """The RESULTS.md section (``benchmarks/accuracy/report.py`` puts it after the grid): intro, tables, plot."""
+    """The RESULTS.md section (``benchmarks/report.py`` puts it after the grid): intro, tables, plot."""
     cells = [c for c in CELLS if load(c)]
     if not cells:
         return []

@@ -1,9 +1,9 @@
 """`lelp tune` on the accuracy grid's cells, against the grid's own results.
 
-    .venv/bin/python benchmarks/tune/bench.py --cells 20ng/minilm/bag_sparse/sup     # one cell (resumable)
-    .venv/bin/python benchmarks/tune/bench.py --cells 20ng/minilm/bag_sparse/sup --confirm_top 3   # the best 3
+    .venv/bin/python -m benchmarks.tune.tune_vs_grid --cells 20ng/minilm/bag_sparse/sup     # one cell (resumable)
+    .venv/bin/python -m benchmarks.tune.tune_vs_grid --cells 20ng/minilm/bag_sparse/sup --confirm_top 3   # the best 3
                                                                 # trials rerun with 2 more seeds before choosing
-    .venv/bin/python benchmarks/tune/bench.py --table                                # the table from the records
+    .venv/bin/python -m benchmarks.tune.tune_vs_grid --table                                # the table from the records
 
 Every cell gets the same budget (``--trials``, default 40) over the default search space without the oracle (a
 user's task has no true subclasses), and the best configuration refit on 3 seeds and tested once. The record
@@ -22,14 +22,11 @@ import datetime
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "accuracy"), str(HERE.parent)]
-import provenance  # noqa: E402
-import spec  # noqa: E402
+from benchmarks import provenance
+from benchmarks.accuracy import spec
+from benchmarks.accuracy.selection import choices
 
 RECORDS = spec.REPO / "benchmarks" / "results" / "tune"
 TUNE_ROOT = spec.REPO / "runs" / "tune-bench"  # git-ignored: the studies, their trials and refits
@@ -112,8 +109,6 @@ def grid_validation_pick(cell: str, records: list[dict]) -> tuple[str, list[floa
     """What choosing among the grid's methods by validation would give: each non-oracle method's selected
     configuration, scored by its seed-0 validation accuracy (ties: the first method in grid order); the winner's
     test accuracy over its final seeds. None while the cell has no final runs. ``records``: the grid's."""
-    from selection import choices
-
     records = [r for r in records if r["cell"] == cell]
     by_key = {r["key"]: r for r in records}
     chosen, _ = choices(spec.CELLS[cell], by_key)
@@ -154,7 +149,7 @@ def table() -> str:
 
 
 def section() -> list[str]:
-    """The RESULTS.md section (``benchmarks/accuracy/report.py`` puts it after the grid): intro and table."""
+    """The RESULTS.md section (``benchmarks/report.py`` puts it after the grid): intro and table."""
     records = [json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))]
     if not records:
         return []

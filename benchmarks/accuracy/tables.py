@@ -1,29 +1,23 @@
-"""Regenerate ``benchmarks/RESULTS.md`` and its plots from the accuracy benchmark's JSON records.
-
-    .venv/bin/python benchmarks/accuracy/report.py
+"""The accuracy grid's part of ``benchmarks/RESULTS.md`` (its tables and plots), from the grid's JSON records.
 
 Reads only ``benchmarks/results/accuracy/records`` (and the cache-build times in ``.../prepare``); every
-number in the page comes from a record. Accuracy is the test accuracy of the last epoch, mean ± sample std
-over seeds; "n" is the number of seeds. A difference between two methods is called a win or a loss only
-when it exceeds twice its standard error (√(s₁²/n₁ + s₂²/n₂)); otherwise it is "within noise".
+number comes from a record. Accuracy is the test accuracy of the last epoch, mean ± sample std over seeds; "n" is
+the number of seeds. A difference between two methods is called a win or a loss only when it exceeds twice its
+standard error (√(s₁²/n₁ + s₂²/n₂)); otherwise it is "within noise". ``benchmarks/report.py`` writes the page.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import grid  # noqa: E402
-import spec  # noqa: E402
-from selection import choices  # noqa: E402
+from benchmarks.accuracy import spec
+from benchmarks.accuracy.plan import plan
+from benchmarks.accuracy.selection import choices
 
-OUT = spec.REPO / "benchmarks" / "RESULTS.md"
+OUT = spec.REPO / "benchmarks" / "RESULTS.md"  # the page these tables go into: plots are linked relative to it
 PLOTS = spec.REPO / "benchmarks" / "results" / "accuracy" / "plots"
 PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
 SUBCLASSES = spec.REPO / "benchmarks" / "results" / "accuracy" / "subclasses"
@@ -393,24 +387,12 @@ def cost(records: list[dict]) -> list[str]:
 def current(records: list[dict], seeds: int) -> list[dict]:
     """The records the grid's plan names now (a record of a candidate no longer in the grid is ignored)."""
     by_key = {r["key"]: r for r in records}
-    named = {run.key for runs in grid.plan(list(spec.CELLS.values()), seeds, by_key).values() for run in runs}
+    named = {run.key for runs in plan(list(spec.CELLS.values()), seeds, by_key).values() for run in runs}
     return [r for r in records if r["key"] in named]
 
 
-def companion_sections() -> list[str]:
-    """The sections of the benchmarks built on the grid's cells (``lelp tune``, ``lelp active``, ``lelp search``), from
-    their records."""
-    out = []
-    for name in ("tune", "active", "search"):
-        path = spec.REPO / "benchmarks" / name / "bench.py"
-        module_spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        out += module.section()
-    return out
-
-
-def main(seeds: int = 3) -> None:
+def page(seeds: int = 3) -> list[str]:
+    """The grid's lines of RESULTS.md (the plots written beside it)."""
     records = current(spec.load_records(), seeds)
     stats, chosen, teacher = final_stats(records, seeds)
     kd = {c: s["kd"] for c, s in stats.items() if "kd" in s}
@@ -472,10 +454,4 @@ def main(seeds: int = 3) -> None:
     lines += ["## Teacher passes each cell's runs read", ""] + teacher_readings(records)
     lines += ["## Cost", ""] + cost(records)
     lines += ["## The paper, for comparison", "", PAPER, ""]
-    lines += companion_sections()
-    OUT.write_text("\n".join(lines))
-    print(f"wrote {OUT} from {len(records)} records")
-
-
-if __name__ == "__main__":
-    main()
+    return lines

@@ -1,0 +1,1 @@
+"""``lelp active``: student accuracy against teacher queries."""

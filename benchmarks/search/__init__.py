@@ -1,0 +1,1 @@
+"""``lelp search``: LayerNAS against random search and TPE."""

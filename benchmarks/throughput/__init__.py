@@ -1,0 +1,1 @@
+"""Speed benchmarks: each writes immutable records (CSV or JSON) under ``benchmarks/results/``."""
