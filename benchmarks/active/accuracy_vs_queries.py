@@ -179,7 +179,7 @@ def section() -> list[str]:
         return []
     plot(cells, RECORDS / "active_curves.png")
     return ["## `lelp active`: student accuracy against teacher queries", "",
-            "`benchmarks/active/bench.py`; records in `benchmarks/results/active/`. Test accuracy % (mean ± std over "
+            "`python -m benchmarks.active.accuracy_vs_queries`; records in `benchmarks/results/active/`. Test accuracy % (mean ± std over "
             f"seeds {', '.join(map(str, SEEDS))}) after {ROUNDS} rounds at each share of the pool; vanilla KD (τ = 1), "
             "1,000 labeled rows; the whole-pool row is `lelp fit` with the teacher on every pool row.", "",
             table(cells), "![accuracy against teacher queries](results/active/active_curves.png)", ""]

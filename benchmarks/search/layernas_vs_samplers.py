@@ -166,7 +166,7 @@ def section() -> list[str]:
         return []
     plot(RECORDS / "fronts.png")
     return ["## `lelp search`: LayerNAS against random search and TPE at equal trials", "",
-            "`benchmarks/search/bench.py`; records in `benchmarks/results/search/`. Cost: the student's parameters. "
+            "`python -m benchmarks.search.layernas_vs_samplers`; records in `benchmarks/results/search/`. Cost: the student's parameters. "
             "Candidates scored on validation after a short proxy fit; the chosen ones (and the default architecture) "
             f"trained with the cell's epochs on {SEEDS} seeds and tested once. Vanilla KD (τ = 1). Random search and "
             "TPE sample with replacement, so some of their trials repeat a candidate.", "", table(), "",
