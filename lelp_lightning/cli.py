@@ -1,4 +1,5 @@
-"""The ``lelp`` console script: LightningCLI(DistillModule, DistillDataModule) plus a few subcommands.
+"""The ``lelp`` console script: LightningCLI(DistillModule, DistillDataModule) plus a few subcommands, one table
+of them in :mod:`lelp_lightning.commands` (``lelp --help`` lists them).
 
     lelp fit --config configs/quickstart.yaml      # train, then test and write summary.json
     lelp validate|test|predict --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt
@@ -14,111 +15,76 @@
 
 Plugins (entry-point groups ``lelp_lightning.strategies`` / ``.objectives`` / ``.students``) are imported
 before any argument is parsed, so their classes work by short name in YAML; a short name is recorded in the
-saved config as its class's import path. Bad input (a
-:class:`~lelp_lightning.errors.LelpError`, also when jsonargparse wraps it) ends as one line
-``lelp: error: ...`` on stderr and exit status 2.
+saved config as its class's import path. Every command ends bad input the same way: a
+:class:`~lelp_lightning.errors.LelpError` (also when jsonargparse wraps it, and a missing extra) is one line
+``lelp: error: ...`` on stderr and exit status 2. This module imports torch and Lightning only when a command
+needs them (``lelp --help`` and ``lelp serve`` never do); ``build_cli`` / ``fit`` / ``LelpCLI``, the in-process
+API, live in :mod:`lelp_lightning.runs` and are imported from here on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import shlex
 import sys
 
-from lelp_lightning.cache.teacher_pass import build_teacher_cache
-from lelp_lightning.objectives import objectives
-from lelp_lightning.registry import load_plugins
-from lelp_lightning.runs import LelpCLI, build_cli, fit, hide_notices_a_user_cannot_act_on, lelp_error_behind
-from lelp_lightning.strategies import strategies
-from lelp_lightning.students import students
+from lelp_lightning.commands import COMMANDS, HELP, overview
+from lelp_lightning.errors import LelpError
+from lelp_lightning.extras import missing_extra
 
-__all__ = ["LelpCLI", "build_cli", "fit", "main"]  # build_cli / fit / LelpCLI live in runs: the in-process API
+__all__ = ["console_main", "main"]  # and, on first use, runs.LelpCLI / build_cli / fit (the in-process API)
 
 
-def _list(registry) -> str:
-    width = max(len(n) for n in registry.names())
-    return "\n".join(f"{e.name:<{width}}  {e.cls.__name__:<28} {e.description}" for e in registry.entries())
+def __getattr__(name: str):
+    if name in ("LelpCLI", "build_cli", "fit"):
+        return getattr(importlib.import_module("lelp_lightning.runs"), name)
+    raise AttributeError(f"module 'lelp_lightning.cli' has no attribute {name!r}")
 
 
-def _resumable(command: str, run) -> int:
-    """Run a command that resumes where it stopped; Ctrl-C ends it with status 130 and says how to resume."""
-    try:
-        run()
-    except KeyboardInterrupt:
-        print(f"lelp: {command} interrupted; the same command resumes it.", file=sys.stderr)
-        return 130
-    return 0
+def _lelp_error_behind(err: BaseException | None) -> LelpError | None:
+    """The LelpError behind ``err`` (jsonargparse wraps one raised in a constructor while it instantiates), or
+    the one sentence for a missing extra."""
+    seen, first = set(), err
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LelpError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return missing_extra(first)
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lelp``; ``args`` defaults to ``sys.argv[1:]`` (tests pass their own)."""
     args = list(sys.argv[1:] if args is None else args)
-    hide_notices_a_user_cannot_act_on()
-    logging.basicConfig(format="lelp: %(message)s")
-    logging.getLogger("lelp_lightning").setLevel(logging.INFO)
-    try:
-        load_plugins()
-        if args[:1] == ["strategies"]:
-            print(_list(strategies))
-            return 0
-        if args[:1] == ["objectives"]:
-            print(_list(objectives))
-            return 0
-        if args[:1] == ["students"]:
-            print(_list(students))
-            return 0
-        if args[:1] == ["selectors"]:
-            from lelp_lightning.active import selectors
-
-            print(_list(selectors))
-            return 0
-        if args[:1] == ["cache"]:
-            cli = build_cli(args[1:], run=False)
-            build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
-            if not cli.trainer.is_global_zero:
-                return 0
-            for split in ("train", "val", "test"):
-                entry = cli.datamodule.split_cache(split)
-                print(f"{split}: {len(entry)} rows, embedding {entry.embedding.shape[1]}-d, cached at {entry.path}")
-            return 0
-        if args[:1] == ["tune"]:
-            from lelp_lightning.tune.study import parse_options, run_study, split_tune_args
-
-            run_args, tune_args = split_tune_args(args[1:])
-            return _resumable("tune", lambda: run_study(run_args, parse_options(tune_args)))
-        if args[:1] == ["active"]:
-            from lelp_lightning.active.loop import parse_options as parse_active
-            from lelp_lightning.active.loop import run_active, split_active_args
-
-            run_args, active_args = split_active_args(args[1:])
-            return _resumable("active", lambda: run_active(run_args, parse_active(active_args)))
-        if args[:1] == ["search"]:
-            from lelp_lightning.search.study import parse_options as parse_search
-            from lelp_lightning.search.study import run_search, split_search_args
-
-            run_args, search_args = split_search_args(args[1:])
-            return _resumable("search", lambda: run_search(run_args, parse_search(search_args), search_args))
-        if args[:1] == ["export"]:
-            from lelp_lightning.serving.export import export
-            from lelp_lightning.serving.export import parse_args as parse_export
-
-            options = parse_export(args[1:])
-            card = export(options.config, options.ckpt_path, options.output, options.opset, options.bench_seconds,
-                          command=shlex.join(["lelp", *args]), quantize=options.quantize)
-            speed = card["speed"] and f", {card['speed']['rows_per_s']:,.0f} rows/s at batch {card['speed']['batch_size']}"
-            print(f"exported to {options.output}: student.onnx ({card['onnx']['bytes'] / 2**20:.1f} MiB), test "
-                  f"accuracy {100 * card['accuracy']['exported_test']:.2f}%{speed or ''}; see {options.output}/model_card.md")
-            return 0
-        if args[:1] == ["serve"]:
-            from lelp_lightning.serving.server import parse_args as parse_serve
-            from lelp_lightning.serving.server import serve
-
-            serve(parse_serve(args[1:]))
-            return 0
-        build_cli(args)
+    if not args or args[0] in HELP:
+        print(overview())
         return 0
+    name, args = args[0], args[1:]
+    command = COMMANDS.get(name)
+    try:
+        if command is None:
+            raise LelpError(f"{name!r} is not a lelp command; expected one of {', '.join(COMMANDS)} "
+                            "(`lelp --help` describes them).")
+        if any(arg in HELP for arg in args) and (text := command.help(name)) is not None:
+            print(text)
+            return 0
+        logging.basicConfig(format="lelp: %(message)s")
+        logging.getLogger("lelp_lightning").setLevel(logging.INFO)
+        if command.runs_models:
+            from lelp_lightning.registry import load_plugins
+            from lelp_lightning.runs import hide_notices_a_user_cannot_act_on
+
+            hide_notices_a_user_cannot_act_on()
+            load_plugins()
+        try:
+            return command.run(name, args)
+        except KeyboardInterrupt:
+            if not command.resumable:
+                raise
+            print(f"lelp: {name} interrupted; the same command resumes it.", file=sys.stderr)
+            return 130
     except Exception as err:
-        cause = lelp_error_behind(err)
+        cause = _lelp_error_behind(err)
         if cause is None:
             raise
         print(f"lelp: error: {cause}", file=sys.stderr)

