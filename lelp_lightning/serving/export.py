@@ -15,7 +15,6 @@ The folder is written under a temporary name and renamed into place, so a half-w
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -300,21 +299,3 @@ def _card(run_config, config: Path, ckpt_path: Path, source, model, graph_module
                             **speed},
     }
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise LelpError(f"lelp export: {message}; usage: lelp export --config <run>/config.yaml --ckpt_path "
-                        "<run>/checkpoints/last.ckpt --output <dir> [--opset N] [--quantize none|int8] [--bench_seconds S].")
-
-
-def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="lelp export", description="Export a run's student to ONNX with its featuriser.")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--ckpt_path", required=True, type=Path)
-    parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument("--quantize", choices=QUANTIZE, default="none",
-                        help="int8: onnxruntime dynamic quantisation (smaller, faster for encoder students, less exact)")
-    parser.add_argument("--bench_seconds", type=float, default=2.0,
-                        help="time for each speed measurement in the card; 0 skips them")
-    return parser.parse_args(args)
