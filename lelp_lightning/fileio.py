@@ -24,6 +24,11 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def temporaries(folder: Path) -> list[Path]:
+    """The temporary files that writes killed before their rename left in ``folder`` (any process's)."""
+    return sorted(folder.glob(".*.tmp[0-9]*"))
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a folder be opened / synced
         fd = os.open(folder, os.O_RDONLY)

@@ -7,7 +7,9 @@ one file, also on shared file systems), and appends each finished block's number
 ``blocks-rank<r>.log`` only after the rows are synced. A killed build resumes from the union of those logs,
 whatever the number of processes then; rank 0 seals the entry (classifier, checksums, manifest last,
 atomic rename) once every block is logged. :func:`build_entry` is this build with one process (rank 0);
-``lelp cache`` runs it with many (:mod:`lelp_lightning.cache.teacher_pass`).
+``lelp cache`` runs it with many (:mod:`lelp_lightning.cache.teacher_pass`). Whole files (labels, row ids,
+``build.json``, classifier, manifest) are written by :mod:`lelp_lightning.fileio`; only the rows and the logs,
+written in place by many processes, follow this protocol's own syncs.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lelp_lightning import fileio
 from lelp_lightning.errors import LelpError
 
 FORMAT_VERSION = 1
@@ -31,15 +32,6 @@ ARRAYS = ("embedding", "logits", "label", "row_id")
 def cache_key(*parts: str) -> str:
     """A short stable key from fingerprints (teacher, source, split, preprocessing)."""
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-
-
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _checksum(array: np.ndarray) -> str:
@@ -161,9 +153,10 @@ class TeacherCache:
         partial.mkdir(parents=True)
         for name, width in (("embedding", embedding_dim), ("logits", num_classes)):
             np.lib.format.open_memmap(partial / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, width))
-        np.save(partial / "label.npy", np.asarray(labels, dtype=np.int64))
-        np.save(partial / "row_id.npy", np.asarray(row_ids, dtype=np.int64))
-        _atomic_write_json(build_file, shape_info)  # last: a folder without it is started over
+        labels, row_ids = np.asarray(labels, dtype=np.int64), np.asarray(row_ids, dtype=np.int64)
+        fileio.atomic_write(partial / "label.npy", lambda handle: np.save(handle, labels))
+        fileio.atomic_write(partial / "row_id.npy", lambda handle: np.save(handle, row_ids))
+        fileio.atomic_write_json(build_file, shape_info, sort_keys=True)  # last: a folder without it is started over
         return partial, True
 
     def finish_partial(self, key: str, meta: dict, W: np.ndarray, b: np.ndarray) -> CachedSplit:
@@ -172,7 +165,8 @@ class TeacherCache:
         partial = final.with_name(key + ".partial")
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise LelpError("the teacher's classifier (W, b) holds NaN or Inf; check the teacher's final layer.")
-        np.savez(partial / "classifier.npz", W=np.asarray(W, np.float32), b=np.asarray(b, np.float32))
+        fileio.atomic_write(partial / "classifier.npz",  # a handle: np.savez would append .npz to a file name
+                            lambda handle: np.savez(handle, W=np.asarray(W, np.float32), b=np.asarray(b, np.float32)))
         arrays = {name: np.load(partial / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -183,7 +177,9 @@ class TeacherCache:
             "classifier": {"sha256": _classifier_checksum(W, b)},
         }
         del arrays
-        _atomic_write_json(partial / "manifest.json", manifest)
+        for stale in fileio.temporaries(partial):  # a killed write's: the entry holds only its own files
+            stale.unlink()
+        fileio.atomic_write_json(partial / "manifest.json", manifest, sort_keys=True)
         if final.exists():  # a stale, unfinished entry under the final name
             shutil.rmtree(final)
         os.replace(partial, final)

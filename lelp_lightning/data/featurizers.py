@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from lelp_lightning import fileio
 from lelp_lightning.cache import cache_key
 from lelp_lightning.core import SPLITS
 
@@ -129,16 +130,14 @@ class HashedNgramFeaturizer(Featurizer):
     def prepare(self, source, cache) -> None:
         """Hash every split's texts once into ``cache`` beside the teacher's entries (``bags-<key>.npz``, keyed by
         this featuriser's, the source's and the split's fingerprints): reading them back costs a fraction of
-        hashing again. Written to a temporary file and renamed, so a half-written file is never read."""
+        hashing again. Written atomically (:mod:`lelp_lightning.fileio`), so a half-written file is never read."""
         for split in SPLITS:
             path = self._bags_path(source, split, cache)
             if path.is_file():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # per process: two may prepare at once
-            with open(tmp, "wb") as f:
-                sp.save_npz(f, self.transform(source.split(split).texts).matrix, compressed=False)
-            os.replace(tmp, path)
+            bags = self.transform(source.split(split).texts).matrix
+            fileio.atomic_write(path, functools.partial(sp.save_npz, matrix=bags, compressed=False))
 
     def featurize(self, source, split: str, cache) -> BagInputs:
         """A split's bags: read from ``cache`` when :meth:`prepare` wrote them, else hashed now."""

@@ -9,17 +9,16 @@ extract it once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from lelp_lightning import fileio
 from lelp_lightning.errors import LelpError
 
 MPNET = "all-mpnet-base-v2"
@@ -58,16 +57,6 @@ def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def extract_split_zip(parts: Sequence[Path], target: Path) -> Path:
     """Concatenate ``parts`` into one zip and extract it to ``target`` atomically; a complete target is kept.
 
@@ -76,7 +65,7 @@ def extract_split_zip(parts: Sequence[Path], target: Path) -> Path:
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    with fileio.locked(target.with_name(target.name + ".lock")):
         if is_complete(target):  # another caller finished while this one waited
             return target
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # killed extractions: the lock is ours
@@ -84,8 +73,8 @@ def extract_split_zip(parts: Sequence[Path], target: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             folder = _extract(parts, tmp)
-            (folder / COMPLETE).write_text(json.dumps({"parts": [p.name for p in parts],
-                                                       "bytes": [p.stat().st_size for p in parts]}))
+            fileio.atomic_write_text(folder / COMPLETE, json.dumps({"parts": [p.name for p in parts],
+                                                                   "bytes": [p.stat().st_size for p in parts]}))
             if target.exists():  # no marker: left half-written by something other than this function
                 shutil.rmtree(target)
             os.rename(folder, target)

@@ -8,13 +8,13 @@ the labeled subset, so a second run loads them instead of training again.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
+from lelp_lightning import fileio
 from lelp_lightning.cache import PassTarget, TeacherCache, cache_key
 from lelp_lightning.core import Source, SplitData, fingerprint_of, rows_fingerprint
 from lelp_lightning.errors import LelpError
@@ -95,9 +95,7 @@ class CNNTeacher(Teacher):
         else:
             self._train(train.texts[rows], train.labels[rows])
             cache.root.mkdir(parents=True, exist_ok=True)
-            tmp = weights.with_suffix(f".tmp{os.getpid()}")
-            torch.save(self._net.state_dict(), tmp)
-            os.replace(tmp, weights)
+            fileio.atomic_write(weights, lambda handle: torch.save(self._net.state_dict(), handle))
         self._net.eval()
 
     def _train(self, images: np.ndarray, labels: np.ndarray) -> None:

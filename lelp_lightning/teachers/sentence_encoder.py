@@ -6,12 +6,11 @@ without running the encoder again.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch import nn
 
+from lelp_lightning import fileio
 from lelp_lightning.cache import PassTarget, TeacherCache, cache_key
 from lelp_lightning.core import SPLITS, Source, SplitData, fingerprint_of, rows_fingerprint
 from lelp_lightning.encoders import SentenceEncoder
@@ -96,9 +95,7 @@ class SentenceEncoderTeacher(Teacher):
             self._head.load_state_dict(torch.load(head_file, weights_only=True))
         else:
             self._train_head(x, y)
-            tmp = head_file.with_suffix(f".tmp{os.getpid()}")
-            torch.save(self._head.state_dict(), tmp)
-            os.replace(tmp, head_file)
+            fileio.atomic_write(head_file, lambda handle: torch.save(self._head.state_dict(), handle))
         self._head.eval()
 
     def _train_head(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lelp_lightning.cache.blocks as blocks
-import lelp_lightning.cache.teacher_cache as tc
+from lelp_lightning import fileio
 from lelp_lightning.cache import BlockBuild, PassTarget, TeacherCache, build_entry
 from lelp_lightning.errors import LelpError
 
@@ -114,16 +114,16 @@ class BlockLog:
 
 def test_a_build_killed_at_any_step_is_never_read_as_complete_and_resumes_without_redoing_rows(tmp_path, monkeypatch):
     """Kill the block build before each file operation in turn (preallocation, saves, positional row writes,
-    syncs, block-log writes and flushes, JSON writes, renames, deletes); the entry is then either absent (open
+    syncs, block-log writes and flushes, whole-file writes, renames, deletes); the entry is then either absent (open
     refuses it) or complete and correct, and the next build encodes exactly the rows of the blocks that had not
     been logged. Blocks are synced and logged after every block here (``sync_seconds=0``) so that every block
     boundary is a kill point too; a kill on the log's flush leaves a torn line. Throughout, no block reaches
     the log before its rows were synced."""
     steps = [(np, "save"), (np, "savez"), (np.lib.format, "open_memmap"), (os, "pwrite"), (os, "fsync"),
              (os, "truncate"), (os, "replace"), (shutil, "rmtree"), (Path, "unlink"), (Path, "mkdir"),
-             (tc, "_atomic_write_json")]
+             (fileio, "atomic_write")]
     assert NUM_BLOCKS == target([]).num_blocks
-    kill_at, progress = 0, set()
+    kill_at, progress, killed_pid = 0, set(), os.getpid() + 1
     while True:
         cache = TeacherCache(tmp_path / f"kill{kill_at}")
         switch = KillSwitch(kill_at)
@@ -131,6 +131,7 @@ def test_a_build_killed_at_any_step_is_never_read_as_complete_and_resumes_withou
             for owner, name in steps:
                 m.setattr(owner, name, switch.wrap(name, getattr(owner, name)))
             m.setattr(blocks, "open", switch.open_log, raising=False)  # the block logs only (np.save, json: not)
+            m.setattr(os, "getpid", lambda: killed_pid)  # the resuming process is another one
             try:
                 build(cache, [], sync_seconds=0.0)
                 break  # kill_at is past the last step: the whole build ran

@@ -118,21 +118,21 @@ def test_corrupted_array_fails_its_checksum(tmp_path):
 def test_manifest_is_written_last(tmp_path, monkeypatch):
     """When manifest.json is written the classifier is on disk and the block logs cover every block; the
     finished entry then holds neither the block logs nor build.json, and no partial folder is left."""
-    import lelp_lightning.cache.teacher_cache as tc
+    from lelp_lightning import fileio
 
     cache = TeacherCache(tmp_path)
-    real = tc._atomic_write_json
+    real = fileio.atomic_write_json
     written = []
 
-    def guarded(path, payload):
+    def guarded(path, payload, **dumps):
         if path.name == "manifest.json":
             assert (path.parent / "classifier.npz").is_file()
             assert logged_blocks(path.parent) == set(range(6))
             assert (path.parent / "build.json").is_file()
         written.append(path.name)
-        real(path, payload)
+        real(path, payload, **dumps)
 
-    monkeypatch.setattr(tc, "_atomic_write_json", guarded)
+    monkeypatch.setattr(fileio, "atomic_write_json", guarded)
     build(cache, [])
     assert written == ["build.json", "manifest.json"]
     assert json.loads((tmp_path / "k" / "manifest.json").read_text())["arrays"]["embedding"]["shape"] == [N, D]
