@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lelp_lightning.checkpoints import check_ckpt_option
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
 from lelp_lightning.loggers import AutoWandbLogger  # noqa: F401  (imported so configs name it bare)
@@ -66,6 +67,17 @@ class LelpCLI(LightningCLI):
         parser.link_arguments("data.num_subclasses", "model.num_subclasses", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.student.init_args.num_outputs", apply_on="instantiate")
         parser.link_arguments("data.input_dim", "model.student.init_args.input_dim", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path`` here, first of all; before it does: the file is checked with a safe
+        load (one sentence for a missing file, a non-checkpoint, or one that would run code), and every later
+        load of it is ``weights_only=True``, never code from a pickle."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is not None and "weights_only" in config:
+            check_ckpt_option(config.get("ckpt_path"), config.get("weights_only"),
+                              "a .ckpt file a `lelp fit` run wrote (<run>/checkpoints/last.ckpt)")
+            config["weights_only"] = True
+        super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()

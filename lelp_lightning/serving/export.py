@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import nn
 
+from lelp_lightning.checkpoints import load_checkpoint
 from lelp_lightning.core import SPLITS
 from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
 from lelp_lightning.data.featurizers import HashedNgramFeaturizer
@@ -153,6 +154,7 @@ def load_student(config: Path, ckpt_path: Path):
     for path, what in ((config, "--config"), (ckpt_path, "--ckpt_path")):
         if not path.is_file():
             raise LelpError(f"{what} {path} is not a file; expected the run's config.yaml and a checkpoint of it.")
+    checkpoint = load_checkpoint(ckpt_path, "the .ckpt file a `lelp fit` run wrote (<run>/checkpoints/last.ckpt)")
     hide_notices_a_user_cannot_act_on()
     values = yaml.safe_load(config.read_text())
     if not isinstance(values, dict) or "model" not in values or "data" not in values:
@@ -161,11 +163,6 @@ def load_student(config: Path, ckpt_path: Path):
     values = {k: v for k, v in values.items() if k in _RUN_SECTIONS}  # not fit's own ckpt_path, weights_only
     values.setdefault("trainer", {})["logger"] = False  # building the trainer must not start a logger
     cli = build_cli(values, run=False)
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise LelpError(f"{ckpt_path} cannot be read as a checkpoint ({type(err).__name__}); expected the .ckpt "
-                        "file a `lelp fit` run wrote (<run>/checkpoints/last.ckpt).") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise LelpError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict); expected the .ckpt file a "
                         "`lelp fit` run wrote (<run>/checkpoints/last.ckpt).")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lelp_lightning.cache import TeacherCache, cache_key
+from lelp_lightning.checkpoints import load_checkpoint
 from lelp_lightning.core import Source, fingerprint_of, rows_fingerprint
 from lelp_lightning.encoders import SentenceEncoder, resolve_model_path
 from lelp_lightning.errors import LelpError
@@ -94,7 +95,8 @@ class FineTunedClassifierTeacher(HFSequenceClassifierTeacher):
         partial = folder.with_name(folder.name + ".partial")
         done = 0
         if (partial / "state.pt").is_file():  # an interrupted fine-tuning: continue after its last finished epoch
-            state = torch.load(partial / "state.pt", weights_only=False)
+            state = load_checkpoint(partial / "state.pt", "the resume state an interrupted fine-tuning wrote; "
+                                    f"delete {partial} to start the fine-tuning again")
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
