@@ -1,13 +1,15 @@
-"""Named registries for strategies, objectives and students, filled by subclassing and by entry-point plugins.
+"""Named registries for strategies, objectives, students, teachers, active-learning selectors and the exported
+students' input builders, filled by subclassing and by entry-point plugins.
 
-A class registers itself through ``__init_subclass__(name=..., description=...)`` on its base class;
-third-party packages add theirs through the entry-point groups ``lelp_lightning.strategies``,
-``lelp_lightning.objectives`` and ``lelp_lightning.students``, which :func:`load_plugins` imports before the
-CLI parses its arguments.
+A class registers itself through ``__init_subclass__(name=..., description=...)`` on its base class (an input
+builder: ``kind=...``); third-party packages add theirs through the entry-point groups
+``lelp_lightning.strategies``, ``lelp_lightning.objectives``, ``lelp_lightning.students``,
+``lelp_lightning.teachers``, ``lelp_lightning.selectors`` and ``lelp_lightning.input_builders``, which
+:func:`load_plugins` imports before the CLI parses its arguments (the predictor loads only the last).
 
 Short names in YAML and on the command line (``class_path: kmeans``, ``--data.strategy kmeans``,
-``--model.objectives+=kd``): :func:`resolve_short_names` makes jsonargparse turn a registered short name
-into the registered class's own import path (``lelp_lightning.strategies.kmeans.KMeansStrategy``), so
+``--data.teacher sentence_encoder``, ``--model.objectives+=kd``): :func:`resolve_short_names` makes
+jsonargparse turn a registered short name into the registered class's own import path (``lelp_lightning.strategies.kmeans.KMeansStrategy``), so
 ``--print_config``, the saved ``config.yaml`` and ``summary.json`` name the real class and re-run as they are.
 """
 
@@ -133,21 +135,27 @@ def resolve_short_names() -> None:
 
 
 _plugins_loaded = False
+_GROUPS = ("lelp_lightning.strategies", "lelp_lightning.objectives", "lelp_lightning.students",
+           "lelp_lightning.teachers", "lelp_lightning.selectors", "lelp_lightning.input_builders")
 
 
 def load_plugins() -> list[str]:
     """Import every installed plugin module once; returns the entry-point names that were loaded."""
     global _plugins_loaded
-    loaded: list[str] = []
     if _plugins_loaded:
-        return loaded
+        return []
     _plugins_loaded = True
-    for group in ("lelp_lightning.strategies", "lelp_lightning.objectives", "lelp_lightning.students",
-                  "lelp_lightning.selectors"):
-        for ep in importlib.metadata.entry_points(group=group):
-            try:
-                ep.load()
-            except Exception as err:  # a broken plugin must not hide the others; say which one
-                raise RuntimeError(f"plugin {ep.name!r} ({ep.value}) in group {group} failed to load: {err}") from err
-            loaded.append(ep.name)
+    return [name for group in _GROUPS for name in load_group(group)]
+
+
+def load_group(group: str) -> list[str]:
+    """Import the plugin modules of one entry-point group (the predictor loads only its input builders, which
+    import no torch); returns their entry-point names."""
+    loaded: list[str] = []
+    for ep in importlib.metadata.entry_points(group=group):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not hide the others; say which one
+            raise RuntimeError(f"plugin {ep.name!r} ({ep.value}) in group {group} failed to load: {err}") from err
+        loaded.append(ep.name)
     return loaded

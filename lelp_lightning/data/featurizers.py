@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from lelp_lightning import fileio
 from lelp_lightning.cache import cache_key
 from lelp_lightning.core import SPLITS
+from lelp_lightning.errors import LelpError
 
 
 class StudentInputs(ABC):
@@ -74,8 +76,42 @@ class DenseInputs(StudentInputs):
         return torch.from_numpy(np.ascontiguousarray(self.array[index], dtype=np.float32))
 
 
+@dataclass
+class ExportSpec:
+    """What ``lelp export`` needs from a featuriser to put it in front of a student's ONNX graph.
+
+    ``config`` is written as ``featurizer.json``: its ``"kind"`` names the predictor-side input builder
+    (:class:`lelp_lightning.serving.predictor.InputBuilder`) that rebuilds the graph's inputs from raw rows, and its
+    ``"inputs"`` the graph's input names, in order. ``feeds`` is what the student receives inside the graph:
+    ``"dense"`` features [N, ...] (``features`` maps the graph's inputs to them, an encoder in the graph; ``None``:
+    the one input is the features) or a padded hashed ``"bag"`` (ids, weights [N, L]). ``files``: what the folder
+    needs besides (name → source path, e.g. a ``tokenizer.json``). The example inputs the graph is traced with are
+    the input builder's own, on two of the test split's raw rows, so the graph sees what serving feeds it.
+    """
+
+    config: dict
+    dynamic_axes: dict[str, dict[int, str]]
+    feeds: str = "dense"
+    features: torch.nn.Module | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.config["kind"]
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.config["inputs"]
+
+
 class Featurizer(ABC):
-    """Turns a split's texts into :class:`StudentInputs`; ``input_dim`` sizes the student's first layer."""
+    """Turns a split's texts into :class:`StudentInputs`; ``input_dim`` sizes the student's first layer.
+
+    ``kind`` names the predictor-side input builder of its exports (``featurizer.json``'s ``"kind"``);
+    :meth:`export_spec` describes the graph's inputs. A featuriser without them trains but does not export.
+    """
+
+    kind: str | None = None
 
     @property
     @abstractmethod
@@ -95,12 +131,19 @@ class Featurizer(ABC):
         payload = json.dumps({"class": type(self).__qualname__, **vars(self)}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    def export_spec(self) -> ExportSpec:
+        """How ``lelp export`` feeds this featuriser's inputs to the student's graph; default: it cannot."""
+        raise LelpError(f"the featuriser {type(self).__name__} has no export spec, so its students cannot be "
+                        "exported; give it a kind and an export_spec() (see lelp_lightning.data.featurizers.ExportSpec).")
+
 
 class HashedNgramFeaturizer(Featurizer):
     """fastText-style hashed word n-grams (scikit-learn's MurmurHash3 ``HashingVectorizer``): no vocabulary.
 
     Empty texts become empty bags (the student sees a zero vector); any Unicode string is accepted.
     """
+
+    kind = "hashed_ngrams"
 
     def __init__(self, num_buckets: int = 2**18, max_ngram: int = 2, lowercase: bool = True):
         if num_buckets < 2:
@@ -117,6 +160,19 @@ class HashedNgramFeaturizer(Featurizer):
         return HashingVectorizer(n_features=self.num_buckets, ngram_range=(1, self.max_ngram),
                                  lowercase=self.lowercase, alternate_sign=False, norm=None,
                                  token_pattern=r"(?u)\b\w+\b", dtype=np.float32)
+
+    def export_spec(self) -> ExportSpec:
+        """Padded (ids, weights) [N, L] into the graph; the hashing runs outside, in numpy (its steps spelled out)."""
+        return ExportSpec(
+            {"kind": self.kind, "num_buckets": self.num_buckets, "max_ngram": self.max_ngram,
+             "lowercase": self.lowercase, "token_pattern": self._vectorizer().token_pattern,
+             "hash": "MurmurHash3 x86 32-bit, seed 0, of each word n-gram's UTF-8 bytes; bucket = |h| mod "
+                     "num_buckets (scikit-learn's HashingVectorizer with alternate_sign=False)",
+             "weights": "per row, each bucket's count / the row's n-gram count (EmbeddingBag sum = mean)",
+             "padding": "ids / weights are [N, L]: each row's entries, then bucket 0 at weight 0 to the batch's "
+                        "longest row",
+             "inputs": ["ids", "weights"]},
+            {"ids": {0: "batch", 1: "entries"}, "weights": {0: "batch", 1: "entries"}}, feeds="bag")
 
     def transform(self, texts: list[str]) -> BagInputs:
         matrix = self._vectorizer().transform(texts)

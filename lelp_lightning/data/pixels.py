@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lelp_lightning.data.featurizers import DenseInputs, Featurizer
+from lelp_lightning.data.featurizers import DenseInputs, ExportSpec, Featurizer
 from lelp_lightning.errors import LelpError
 from lelp_lightning.sources.images import scale_pixels
 
@@ -13,6 +13,8 @@ class PixelFeaturizer(Featurizer):
     """Images as dense float32 student inputs: [N,1,H,W] for a CNN student, or [N,H·W] with ``flatten``
     for an MLP. ``image_shape`` (H, W) sizes the student (``input_dim`` = H·W) before the data is read;
     pixels are scaled to [0,1], then ``(x - mean) / std``."""
+
+    kind = "pixels"
 
     def __init__(self, image_shape: tuple[int, int] = (28, 28), flatten: bool = False, mean: float = 0.0,
                  std: float = 1.0):
@@ -36,3 +38,11 @@ class PixelFeaturizer(Featurizer):
                             "data.featurizer.init_args.image_shape to the source's [height, width].")
         x = scale_pixels(images, self.mean, self.std)
         return DenseInputs(x.reshape(len(x), -1) if self.flatten else x)
+
+    def export_spec(self) -> ExportSpec:
+        """Scaled floats into the graph; the scaling runs outside, in numpy (``featurizer.json``)."""
+        return ExportSpec({"kind": self.kind, "image_shape": self.image_shape, "flatten": self.flatten,
+                           "mean": self.mean, "std": self.std,
+                           "scaling": "uint8 pixels / 255, then (x - mean) / std; shape [N,1,H,W], or [N,H·W] when "
+                                      "flatten",
+                           "inputs": ["pixels"]}, {"pixels": {0: "batch"}})

@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from lelp_lightning.errors import LelpError
+from lelp_lightning.registry import Registry, load_group
 from lelp_lightning.serving.hashing import HashedNgrams
 
 FILES = ("student.onnx", "featurizer.json", "labels.json", "model_card.json")
+
+input_builders = Registry("input builder", "lelp_lightning.input_builders")
 
 
 def export_spec(folder: Path) -> dict:
@@ -26,29 +29,71 @@ def export_spec(folder: Path) -> dict:
         raise LelpError(f"{folder} is not a complete export folder (missing {', '.join(missing)}); "
                         "write one with `lelp export --config <run>/config.yaml --ckpt_path <ckpt> --output <dir>`.")
     spec = json.loads((folder / "featurizer.json").read_text())
-    if spec.get("kind") not in _FEATURIZERS:
-        raise LelpError(f"{folder / 'featurizer.json'} names the featuriser kind {spec.get('kind')!r}; "
-                        f"expected one of {sorted(_FEATURIZERS)}.")
+    kind = spec.get("kind")
+    if isinstance(kind, str) and kind not in input_builders:
+        load_group(input_builders.entry_point_group)  # a plugin's kind
+    if not isinstance(kind, str) or kind not in input_builders:
+        raise LelpError(f"{folder / 'featurizer.json'} names the featuriser kind {kind!r}; "
+                        f"expected one of {input_builders.names()}.")
     return spec
 
 
-class _Hashed:
+class InputBuilder:
+    """Raw rows → the exported graph's input arrays, for one featuriser kind (``featurizer.json``'s ``"kind"``),
+    with numpy, ``tokenizers`` and onnxruntime only.
+
+    A featuriser kind registers its builder once, by subclassing: ``class MyInputs(InputBuilder, kind="my_kind")``
+    (its one-line docstring describes it); a plugin's builder module goes in the entry-point group
+    ``lelp_lightning.input_builders``, which the predictor loads when it meets a kind it does not know.
+    """
+
+    kind: str
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            input_builders.register(cls, kind, (cls.__doc__ or "").strip().split("\n")[0])
+            cls.kind = kind
+
+    def __init__(self, spec: dict, folder: Path):
+        self.spec, self.folder = spec, folder
+
+    def check(self, rows) -> None:
+        """Refuse rows this kind cannot read, with one sentence; default: a list of strings."""
+        if isinstance(rows, str) or not all(isinstance(t, str) for t in rows):
+            raise LelpError("this student reads a list of strings; got "
+                            f"{'one string' if isinstance(rows, str) else 'a list with a non-string item'}.")
+
+    def __call__(self, rows) -> dict[str, np.ndarray]:
+        """The graph's input arrays for ``rows``, by name."""
+        raise NotImplementedError
+
+    def run(self, session, rows, out: np.ndarray, batch_size: int) -> None:
+        """Fill ``out`` [N, C] with the class probabilities of ``rows`` from the graph ``session``, ``batch_size``
+        rows per run."""
+        for lo in range(0, len(rows), batch_size):
+            out[lo: lo + batch_size] = session.run(["probabilities"], self(rows[lo: lo + batch_size]))[0]
+
+
+class HashedInputs(InputBuilder, kind="hashed_ngrams"):
     """Texts → the padded hashed bag (ids, weights) of :class:`~lelp_lightning.serving.hashing.HashedNgrams`."""
 
     def __init__(self, spec: dict, folder: Path):
+        super().__init__(spec, folder)
         self.bags = HashedNgrams(spec["num_buckets"], spec["max_ngram"], spec["lowercase"], spec["token_pattern"])
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.bags(texts)
 
 
-class _Tokens:
+class TokenInputs(InputBuilder, kind="sentence_encoder"):
     """Texts → token ids for the encoder inside the graph, tokenised as the training encoder tokenised them
     (the encoder's own ``tokenizer.json``, truncated to ``max_length``, padded on the right to the batch's longest)."""
 
     def __init__(self, spec: dict, folder: Path):
         from tokenizers import Tokenizer
 
+        super().__init__(spec, folder)
         self.tokenizer = Tokenizer.from_file(str(folder / spec["tokenizer"]))
         self.tokenizer.enable_truncation(int(spec["max_length"]))
         self.tokenizer.no_padding()
@@ -73,22 +118,36 @@ class _Tokens:
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.pad(self.encode(texts))
 
+    def run(self, session, texts: list[str], out: np.ndarray, batch_size: int) -> None:
+        """Tokenised once; texts of similar token counts run together (a stable order, so the result does not depend
+        on it), in runs of the training encoder's batch size, which pad less than one large batch."""
+        encodings = self.encode(list(texts))
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        batch_size = min(batch_size, int(self.spec.get("batch_rows", batch_size)))
+        for lo in range(0, len(texts), batch_size):
+            index = order[lo: lo + batch_size]
+            out[index] = session.run(["probabilities"], self.pad([encodings[i] for i in index]))[0]
 
-class _Pixels:
+
+class PixelInputs(InputBuilder, kind="pixels"):
     """uint8 images [N,H,W] → floats in [0,1], then ``(x - mean) / std``, shaped as the student reads them."""
 
     def __init__(self, spec: dict, folder: Path):
+        super().__init__(spec, folder)
         self.shape, self.flatten = [int(s) for s in spec["image_shape"]], bool(spec["flatten"])
         self.mean, self.std = np.float32(spec["mean"]), np.float32(spec["std"])
+
+    def check(self, images) -> None:
+        shape = self.shape
+        if not isinstance(images, np.ndarray) or images.ndim != 3 or list(images.shape[1:]) != shape:
+            got = list(images.shape) if isinstance(images, np.ndarray) else type(images).__name__
+            raise LelpError(f"this student reads uint8 images of shape [N, {shape[0]}, {shape[1]}], got {got}.")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = images.astype(np.float32)[:, None] / np.float32(255)
         if (self.mean, self.std) != (0.0, 1.0):
             x = (x - self.mean) / self.std
         return {"pixels": x.reshape(len(x), -1) if self.flatten else x}
-
-
-_FEATURIZERS = {"hashed_ngrams": _Hashed, "sentence_encoder": _Tokens, "pixels": _Pixels}
 
 
 class Predictor:
@@ -115,37 +174,15 @@ class Predictor:
         return cls(folder, session, cls.featurizer_for(spec, folder), spec, labels, card)
 
     @staticmethod
-    def featurizer_for(spec: dict, folder: Path):
+    def featurizer_for(spec: dict, folder: Path) -> InputBuilder:
         """The raw-input step that ``featurizer.json`` (``spec``) describes: inputs → the graph's input arrays."""
-        return _FEATURIZERS[spec["kind"]](spec, Path(folder))
-
-    def _check(self, inputs) -> None:
-        if self.kind == "pixels":
-            shape = list(self.spec["image_shape"])
-            if not isinstance(inputs, np.ndarray) or inputs.ndim != 3 or list(inputs.shape[1:]) != shape:
-                got = list(inputs.shape) if isinstance(inputs, np.ndarray) else type(inputs).__name__
-                raise LelpError(f"this student reads uint8 images of shape [N, {shape[0]}, {shape[1]}], got {got}.")
-        elif isinstance(inputs, str) or not all(isinstance(t, str) for t in inputs):
-            raise LelpError("this student reads a list of strings; got "
-                            f"{'one string' if isinstance(inputs, str) else 'a list with a non-string item'}.")
+        return input_builders.get(spec["kind"])(spec, Path(folder))
 
     def predict_proba(self, inputs: Sequence[str] | np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, C] (float32, columns in the order of ``labels``), ``batch_size`` rows per run."""
-        self._check(inputs)
+        self.featurize.check(inputs)
         out = np.zeros((len(inputs), len(self.labels)), np.float32)
-        if self.kind == "sentence_encoder":
-            # tokenised once; texts of similar token counts run together (a stable order, so the result does not
-            # depend on it), in runs of the training encoder's batch size, which pad less than one large batch
-            encodings = self.featurize.encode(list(inputs))
-            order = np.argsort([len(e.ids) for e in encodings], kind="stable")
-            batch_size = min(batch_size, int(self.spec.get("batch_rows", batch_size)))
-            for lo in range(0, len(inputs), batch_size):
-                index = order[lo: lo + batch_size]
-                out[index] = self.session.run(["probabilities"], self.featurize.pad([encodings[i] for i in index]))[0]
-            return out
-        for lo in range(0, len(inputs), batch_size):
-            chunk = inputs[lo: lo + batch_size]
-            out[lo: lo + batch_size] = self.session.run(["probabilities"], self.featurize(chunk))[0]
+        self.featurize.run(self.session, inputs, out, batch_size)
         return out
 
     def predict(self, inputs: Sequence[str] | np.ndarray, batch_size: int = 256) -> list[str]:
