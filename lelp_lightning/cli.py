@@ -68,13 +68,14 @@ def main(args: list[str] | None = None) -> int:
         if any(arg in HELP for arg in args) and (text := command.help(name)) is not None:
             print(text)
             return 0
-        logging.basicConfig(format="lelp: %(message)s")
-        logging.getLogger("lelp_lightning").setLevel(logging.INFO)
-        if command.runs_models:
+        if command.runs_models:  # Lightning first: it gives its log its own handler only while the root has none
             from lelp_lightning.registry import load_plugins
             from lelp_lightning.runs import hide_notices_a_user_cannot_act_on
 
             hide_notices_a_user_cannot_act_on()
+        logging.basicConfig(format="lelp: %(message)s")
+        logging.getLogger("lelp_lightning").setLevel(logging.INFO)
+        if command.runs_models:
             load_plugins()
         try:
             return command.run(name, args)

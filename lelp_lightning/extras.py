@@ -31,11 +31,13 @@ def missing_extra(err: BaseException | None) -> LelpError | None:
     sentence-encoder teacher or the W&B logger without their extra), or None when ``err`` is not one."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, ImportError):  # Lightning names the missing package only in the message
-            module = next((m for m in EXTRA_OF if (err.name or "").partition(".")[0] == m or f"'{m}" in str(err)), None)
-            if module is not None:
-                extra = EXTRA_OF[module]
-                return LelpError(f"this needs the [{extra}] extra ({module} is not installed): {install_line(extra)}.")
+        name = (err.name or "").partition(".")[0] if isinstance(err, ImportError) else None
+        # Lightning names a missing package only in its message ("Requirement 'wandb>=0.12.10' not met"), which
+        # jsonargparse copies into the error it raises while it instantiates the logger
+        module = next((m for m in EXTRA_OF if name == m or f"Requirement '{m}" in str(err)), None)
+        if module is not None:
+            extra = EXTRA_OF[module]
+            return LelpError(f"this needs the [{extra}] extra ({module} is not installed): {install_line(extra)}.")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
