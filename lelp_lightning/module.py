@@ -129,8 +129,8 @@ class DistillModule(LightningModule):
 
     def on_fit_start(self) -> None:
         """Refuse a sparse student where its sparse gradients cannot be all-reduced (NCCL)."""
-        if self.student.sparse_parameters() and torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_backend() == "nccl":
+        if (self.student.sparse_parameters() and torch.distributed.is_available()
+                and torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl"):
             raise LelpError(f"NCCL cannot all-reduce the sparse gradients of {type(self.student).__name__}'s table; "
                             "set model.student.init_args.sparse: false, or use the gloo backend "
                             "(--trainer.strategy.process_group_backend gloo).")
@@ -165,9 +165,10 @@ class DistillModule(LightningModule):
         """Refuse a checkpoint whose head was trained for another C or S (instead of a size-mismatch traceback)."""
         saved = checkpoint.get("hyper_parameters", {})
         C, S = saved.get("num_classes", self.num_classes), saved.get("num_subclasses", self.num_subclasses)
-        if (C, S) != (self.num_classes, self.num_subclasses):
+        if (self.num_classes, self.num_subclasses) != (C, S):
             raise LelpError(f"the checkpoint's student head has C·S = {C}·{S} = {C * S} outputs but this run needs "
-                            f"C·S = {self.num_classes}·{self.num_subclasses} = {self.num_classes * self.num_subclasses}; "
+                            f"C·S = {self.num_classes}·{self.num_subclasses} = "
+                            f"{self.num_classes * self.num_subclasses}; "
                             "use the run's own config (--config <run>/config.yaml) or the checkpoint's num_subclasses.")
 
     def configure_optimizers(self):

@@ -1,11 +1,12 @@
 """Optimisers for row-sparse gradients (an embedding table) that touch only the rows a batch used.
 
-LazyAdam (the default) follows ``torch.optim.SparseAdam``'s rule exactly: the moments of a row move only when the row has a gradient,
-with Adam's bias correction by the parameter's step count and ``eps`` added to √v before the correction. It is
-computed with row gathers and scatters on the distinct rows instead of sparse-tensor arithmetic over the whole
-table, which on CPU costs several times more per step. A step is bound by memory latency (three random rows of
-three tables per distinct row), so it spends nothing else: the distinct rows come from a mark table instead of
-a sort, and the row buffers are kept between steps (fresh multi-megabyte tensors page-fault on every step).
+LazyAdam (the default) follows ``torch.optim.SparseAdam``'s rule exactly: the moments of a row move only when the
+row has a gradient, with Adam's bias correction by the parameter's step count and ``eps`` added to √v before the
+correction. It is computed with row gathers and scatters on the distinct rows instead of sparse-tensor arithmetic
+over the whole table, which on CPU costs several times more per step. A step is bound by memory latency (three
+random rows of three tables per distinct row), so it spends nothing else: the distinct rows come from a mark table
+instead of a sort, and the row buffers are kept between steps (fresh multi-megabyte tensors page-fault on every
+step).
 RowwiseAdagrad keeps one number per row instead of two moment rows, so its step moves a third of the memory.
 """
 
@@ -101,7 +102,8 @@ class RowwiseAdagrad(RowSparseOptimizer):
         if not state:
             state["sum"] = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
         value, squared = scratch.buffers(len(rows))[:2]
-        row_sum = state["sum"].index_select(0, rows).add_(torch.mul(grad, grad, out=squared).reshape(len(rows), -1).mean(1))
+        row_sum = state["sum"].index_select(0, rows).add_(
+            torch.mul(grad, grad, out=squared).reshape(len(rows), -1).mean(1))
         state["sum"].index_copy_(0, rows, row_sum)
         denom = row_sum.sqrt_().add_(group["eps"]).view(-1, *([1] * (grad.dim() - 1)))
         torch.index_select(param, 0, rows, out=value)

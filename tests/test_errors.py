@@ -41,7 +41,7 @@ def one_error_line(capsys) -> str:
 
 # -- configuration ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,option,given,registry,command", [
+@pytest.mark.parametrize(("args", "option", "given", "registry", "command"), [
     (["--data.strategy", "kmeens"], "data.strategy", "kmeens", strategies, "strategies"),
     (["--model.student", "resnet"], "model.student", "resnet", students, "students"),
     (["--model.objectives+=distill"], "model.objectives", "distill", objectives, "objectives"),
@@ -71,7 +71,7 @@ def test_students_have_short_names_like_strategies_and_objectives(capsys):
     assert set(students.names()) >= {"hashed_bag", "mlp"}
 
 
-@pytest.mark.parametrize("option,value,message", [
+@pytest.mark.parametrize(("option", "value", "message"), [
     ("--data.strategy.num_subclasses", "0", "num_subclasses (S) must be an integer >= 1, got 0."),
     ("--model.objectives.tau", "0", "SubclassCrossEntropy.tau must be > 0, got 0.0."),
     ("--model.objectives.beta", "-1", "SubclassCrossEntropy.beta must be > 0, got -1.0."),
@@ -86,8 +86,8 @@ def test_a_wrapped_error_reaches_the_shell_as_one_line(tweets_cache_dir, tmp_pat
     """Through the console script's entry point (``console_main``, what the ``lelp`` executable calls), in this
     process: the exit status the shell sees is 2 and the last line on stderr the one sentence. (A real
     ``lelp`` subprocess exiting with 2 is tests/test_cli.py::test_bad_input_exits_nonzero_with_one_sentence.)"""
-    monkeypatch.setattr(sys, "argv", ["lelp", "fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--model.objectives.tau",
-                                                                     "-2", wandb=False)])
+    monkeypatch.setattr(sys, "argv", ["lelp", "fit", *tiny_run_args(tweets_cache_dir, tmp_path,
+                                                                     "--model.objectives.tau", "-2", wandb=False)])
     with pytest.raises(SystemExit) as done:
         console_main()
     err = capsys.readouterr().err
@@ -123,7 +123,7 @@ def rows(*pairs, part=None):
     return header + "\n" + "\n".join(",".join(p) for p in pairs) + "\n"
 
 
-@pytest.mark.parametrize("content,extra,message", [
+@pytest.mark.parametrize(("content", "extra", "message"), [
     (None, [], "data file '{path}' does not exist; expected a CSV, TSV, JSONL or Parquet file."),
     ("", [], "data file '{path}' is empty; expected a header and at least one row."),
     ("review,stars\ngood,5\n", [], "data file '{path}' has no column(s) ['text', 'label']; its columns are "
@@ -204,7 +204,7 @@ def rewrite(cache, name, change):
     (cache.entry("k") / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("name,value", [("embedding", np.nan), ("logits", np.inf), ("logits", -np.inf)])
+@pytest.mark.parametrize(("name", "value"), [("embedding", np.nan), ("logits", np.inf), ("logits", -np.inf)])
 def test_nan_or_inf_in_a_cache_is_refused_on_open(tmp_path, name, value):
     cache = small_cache(tmp_path)
     rewrite(cache, name, lambda a: a.__setitem__((7, 1), value))

@@ -56,7 +56,8 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_one_does(straight_an
     assert not torch.equal(first["state_dict"]["student.head.weight"], a["state_dict"]["student.head.weight"])
     summaries = [json.loads((run / "summary.json").read_text()) for run in (straight, resumed)]
     assert summaries[0]["student"] == summaries[1]["student"]
-    val = [pd.read_csv(run / "metrics.csv").dropna(subset=["val/accuracy"]).set_index("epoch") for run in (straight, resumed)]
+    val = [pd.read_csv(run / "metrics.csv").dropna(subset=["val/accuracy"]).set_index("epoch")
+           for run in (straight, resumed)]
     for epoch in (1, 2):  # the epochs the resumed run trained itself
         for metric in ("val/accuracy", "val/macro_f1"):
             assert val[0].loc[epoch, metric] == val[1].loc[epoch, metric]
@@ -64,8 +65,8 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_one_does(straight_an
 
 def test_a_resumed_run_restores_the_strategy_instead_of_refitting_it(straight_and_resumed):
     _, straight_proc, resumed, resumed_proc = straight_and_resumed
-    fitted = re.search(r"fitted the LinearProjectionStrategy strategy on the 'final' representation of 210 training rows "
-                       r"\(fingerprint (\w+)\)",
+    fitted = re.search(r"fitted the LinearProjectionStrategy strategy on the 'final' representation of "
+                       r"210 training rows \(fingerprint (\w+)\)",
                        straight_proc.stderr)
     restored = re.search(r"restored the LinearProjectionStrategy strategy from the checkpoint \(fingerprint (\w+)\); "
                          "it is not refitted", resumed_proc.stderr)

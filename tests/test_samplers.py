@@ -12,7 +12,7 @@ def batches(sampler) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("n, batch, world", [(61, 8, 2), (61, 8, 4), (64, 8, 2), (40, 12, 3), (17, 16, 4)])
+@pytest.mark.parametrize(("n", "batch", "world"), [(61, 8, 2), (61, 8, 4), (64, 8, 2), (40, 12, 3), (17, 16, 4)])
 def test_global_batches_are_the_single_process_batches_split_over_ranks(n, batch, world):
     single = GlobalBatchSampler(n, batch, 1, 0, seed=3)
     single.set_epoch(2)

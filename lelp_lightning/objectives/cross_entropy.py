@@ -17,7 +17,8 @@ from lelp_lightning.objectives.base import (
 
 
 class SubclassCrossEntropy(Objective, name="subclass_ce",
-                           description="Soft cross-entropy to the teacher's pseudo-subclass distribution (LELP; KD when S=1)."):
+                           description="Soft cross-entropy to the teacher's pseudo-subclass distribution "
+                                       "(LELP; KD when S=1)."):
     """(1−α)·CE(p, softmax(g)) + α·CE(y, softmax(logsumexp_s g)), p from :func:`subclass_targets`.
 
     ``student_temperature`` (open choice, default off): divide the student's logits by τ in the soft term
@@ -48,7 +49,8 @@ class SubclassCrossEntropy(Objective, name="subclass_ce",
         return (1.0 - self.alpha) * soft + self.alpha * hard
 
 
-class GroundTruthCrossEntropy(Objective, name="ce", description="Cross-entropy to the true labels only: the student without a teacher."):
+class GroundTruthCrossEntropy(Objective, name="ce",
+                              description="Cross-entropy to the true labels only: the student without a teacher."):
     """CE(y, softmax(logsumexp_s g)): trains the student on the labels alone (rows with hidden labels skipped)."""
 
     requires = ("label",)

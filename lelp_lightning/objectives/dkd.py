@@ -43,7 +43,8 @@ class DecoupledKD(Objective, name="dkd",
         super().__init__(weight)
         check_positive("DecoupledKD", temperature=temperature)
         if tckd_weight < 0 or nckd_weight < 0:
-            raise LelpError(f"DecoupledKD.tckd_weight and nckd_weight must be >= 0, got {tckd_weight} and {nckd_weight}.")
+            raise LelpError(f"DecoupledKD.tckd_weight and nckd_weight must be >= 0, "
+                            f"got {tckd_weight} and {nckd_weight}.")
         self.temperature, self.tckd_weight, self.nckd_weight = temperature, tckd_weight, nckd_weight
 
     def forward(self, student_logits: torch.Tensor, batch: dict) -> torch.Tensor:

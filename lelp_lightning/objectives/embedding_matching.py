@@ -11,7 +11,8 @@ from lelp_lightning.objectives.base import Objective
 
 
 class EmbeddingMatching(Objective, name="embedding_matching",
-                        description="FitNets hint: ½‖h − r(h_s)‖² with a learned linear map r; one-stage or two-stage."):
+                        description="FitNets hint: ½‖h − r(h_s)‖² with a learned linear map r; "
+                                    "one-stage or two-stage."):
     """½‖h − r(h_s)‖² per row, averaged over the batch; r: R^{D_s} → R^D is a learned linear map (with bias).
 
     h is the teacher's embedding (the input of its final layer), h_s the student's (the input of its

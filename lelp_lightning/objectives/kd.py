@@ -23,7 +23,8 @@ def kd_per_row(student_class_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 class KnowledgeDistillation(Objective, name="kd",
-                            description="Hinton's KD: T²·KL(softmax(f/T) ‖ softmax(g/T)), α mixing with the true labels."):
+                            description="Hinton's KD: T²·KL(softmax(f/T) ‖ softmax(g/T)), "
+                                        "α mixing with the true labels."):
     """(1−α)·T²·KL(softmax(f/T) ‖ softmax(g/T)) + α·CE(y, softmax(g)), averaged over the batch.
 
     g are the student's class logits (logsumexp over each class's S logits, so any head width works).

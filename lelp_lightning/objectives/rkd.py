@@ -30,7 +30,8 @@ def _distinct_triplets(B: int, device) -> torch.Tensor:
 
 
 class RelationalKD(Objective, name="rkd",
-                   description="RKD: Huber loss between the student's and teacher's pairwise distances and triplet angles."):
+                   description="RKD: Huber loss between the student's and teacher's pairwise distances "
+                               "and triplet angles."):
     """distance_weight·L_D + angle_weight·L_A between the student embedding h_s and the teacher embedding h.
 
     L_D = mean over pairs i ≠ j of Huber(ψ_D(h_s)_ij, ψ_D(h)_ij), distances normalised by their batch mean;

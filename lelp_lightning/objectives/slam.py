@@ -17,7 +17,8 @@ def slam_mix(student_probs: torch.Tensor, alpha: torch.Tensor, top: torch.Tensor
 
 
 class StudentLabelMixing(Objective, name="slam",
-                         description="SLaM: CE(teacher soft label, mix(student)); α(x) isotonic on validation, k(x) = top_k."):
+                         description="SLaM: CE(teacher soft label, mix(student)); "
+                                     "α(x) isotonic on validation, k(x) = top_k."):
     """CE(softmax(f/τ), mix(softmax(g))) averaged over rows; the student still predicts with the un-mixed g.
 
     The teacher's label is noisy; instead of fitting it directly, the student's prediction is first pushed

@@ -9,7 +9,8 @@ from lelp_lightning.objectives.kd import KnowledgeDistillation, kd_per_row
 
 
 class WeightedDistillation(KnowledgeDistillation, name="weighted_kd",
-                           description="KD with per-example weights w(x) = estimated teacher accuracy at x, normalised to mean 1."):
+                           description="KD with per-example weights w(x) = estimated teacher accuracy at x, "
+                                       "normalised to mean 1."):
     """KD whose per-row soft term is multiplied by w(x): mean_i w_i·T²·KL_i, then α-mixed like ``kd``.
 
     w(x) is the batch's ``weight``: the teacher's accuracy at x's margin, estimated by isotonic regression

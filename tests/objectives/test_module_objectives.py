@@ -11,7 +11,7 @@ from lelp_lightning.objectives import EmbeddingMatching, KnowledgeDistillation, 
 from lelp_lightning.students import HashedBagStudent, MLPStudent
 
 
-@pytest.mark.parametrize("student,inputs,dim", [
+@pytest.mark.parametrize(("student", "inputs", "dim"), [
     (MLPStudent(input_dim=6, num_outputs=4, hidden_dims=[5, 3]), torch.randn(2, 6), 3),
     (MLPStudent(input_dim=6, num_outputs=2, hidden_dims=[]), torch.randn(2, 6), 6),
     (HashedBagStudent(input_dim=50, num_outputs=2, embed_dim=8, hidden_dim=7),

@@ -52,14 +52,15 @@ def huber(x):
 
 # -- registry ---------------------------------------------------------------------------------------------
 def test_every_method_is_registered_under_its_short_name():
-    assert {"ce", "subclass_ce", "kd", "dkd", "embedding_matching", "rkd", "slam", "weighted_kd"} <= set(objectives.names())
+    methods = {"ce", "subclass_ce", "kd", "dkd", "embedding_matching", "rkd", "slam", "weighted_kd"}
+    assert methods <= set(objectives.names())
     assert objectives.get("kd") is KnowledgeDistillation  # `class_path: kd` names the class itself
     with pytest.raises(LelpError, match="valid names"):
         objectives.get("fitnetz")
 
 
 # -- KD ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("T,alpha", [(1.0, 0.0), (4.0, 0.0), (2.0, 0.3)])
+@pytest.mark.parametrize(("T", "alpha"), [(1.0, 0.0), (4.0, 0.0), (2.0, 0.3)])
 def test_kd_matches_hand_computation_and_gradient_formula(T, alpha):
     batch, g_t, f, g, y = batch_of(B=6, C=3, labels=[0, 1, 2, 1, -1, 0])  # one hidden label
     loss = KnowledgeDistillation(temperature=T, alpha=alpha)(g_t, batch)
@@ -89,7 +90,8 @@ def test_kd_reads_class_logits_from_a_wider_head():
     batch, _, f, _, _ = batch_of(B=3, C=2)
     wide = torch.randn(3, 2 * 4)  # C·S = 2·4
     cls = torch.logsumexp(wide.view(3, 2, 4), -1)
-    assert KnowledgeDistillation(2.0)(wide, batch).item() == pytest.approx(KnowledgeDistillation(2.0)(cls, batch).item())
+    kd = KnowledgeDistillation(2.0)
+    assert kd(wide, batch).item() == pytest.approx(kd(cls, batch).item())
 
 
 def test_options_are_checked():
@@ -167,7 +169,7 @@ def rkd_by_hand(s, t, wd, wa):
         u, v = e[b] - e[a], e[c] - e[a]
         return u @ v / np.linalg.norm(u) / np.linalg.norm(v)
 
-    triplets = [x for x in itertools.permutations(range(B), 3)]
+    triplets = list(itertools.permutations(range(B), 3))
     l_a = np.mean([huber(cos(s, *x) - cos(t, *x)) for x in triplets])
     return wd * l_d + wa * l_a
 
@@ -183,13 +185,15 @@ def test_rkd_matches_hand_computation_with_mismatched_dimensions():
     assert torch.isfinite(s_t.grad).all() and s_t.grad.abs().sum() > 0
     # invariant to a scaled, rotated, shifted teacher (only relations count): loss is unchanged
     Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
-    moved = obj(torch.zeros(6, 2), {"student_embedding": torch.tensor(s), "teacher_embedding": torch.tensor(7 * t @ Q + 1)})
+    moved = obj(torch.zeros(6, 2),
+                {"student_embedding": torch.tensor(s), "teacher_embedding": torch.tensor(7 * t @ Q + 1)})
     assert moved.item() == pytest.approx(loss.item(), rel=1e-9)
 
 
 def test_rkd_of_a_student_that_copies_the_teacher_is_zero_and_tiny_batches_are_safe():
     t = torch.randn(5, 4)
-    assert RelationalKD()(None, {"student_embedding": 2 * t, "teacher_embedding": t}).item() == pytest.approx(0.0, abs=1e-12)
+    copied = RelationalKD()(None, {"student_embedding": 2 * t, "teacher_embedding": t})
+    assert copied.item() == pytest.approx(0.0, abs=1e-12)
     one = torch.randn(1, 4, requires_grad=True)
     assert RelationalKD()(None, {"student_embedding": one, "teacher_embedding": torch.randn(1, 4)}).item() == 0.0
 
@@ -236,7 +240,7 @@ def test_embedding_matching_stages():
 
 
 # -- SLaM -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("C,k", [(2, 2), (4, 2), (4, 3)])
+@pytest.mark.parametrize(("C", "k"), [(2, 2), (4, 2), (4, 3)])
 def test_slam_matches_hand_computation(C, k):
     rng = np.random.default_rng(C + k)
     alpha = rng.uniform(0.4, 1.0, size=5)

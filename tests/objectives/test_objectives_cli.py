@@ -46,7 +46,8 @@ def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_
 
 
 def test_two_stage_fitnets_switches_from_hint_to_kd(tweets_cache_dir, tmp_path):
-    _, _, metrics = fit_in_process(tweets_cache_dir, tmp_path, "--config", str(CONFIGS / "method/fitnets_two_stage.yaml"),
+    _, _, metrics = fit_in_process(tweets_cache_dir, tmp_path,
+                                   "--config", str(CONFIGS / "method/fitnets_two_stage.yaml"),
                                    "--trainer.max_epochs", "3")
     train = metrics.dropna(subset=["train/loss"])
     hint = train.dropna(subset=["train/embedding_matching"])["epoch"].unique().tolist()

@@ -57,7 +57,7 @@ def _torchdistill_kd(T, alpha, **ce_kwargs):
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0])
-@pytest.mark.parametrize("B,C,S", [(8, 2, 1), (16, 5, 1), (8, 3, 3)])
+@pytest.mark.parametrize(("B", "C", "S"), [(8, 2, 1), (16, 5, 1), (8, 3, 3)])
 def test_kd_soft_term_is_torchdistill_kdloss_times_t_squared(T, B, C, S):
     """``KnowledgeDistillation(temperature=T, alpha=0)`` == T² × ``KDLoss(temperature=T, alpha=0,
     reduction='batchmean')``: with alpha = 0 KDLoss returns KL_batchmean(softmax(f/T) ‖ softmax(g/T)) without
@@ -75,8 +75,8 @@ def test_kd_soft_term_is_torchdistill_kdloss_times_t_squared(T, B, C, S):
     assert_close(grad_ours, T * T * grad_theirs, **TIGHT)
 
 
-@pytest.mark.parametrize("T,alpha", [(1.0, 0.5), (4.0, 0.1), (2.0, 0.9)])
-@pytest.mark.parametrize("B,C", [(8, 2), (32, 7)])
+@pytest.mark.parametrize(("T", "alpha"), [(1.0, 0.5), (4.0, 0.1), (2.0, 0.9)])
+@pytest.mark.parametrize(("B", "C"), [(8, 2), (32, 7)])
 def test_kd_with_labels_equals_torchdistill_kdloss(T, alpha, B, C):
     """``KnowledgeDistillation(temperature=T, alpha=α)`` == ``KDLoss(temperature=T, alpha=α,
     reduction='batchmean', ignore_index=-1)`` (factor 1): both are α·CE(y, softmax(g)) + (1−α)·T²·KL, the CE
@@ -144,7 +144,7 @@ def test_rkd_angle_term_is_torchdistill_times_b2_over_b_minus_1_b_minus_2(B):
 
 
 @pytest.mark.parametrize("B", [3, 16])
-@pytest.mark.parametrize("wd,wa", [(1.0, 2.0), (0.5, 3.0)])
+@pytest.mark.parametrize(("wd", "wa"), [(1.0, 2.0), (0.5, 3.0)])
 def test_rkd_weighted_sum_is_torchdistill_with_rescaled_factors(B, wd, wa):
     """``RelationalKD(distance_weight=λ_D, angle_weight=λ_A)`` (paper defaults 1, 2) == ``RKDLoss(
     dist_factor=λ_D·B/(B−1), angle_factor=λ_A·B²/((B−1)(B−2)), reduction='mean')``: the two terms' factors
@@ -157,7 +157,7 @@ def test_rkd_weighted_sum_is_torchdistill_with_rescaled_factors(B, wd, wa):
 
 
 # -- FitNets hint (embedding matching) --------------------------------------------------------------------
-@pytest.mark.parametrize("B,Ds,Dt", [(4, 3, 5), (32, 8, 8), (17, 16, 6)])
+@pytest.mark.parametrize(("B", "Ds", "Dt"), [(4, 3, 5), (32, 8, 8), (17, 16, 6)])
 def test_embedding_matching_is_torchdistill_fitnet_sum_mse_over_2b(B, Ds, Dt):
     """``EmbeddingMatching()`` == 1/(2B) × torchdistill's FitNets hint criterion, built as in its
     configs/sample/ilsvrc2012/fitnet sample: ``MSELoss(reduction='sum')`` in a ``SimpleLossWrapper`` whose input

@@ -13,7 +13,8 @@ from lelp_lightning.sources import TextFile, read_table
 
 # any Unicode text a file can hold (no lone surrogates: UTF-8 cannot encode them), with the characters
 # that break naive CSV handling drawn often
-TRICKY = st.sampled_from(list(',"\'\n\r\t;\\ \x00\ufeff\u2028\ufffd') + ["\r\n", '""', "NA", "null", "1e5", "é", "☃", "🙂"])
+TRICKY = st.sampled_from(list(',"\'\n\r\t;\\ \x00\ufeff\u2028\ufffd')
+                         + ["\r\n", '""', "NA", "null", "1e5", "é", "☃", "🙂"])
 TEXT = st.lists(st.one_of(st.characters(codec="utf-8"), TRICKY), max_size=30).map("".join)
 LABEL = st.one_of(st.sampled_from(["pos", "neg", "0", "1", "a b", "x,y", 'q"uote', "ünï"]),
                   st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=1, max_size=8)
@@ -86,7 +87,7 @@ def test_featuriser_accepts_any_string_and_means_each_bag(texts, max_ngram, data
     bounds = batch["offsets"].tolist() + [len(ids)]
     reference = HashingVectorizer(n_features=512, ngram_range=(1, max_ngram), alternate_sign=False, norm=None,
                                   token_pattern=r"(?u)\b\w+\b")
-    assert ((0 <= ids) & (ids < 512)).all() and (weights > 0).all()
+    assert ((ids >= 0) & (ids < 512)).all() and (weights > 0).all()
     for row, text in enumerate(texts[i] for i in order):
         w = weights[bounds[row]:bounds[row + 1]]
         tokens = reference.build_analyzer()(text)

@@ -50,7 +50,8 @@ def test_newsgroups_binary_is_topic_index_mod_two_with_fine_labels():
 
 
 def test_text_file_csv_and_jsonl_with_string_labels(tmp_path):
-    rows = [{"review": f"text number {i} {'good' if i % 3 else 'bad'}", "stars": "pos" if i % 3 else "neg"} for i in range(60)]
+    rows = [{"review": f"text number {i} {'good' if i % 3 else 'bad'}", "stars": "pos" if i % 3 else "neg"}
+            for i in range(60)]
     pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     for name in ("d.csv", "d.jsonl"):
@@ -63,7 +64,8 @@ def test_text_file_csv_and_jsonl_with_string_labels(tmp_path):
 
 
 def test_text_file_split_column_and_fingerprint_tracks_file_content(tmp_path):
-    df = pd.DataFrame({"text": list("abcdefgh"), "label": [0, 1] * 4, "part": ["train"] * 4 + ["val"] * 2 + ["test"] * 2})
+    df = pd.DataFrame({"text": list("abcdefgh"), "label": [0, 1] * 4,
+                       "part": ["train"] * 4 + ["val"] * 2 + ["test"] * 2})
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
     source = TextFile(str(path), split_column="part")
@@ -82,7 +84,7 @@ def test_csv_keeps_carriage_returns_inside_quoted_text_and_reads_crlf_files(tmp_
     assert frame["label"].tolist() == ["neg", "pos", "neg"]
 
 
-@pytest.mark.parametrize("content,match", [
+@pytest.mark.parametrize(("content", "match"), [
     (None, "does not exist"),
     ("", "is empty"),
     ("text,other\na,b\n", r"no column\(s\) \['label'\]"),

@@ -115,7 +115,8 @@ def test_more_subclasses_than_a_class_has_rows_is_refused_clearly(entry, data):
     x, y, W, b, _ = data
     S = make(entry).num_subclasses
     keep = (y != 1) | (np.cumsum(y == 1) <= S - 1)  # class 1 keeps S - 1 rows
-    with pytest.raises(LelpError, match=f"class\\(es\\) \\[1\\] have \\[{S - 1}\\] training rows, fewer than num_subclasses={S}"):
+    with pytest.raises(LelpError, match=f"class\\(es\\) \\[1\\] have \\[{S - 1}\\] training rows, "
+                                        f"fewer than num_subclasses={S}"):
         make(entry).fit(x[keep], y[keep], (W, b), rows=rows_for(y[keep]))
 
 

@@ -9,7 +9,7 @@ from lelp_lightning.errors import LelpError
 from lelp_lightning.strategies import RandomProjectionEnsembleStrategy, RandomProjectionStrategy
 
 
-@pytest.mark.parametrize("members, member_beta", [(3, 1.0), (2, 0.5)])
+@pytest.mark.parametrize(("members", "member_beta"), [(3, 1.0), (2, 0.5)])
 def test_ensemble_blocks_are_log_probabilities_of_the_same_random_projections(members, member_beta):
     x, y, W, b = gaussian_classes(dim=12, num_classes=3)
     ensemble = RandomProjectionEnsembleStrategy(num_subclasses=2 * members, num_projections=members,

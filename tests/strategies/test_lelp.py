@@ -125,7 +125,8 @@ def test_relative_scale_gives_unit_spread_on_each_class_own_rows():
 
 def test_rotation_modes_keep_the_subspace_and_no_rotation_is_pure_pca():
     x, y, W, b = gaussian_classes(n_per_class=200, dim=10, num_classes=2)
-    fitted = {r: LinearProjectionStrategy(num_subclasses=3, rotation=r).fit(x, y, (W, b)) for r in ("per_class", "shared", "none")}
+    fitted = {r: LinearProjectionStrategy(num_subclasses=3, rotation=r).fit(x, y, (W, b))
+              for r in ("per_class", "shared", "none")}
     for c in range(2):
         base = fitted["none"].directions_of(c).numpy()
         for r in ("per_class", "shared"):
@@ -146,7 +147,7 @@ def test_more_subclasses_than_rows_is_refused_clearly():
         LinearProjectionStrategy(num_subclasses=4).fit(x, y, (W, b))
 
 
-@pytest.mark.parametrize("tau,beta", [(1.0, 1.0), (2.0, 0.5), (4.0, 3.0)])
+@pytest.mark.parametrize(("tau", "beta"), [(1.0, 1.0), (2.0, 0.5), (4.0, 3.0)])
 def test_targets_sum_over_subclasses_to_the_teacher_distribution(tau, beta):
     g = torch.Generator().manual_seed(0)
     f = torch.randn(16, 3, generator=g, dtype=torch.float64)
@@ -171,7 +172,8 @@ def test_class_prediction_is_logsumexp_over_each_class_subclasses():
 def test_one_subclass_is_vanilla_kd():
     g = torch.Generator().manual_seed(2)
     f, student = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
-    batch = {"teacher_logits": f, "subclass_logits": torch.randn(8, 2, 1, generator=g), "label": torch.zeros(8, dtype=torch.long)}
+    batch = {"teacher_logits": f, "subclass_logits": torch.randn(8, 2, 1, generator=g),
+             "label": torch.zeros(8, dtype=torch.long)}
     loss = SubclassCrossEntropy(tau=2.0)(student, batch)
     p = torch.softmax(f / 2.0, -1).numpy()
     logq = student.numpy() - np.log(np.exp(student.numpy()).sum(-1, keepdims=True))
