@@ -18,6 +18,7 @@ from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import class_logits
 from lelp_lightning.serving import Predictor
 from lelp_lightning.serving.export import export_graph, write_graph
+from lelp_lightning.serving.predictor import input_builders
 from lelp_lightning.sources import Digits
 from lelp_lightning.students import Student, students
 
@@ -117,7 +118,8 @@ def test_every_student_exports_with_every_featuriser_it_reads_or_is_refused_in_o
     assert predictor.predict(rows[:3]) == [predictor.labels[i] for i in eager[:3].argmax(1)]
 
 
-def test_the_contract_covers_the_library_students_and_the_one_registered_here():
+def test_the_contract_covers_the_library_students_and_the_one_registered_here(featurizers):
+    assert {featurizer.kind for featurizer, _ in featurizers.values()} == set(input_builders.names())
     assert {"hashed_bag", "mlp", "cnn", "contract_mlp2"} <= set(students.names())
     assert {name for name, _ in MUST_EXPORT | MUST_REFUSE} <= set(students.names())
 
