@@ -202,3 +202,44 @@ def test_the_grid_validation_pick_is_the_best_seed0_validation_and_reports_its_t
     assert method == "kmeans"
     assert mean == pytest.approx(np.mean([0.70, 0.72, 0.74])) and std == pytest.approx(np.std([0.70, 0.72, 0.74],
                                                                                                 ddof=1))
+
+
+def method_args(args: list[str]) -> list[str]:
+    """What a run's arguments say about its method: the strategy, the objectives, the representation it reads."""
+    return [args[i + 1] for i in range(len(args) - 1)
+            if args[i] in ("--data.strategy", "--model.objectives", "--data.representation")]
+
+
+def test_every_stored_record_rebuilds_the_method_arguments_it_ran_with():
+    """The grid's methods come from the tune space's definitions; the records say what each run was given."""
+    records = spec.load_records()
+    assert len(records) > 1000
+    for record in records:
+        run = spec.Run(record["cell"], record["method"], tuple(sorted(record["hp"].items())), record["seed"],
+                       record["identity"]["test"])
+        assert method_args(run.args()) == method_args(record["args"]), (record["cell"], record["key"])
+    for name, method in spec.METHODS.items():
+        hp = {"tau": 2.0, "beta": 1.0, "alpha": 0.5, "S": 4, "M": 2} | \
+            ({"null_space": False, "rotation": "none"} if name == "lelp" else {})  # LELP's ablations  # every value a grid method sets is a parameter of its space method
+        for param in method.values(hp):
+            spec.SPACE.methods[method.runs].check_param(param)
+
+
+def test_the_method_presets_are_methods_of_the_tune_space():
+    """configs/method/*.yaml, the tune space and the grid name the same strategy + objectives combinations."""
+    import yaml
+
+    space = spec.SPACE
+    presets = sorted((CONFIGS / "method").glob("*.yaml"))
+    assert len(presets) >= 8
+    for path in presets:
+        preset = yaml.safe_load(path.read_text())
+        objectives = [term["class_path"] for term in preset["model"]["objectives"]]
+        strategy = (preset.get("data") or {}).get("strategy", {}).get("class_path")
+        if strategy is None:  # subclass_ce.yaml: the objective of every pseudo-subclass strategy
+            subclass = [m for m in space.methods.values() if m.strategy[0] != "none"]
+            assert subclass and all([n for n, _ in m.objectives] == objectives for m in subclass), path.name
+            continue
+        method = space.methods[path.stem.removesuffix("_two_stage")]  # fitnets_two_stage: fitnets, another schedule
+        assert (method.strategy[0], [n for n, _ in method.objectives]) == (strategy, objectives), path.name
+    assert {m.runs for m in spec.METHODS.values()} <= set(space.methods)

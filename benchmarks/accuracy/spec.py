@@ -1,7 +1,8 @@
 """The accuracy grid's specification: what is measured, and what a run and its record are.
 
-Tasks, teachers, students and regimes form the cells; each method has its candidate hyper-parameters (from the
-grids below) and its CLI arguments; the ablations change LELP's selected configuration. A run's identity (and
+Tasks, teachers, students and regimes form the cells; each method is one of ``lelp tune``'s default-space methods
+(its strategy and objectives) with its candidate hyper-parameters (from the grids below); the ablations change
+LELP's selected configuration. A run's identity (and
 so its record's key and path) is fixed here: change it and ``PROTOCOL`` must change too. ``grid.py`` runs this
 specification, ``selection.py`` chooses among the candidates, ``tables.py`` reads the records.
 """
@@ -12,6 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lelp_lightning.tune.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "benchmarks" / "results" / "accuracy" / "records"
@@ -150,17 +153,11 @@ DEFAULT_CELLS = [name for name in CELLS if name not in LEGACY]
 
 
 # -- methods ----------------------------------------------------------------------------------------------------
-def strategy(name: str, S: int, seed: int, **options) -> list[str]:
-    return ["--data.strategy", json.dumps({"class_path": name, "init_args": {"num_subclasses": S, "seed": seed,
-                                                                             **options}})]
-
-
-def objectives(*terms: tuple[str, dict]) -> list[str]:
-    return ["--model.objectives", json.dumps([{"class_path": n, "init_args": a} for n, a in terms])]
-
-
-def subclass_ce(hp: dict) -> list[str]:
-    return objectives(("subclass_ce", {"tau": hp.get("tau", 1.0), "beta": hp["beta"], "alpha": hp.get("alpha", 0.0)}))
+# What a method is (its strategy and its objectives) has one definition: ``lelp tune``'s default search space, whose
+# methods the presets in configs/method/ are too (tests/test_accuracy_benchmark.py checks both). A grid method names
+# the space's method it runs and the values it gives that method's parameters (``Method.class_args``); what the grid
+# adds is its selection: the candidates, the stage and the regimes.
+SPACE = SearchSpace.load()
 
 
 @dataclass(frozen=True)
@@ -168,10 +165,38 @@ class Method:
     label: str
     stage: int  # 1: selected first (its choices feed stage 2)
     candidates: object  # (cell, selected: dict[method, hp]) -> list[hp]
-    build: object  # (hp, seed) -> CLI args
-    needs_fine: bool = False
+    runs: str  # the default space's method it runs (its strategy and objectives)
+    values: object  # hp -> {that method's parameter: value}, num_subclasses included
     regimes: tuple[str, ...] = ("sup", "few")
     representation: bool = False  # reads the teacher's other representation (TEACHERS[...][2]) instead of final
+
+    @property
+    def needs_fine(self) -> bool:
+        """Whether its strategy reads the true hidden subclasses (the oracle): only cells whose task has them."""
+        return "fine_labels" in SPACE.methods[self.runs].strategy_class.requires
+
+    def build(self, hp: dict, seed: int) -> list[str]:
+        """The ``--data.strategy`` and ``--model.objectives`` arguments of a run with ``hp`` and ``seed``."""
+        method = SPACE.methods[self.runs]
+        strategy_args, terms = method.class_args(self.values(hp), {"num_subclasses": 1, "seed": seed,
+                                                                   **method.strategy[1]})
+        return ["--data.strategy", json.dumps({"class_path": method.strategy[0], "init_args": strategy_args}),
+                "--model.objectives", json.dumps([{"class_path": n, "init_args": a} for n, a in terms])]
+
+
+def kd_values(hp: dict) -> dict:
+    """KD's temperature τ and α (0 unless chosen)."""
+    return {"temperature": hp["tau"], "alpha": hp.get("alpha", 0.0)}
+
+
+def subclass_values(hp: dict) -> dict:
+    """A pseudo-subclass method's S, and subclass_ce's τ, β and α (τ = 1, α = 0 unless chosen)."""
+    return {"num_subclasses": hp["S"], "tau": hp.get("tau", 1.0), "beta": hp["beta"], "alpha": hp.get("alpha", 0.0)}
+
+
+def lelp_values(hp: dict) -> dict:
+    """LELP's: a pseudo-subclass method's, and the options its ablations change."""
+    return {**subclass_values(hp), **{k: hp[k] for k in ("null_space", "rotation") if k in hp}}
 
 
 def from_kd(sel: dict, **hp) -> dict:
@@ -180,15 +205,8 @@ def from_kd(sel: dict, **hp) -> dict:
     return {"lr": sel["kd"]["lr"], **({"tau": tau} if tau != 1.0 else {}), **hp}
 
 
-def _strategy_method(label: str, name: str, **options) -> Method:
-    return Method(label, 2,
-                  lambda cell, sel: [from_kd(sel, S=s, beta=1.0) for s in S_GRID],
-                  lambda hp, seed: strategy(name, hp["S"], seed, **options) + subclass_ce(hp))
-
-
-def _lelp_args(hp: dict, seed: int) -> list[str]:
-    options = {k: hp[k] for k in ("null_space", "rotation") if k in hp}
-    return strategy("lelp", hp["S"], seed, **options) + subclass_ce(hp)
+def _strategy_method(label: str, name: str) -> Method:
+    return Method(label, 2, lambda cell, sel: [from_kd(sel, S=s, beta=1.0) for s in S_GRID], name, subclass_values)
 
 
 def own_tau(base: str, label: str, betas: tuple[float, ...] = (), representation: bool = False) -> Method:
@@ -197,54 +215,46 @@ def own_tau(base: str, label: str, betas: tuple[float, ...] = (), representation
     def candidates(cell, sel):
         chosen = sel[base]
         return [{**chosen, "tau": t, **({"beta": b} if betas else {})} for t in TAUS for b in (betas or (None,))]
-    return Method(label, 3, candidates, METHODS[base].build, representation=representation)
+    return Method(label, 3, candidates, METHODS[base].runs, METHODS[base].values, representation=representation)
 
 
 def on_representation(base: str, label: str) -> Method:
     """``base`` (selected as it is) on the teacher's other representation: the encoder's output, conv features."""
     spec = METHODS[base]
-    return Method(label, 2, spec.candidates, spec.build, representation=True)
+    return Method(label, 2, spec.candidates, spec.runs, spec.values, representation=True)
 
 
 METHODS: dict[str, Method] = {
     "ce": Method("student alone (CE on the labels)", 1,
-                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f} for f in LR_FACTORS],
-                 lambda hp, seed: strategy("none", 1, seed) + objectives(("ce", {}))),
+                 lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f} for f in LR_FACTORS], "ce", lambda hp: {}),
     "kd": Method("vanilla KD", 1,
                  lambda cell, sel: [{"lr": STUDENTS[cell.student].lr * f, "tau": t} for t in TAUS for f in LR_FACTORS],
-                 lambda hp, seed: strategy("none", 1, seed) + objectives(("kd", {"temperature": hp["tau"], "alpha": 0.0}))),
-    "kd_alpha": Method("vanilla KD, α = 0.5", 2, lambda cell, sel: [{**sel["kd"], "alpha": 0.5}],
-                       lambda hp, seed: strategy("none", 1, seed) + objectives(
-                           ("kd", {"temperature": hp["tau"], "alpha": hp["alpha"]}))),
-    "fitnets": Method("embedding matching (FitNets, KD + 0.1·hint)", 2, lambda cell, sel: [sel["kd"]],
-                      lambda hp, seed: strategy("none", 1, seed) + objectives(
-                          ("kd", {"temperature": hp["tau"], "alpha": 0.0}),
-                          ("embedding_matching", {"standardize": True, "hint_epochs": 0, "weight": 0.1}))),
+                 "kd", kd_values),
+    "kd_alpha": Method("vanilla KD, α = 0.5", 2, lambda cell, sel: [{**sel["kd"], "alpha": 0.5}], "kd", kd_values),
+    "fitnets": Method("embedding matching (FitNets, KD + 0.1·hint)", 2, lambda cell, sel: [sel["kd"]], "fitnets",
+                      lambda hp: {**kd_values(hp), "embedding_matching.hint_epochs": 0,
+                                  "embedding_matching.weight": 0.1}),
     "subclass_distillation": _strategy_method("Subclass Distillation (retrained C·S head)", "subclass_distillation"),
-    "lelp": Method("LELP", 2,
-                   lambda cell, sel: [from_kd(sel, S=s, beta=b) for s in S_GRID for b in BETAS],
-                   _lelp_args),
-    "lelp_alpha": Method("LELP, α = 0.5", 2, lambda cell, sel: [{**sel["lelp"], "alpha": 0.5}], _lelp_args),
+    "lelp": Method("LELP", 2, lambda cell, sel: [from_kd(sel, S=s, beta=b) for s in S_GRID for b in BETAS], "lelp",
+                   lelp_values),
+    "lelp_alpha": Method("LELP, α = 0.5", 2, lambda cell, sel: [{**sel["lelp"], "alpha": 0.5}], "lelp",
+                         lelp_values),
     "pca": _strategy_method("PCA only", "pca"),
     "random_projection": _strategy_method("random projections", "random_projection"),
     "kmeans": _strategy_method("k-means (hard)", "kmeans"),
     "gmm": _strategy_method("GMM (diagonal)", "gmm"),
     "random_split": _strategy_method("random split (more logits, no structure)", "random_split"),
     "oracle": Method("oracle (true hidden subclasses)", 2,
-                     lambda cell, sel: [from_kd(sel, S=TASKS[cell.task].fine_per_class, beta=1.0)],
-                     lambda hp, seed: strategy("oracle", hp["S"], seed) + subclass_ce(hp), needs_fine=True),
+                     lambda cell, sel: [from_kd(sel, S=TASKS[cell.task].fine_per_class, beta=1.0)], "oracle",
+                     subclass_values),
 }
 
 LEGACY_METHODS = tuple(METHODS)  # the methods of the legacy cells' time
 
-
-def _ensemble_args(hp: dict, seed: int) -> list[str]:
-    return strategy("random_projection_ensemble", 2 * hp["M"], seed, num_projections=hp["M"]) + subclass_ce(hp)
-
-
 METHODS["rp_ensemble"] = Method("ensemble of random projections (M members × 2)", 2,
                                 lambda cell, sel: [from_kd(sel, M=m, beta=1.0) for m in ENSEMBLE_MEMBERS],
-                                _ensemble_args)
+                                "random_projection_ensemble",
+                                lambda hp: {**subclass_values({**hp, "S": 2 * hp["M"]}), "num_projections": hp["M"]})
 
 # the representation axis and each method's own temperature (β for the soft GMM): LELP, k-means, GMM on the final
 # layer's input with KD's τ (above), with their own τ, and on the teacher's other representation with KD's and their own

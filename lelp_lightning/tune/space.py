@@ -145,14 +145,29 @@ class Method:
                             f"{', '.join(options)}, or {', '.join(SPECIALS)} or a data.* / model.* / trainer.* "
                             "option.")
 
+    def class_args(self, values: dict, strategy_args: dict) -> tuple[dict, list[tuple[str, dict]]]:
+        """(the strategy's init_args, [(objective, init_args)]): ``values``' class parameters (not the special or
+        config ones) set on a copy of ``strategy_args`` and on copies of the objectives' fixed init_args, each on
+        every class that takes it. ``overrides`` and the accuracy benchmark build a run of this method with it."""
+        strategy_args = dict(strategy_args)
+        terms = [(n, dict(a)) for n, a in self.objectives]
+        for name, value in values.items():
+            if name in SPECIALS or name.startswith(CONFIG_PREFIXES):
+                continue
+            owner, _, arg = name.rpartition(".")
+            if (not owner or owner == self.strategy[0]) and arg in _arguments(self.strategy_class):
+                strategy_args[arg] = value
+            for term_name, term_args in terms:
+                if (not owner or owner == term_name) and arg in _arguments(objective_registry.get(term_name)):
+                    term_args[arg] = value
+        return strategy_args, terms
+
     def overrides(self, values: dict, base_lr: float, seed: int) -> list[str]:
         """The CLI arguments that make a base config run this method with ``values`` (parameter name → value)."""
-        strategy_name, strategy_args = self.strategy
         # every option spelled out: jsonargparse would carry the base config's strategy options over otherwise
         defaults = {n: p.default for n, p in inspect.signature(self.strategy_class.__init__).parameters.items()
                     if n != "self" and p.default is not inspect.Parameter.empty}
-        strategy_args = {**defaults, **strategy_args, "seed": seed}
-        terms = [(n, dict(a)) for n, a in self.objectives]
+        strategy_args, terms = self.class_args(values, {**defaults, **self.strategy[1], "seed": seed})
         args: list[str] = []
         for name, value in values.items():
             if name == "lr_factor":
@@ -161,14 +176,7 @@ class Method:
                 args += ["--data.representation", str(value)]
             elif name.startswith(CONFIG_PREFIXES):
                 args += [f"--{name}", json.dumps(value) if not isinstance(value, str) else value]
-            else:
-                owner, _, arg = name.rpartition(".")
-                if (not owner or owner == strategy_name) and arg in _arguments(self.strategy_class):
-                    strategy_args[arg] = value
-                for term_name, term_args in terms:
-                    if (not owner or owner == term_name) and arg in _arguments(objective_registry.get(term_name)):
-                        term_args[arg] = value
-        return ["--data.strategy", json.dumps({"class_path": strategy_name, "init_args": strategy_args}),
+        return ["--data.strategy", json.dumps({"class_path": self.strategy[0], "init_args": strategy_args}),
                 "--model.objectives", json.dumps([{"class_path": n, "init_args": a} for n, a in terms]), *args]
 
 
