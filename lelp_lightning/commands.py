@@ -104,7 +104,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_options(command: str, cls: type, args: list[str]):
     """``args`` as an instance of the dataclass ``cls``: a field is ``--<name> <value>`` (or, marked ``positional``,
     a bare value), of its annotated type; a wrong one is one sentence with the command's usage."""
-    parser = _Parser(prog=f"lelp {command}", usage=_usage(command, cls), add_help=False, allow_abbrev=False)
+    parser = _Parser(prog=f"lelp {command}", usage=_usage(command, cls), add_help=False)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
