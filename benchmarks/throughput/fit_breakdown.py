@@ -147,15 +147,33 @@ def main() -> None:
     os.replace(tmp, path)
     print(f"{provenance.cpu_name()}, {args.threads} threads, medians of {args.rounds} rounds; record {path.name}")
     print(f"{'phase':<12}" + "".join(f"{v:>10}" for v in VARIANTS))
-    rows = [*PHASES, "command", "fit_seconds", "test_acc"]
-    for row in rows:
-        cells = []
-        for variant in VARIANTS:
-            mine = [r for r in runs if r["variant"] == variant]
-            value = {"command": lambda r: r["command_seconds"], "fit_seconds": lambda r: r["fit_seconds"],
-                     "test_acc": lambda r: 100 * r["test_accuracy"]}.get(row, lambda r, row=row: r["phases"][row])
-            cells.append(statistics.median(value(r) for r in mine))
-        print(f"{row:<12}" + "".join(f"{c:>10.2f}" for c in cells))
+    table = {variant: medians(runs, variant) for variant in VARIANTS}
+    for row in [*PHASES, "command", "fit_seconds", "test_acc"]:
+        print(f"{row:<12}" + "".join(f"{table[variant][row]:>10.2f}" for variant in VARIANTS))
+
+
+def medians(runs: list[dict], variant: str) -> dict[str, float]:
+    """Per phase, ``command``, ``fit_seconds`` and ``test_acc`` (%): the median over ``variant``'s rounds."""
+    mine = [r for r in runs if r["variant"] == variant]
+    values = {"command": lambda r: r["command_seconds"], "fit_seconds": lambda r: r["fit_seconds"],
+              "test_acc": lambda r: 100 * r["test_accuracy"]}
+    values |= {phase: lambda r, phase=phase: r["phases"][phase] for phase in PHASES}
+    return {row: statistics.median(value(r) for r in mine) for row, value in values.items()}
+
+
+def summary() -> str:
+    """The README's sentence on the quickstart's speed, from the newest record."""
+    path = max(RECORDS.glob("*.json"))  # named <UTC time>_<sha>: the newest sorts last
+    record = json.loads(path.read_text())
+    sparse, dense = medians(record["runs"], "sparse"), medians(record["runs"], "dense")
+    rounds = sum(r["variant"] == "sparse" for r in record["runs"])
+    machine = record["machine"]
+    return (f"With the teacher cache built and the progress bar off, the whole command takes {sparse['command']:.1f} s "
+            f"and its fit {sparse['fit_seconds']:.1f} s (of which {sparse['checkpoint']:.1f} s are the epochs' "
+            f"checkpoints), against {dense['command']:.1f} s and {dense['fit_seconds']:.1f} s with the dense table "
+            f"(`sparse: false`, test accuracy {dense['test_acc']:.2f}% against {sparse['test_acc']:.2f}%): medians of "
+            f"{rounds} alternating rounds on an {machine['cpu']} ({machine['cores']} cores, {record['threads']} threads), "
+            f"`python -m benchmarks.throughput.fit_breakdown`, record `{path.relative_to(REPO)}`.")
 
 
 if __name__ == "__main__":

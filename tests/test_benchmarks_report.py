@@ -1,0 +1,68 @@
+"""The README's generated blocks: what ``python -m benchmarks.report`` writes, and the records' numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from helpers import REPO
+
+if str(REPO) not in sys.path:  # `pytest` alone does not put the repository root, benchmarks/'s parent, there
+    sys.path.insert(0, str(REPO))
+from benchmarks import report  # noqa: E402
+
+README = (REPO / "README.md").read_text()
+RESULTS = (REPO / "benchmarks" / "RESULTS.md").read_text()
+
+
+def block(name: str) -> str:
+    match = report.block_pattern(name).search(README)
+    assert match, f"README.md has no results:{name} block"
+    return match[2].rstrip("\n")
+
+
+@pytest.fixture(scope="module")
+def blocks() -> dict[str, str]:
+    return report.readme_blocks()
+
+
+def test_the_readme_blocks_are_what_the_report_generates(blocks):
+    assert set(blocks) == {"quickstart", "accuracy"}
+    for name, text in blocks.items():
+        assert block(name) == text, f"README.md's results:{name} block is stale: run python -m benchmarks.report"
+    assert report.rewrite_readme(README) == README
+
+
+def test_the_quickstart_block_quotes_the_newest_fit_breakdown_record():
+    """Medians recomputed with numpy from the newest record, in the README's rounding."""
+    path = sorted((REPO / "benchmarks" / "results" / "fit_breakdown").glob("*.json"))[-1]
+    runs = json.loads(path.read_text())["runs"]
+    text = " ".join(block("quickstart").split())
+    for variant in ("sparse", "dense"):
+        mine = [r for r in runs if r["variant"] == variant]
+        for seconds in (np.median([r["command_seconds"] for r in mine]), np.median([r["fit_seconds"] for r in mine])):
+            assert f"{seconds:.1f} s" in text
+        assert f"{100 * np.median([r['test_accuracy'] for r in mine]):.2f}%" in text
+    assert f"{np.median([r['phases']['checkpoint'] for r in runs if r['variant'] == 'sparse']):.1f} s are" in text
+    assert path.name in text
+
+
+def test_the_accuracy_block_agrees_with_the_tables_of_results_md():
+    """The gap shares and LELP's wins over KD, read back from RESULTS.md's tables (written by the other code path
+    of the report: its comparison and gap tables)."""
+    text = " ".join(block("accuracy").split())
+    section = RESULTS.split("## LELP against vanilla KD and the other strategies")[1].split("\n## ")[0]
+    comparison = {row.split(" | ")[0].strip("| "): row.split(" | ") for row in section.splitlines()
+                  if row.startswith("| ") and not row.startswith("| cell")}
+    default = [c for c in comparison if c in report.spec.DEFAULT_CELLS]
+    wins = [c for c in default if "(win)" in comparison[c][2]]
+    assert f"LELP beats vanilla KD beyond noise in {len(wins)} (" in text
+    for cell in wins:
+        assert f"{cell} {comparison[cell][2].split(' ± ')[0]}" in text
+    shares = {c: comparison[c][7].strip(" |") for c in default if re.fullmatch(r"\d+%", comparison[c][7].strip(" |"))}
+    assert shares
+    for cell, share in shares.items():
+        assert f"LELP closes {share} on {cell}" in text or f"and {share} on {cell}" in text
