@@ -1,4 +1,10 @@
-"""The Teacher protocol: what the cache build needs from a teacher, and nothing more."""
+"""The Teacher protocol: what the cache build needs from a teacher, and nothing more; and the teacher registry.
+
+A teacher registers a short name by subclassing, ``class MyTeacher(Teacher, name="mine", description="...")``
+(the description defaults to the docstring's first line; a plugin's module goes in the entry-point group
+``lelp_lightning.teachers``), so ``class_path: mine`` and ``--data.teacher mine`` work as they do for strategies,
+objectives and students.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ from torch import nn
 from lelp_lightning.cache import PassTarget, TeacherCache
 from lelp_lightning.core import Source, SplitData
 from lelp_lightning.errors import LelpError
+from lelp_lightning.registry import Registry
+
+teachers = Registry("teacher", "lelp_lightning.teachers")
 
 
 def fingerprint_of(kind: str, options: dict) -> str:
@@ -28,6 +37,12 @@ class Teacher(ABC):
     """
 
     batch_size: int = 64
+
+    def __init_subclass__(cls, name: str | None = None, description: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            teachers.register(cls, name, description or (cls.__doc__ or "").strip().split("\n")[0])
+            cls.registered_name = name
 
     def fit(self, source: Source, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
         """Prepare the teacher on ``source``'s training split (default: nothing to prepare).

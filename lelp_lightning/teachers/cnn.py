@@ -49,7 +49,7 @@ class _ConvNet(nn.Module):
         return self.features[:-3](x)
 
 
-class CNNTeacher(Teacher):
+class CNNTeacher(Teacher, name="cnn", description="A small CNN trained on the training split's images."):
     """A small CNN trained with Adam on the training split's images (its labeled rows only, if given).
 
     Deterministic under ``seed`` (initialisation and batch order). ``threads`` sets torch's CPU threads while

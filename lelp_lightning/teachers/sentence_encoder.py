@@ -28,7 +28,8 @@ class _Head(nn.Module):
         return h, self.out(h)
 
 
-class SentenceEncoderTeacher(Teacher):
+class SentenceEncoderTeacher(Teacher, name="sentence_encoder",
+                             description="A frozen sentence encoder and an MLP head trained on the training split."):
     """Frozen sentence encoder + a classifier head trained on the labeled training split.
 
     With ``head_hidden > 0`` the head is an MLP and the teacher's embedding (what LELP reads) is its hidden
