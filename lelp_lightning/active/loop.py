@@ -20,9 +20,9 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ from lelp_lightning.active.selectors import RobustSelector, RoundView, Selector
 from lelp_lightning.core import FINAL
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
+from lelp_lightning.fileio import atomic_write, atomic_write_json
+from lelp_lightning.runlayer.fits import drop_checkpoints, fit_and_score, logged_args, run_folder
 from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ _RUN_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_prog
               "trainer.enable_model_summary", "data.progress")
 
 
+@dataclass
 class ActiveOptions:
     """What ``lelp active`` spends and how (``--active.<name>`` or an ``--active <file>``).
 
@@ -56,18 +59,25 @@ class ActiveOptions:
         progress: progress bars of the teacher's queries and of training.
     """
 
-    def __init__(self, selector: Selector | None = None, budget: float = 0.3, rounds: int = 3,
-                 root: str = "runs/active", name: str | None = None, seed: int = 0, progress: bool = True):
-        if not budget > 0:
+    selector: Selector | None = None
+    budget: float = 0.3
+    rounds: int = 3
+    root: str = "runs/active"
+    name: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.budget > 0:
             raise LelpError(f"active budget must be a fraction of the pool in (0, 1] or a number of rows > 1, "
-                            f"got {budget}.")
-        if budget > 1 and budget != int(budget):
-            raise LelpError(f"an active budget above 1 is a number of rows and must be a whole number, got {budget}.")
-        if int(rounds) != rounds or rounds < 1:
-            raise LelpError(f"active rounds must be an integer >= 1, got {rounds}.")
-        self.selector = selector or RobustSelector()
-        self.budget, self.rounds = budget, int(rounds)
-        self.root, self.name, self.seed, self.progress = root, name, seed, progress
+                            f"got {self.budget}.")
+        if self.budget > 1 and self.budget != int(self.budget):
+            raise LelpError(f"an active budget above 1 is a number of rows and must be a whole number, got "
+                            f"{self.budget}.")
+        if int(self.rounds) != self.rounds or self.rounds < 1:
+            raise LelpError(f"active rounds must be an integer >= 1, got {self.rounds}.")
+        self.selector = self.selector or RobustSelector()
+        self.rounds = int(self.rounds)
 
     def budget_rows(self, pool: int) -> int:
         rows = round(self.budget * pool) if self.budget <= 1 else int(self.budget)
@@ -93,22 +103,12 @@ def parse_options(active_args: list[str]) -> ActiveOptions:
     return parse_group_options(ActiveOptions, "active", active_args)
 
 
-def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_arrays(path: Path, arrays: dict) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_save(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # a file object: savez adds no ``.npz`` to the name
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    _atomic_save(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, default=str)))
+    atomic_write_json(path, payload, default=str)
 
 
 @torch.inference_mode()
@@ -149,9 +149,7 @@ class ActiveRun:
             raise LelpError(f"data.num_labeled={data.num_labeled} labels every training row, so there is no unlabeled "
                             "pool to query; expected num_labeled below the number of training rows.")
         self.schedule = options.schedule(len(self.pool))
-        configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-        stem = Path(configs[0]).stem if configs else "run"
-        self.folder = Path(options.root) / (options.name or f"{stem}-{options.selector.registered_name}")
+        self.folder = run_folder(args, options.root, options.name, f"-{options.selector.registered_name}")
         config = flat_config(cli, _RUN_OWNED)
         self.record = {"config": config, "selector": options.selector.describe(), "budget": options.budget,
                        "rounds": options.rounds, "seed": options.seed}
@@ -178,13 +176,8 @@ class ActiveRun:
 
     # -- one round -----------------------------------------------------------------------------------------------
     def round_cli(self, r: int):
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(self.folder), "name": "rounds", "version": f"round_{r:02d}"}}
-        extra = ["--trainer.logger", json.dumps(logger), "--trainer.enable_model_summary", "false",
-                 "--trainer.default_root_dir", str(self.round_dir(r))]
-        if not self.options.progress:
-            extra += ["--trainer.enable_progress_bar", "false", "--data.progress", "false"]
-        return build_cli([*self.args, *extra], run=False)
+        logs = logged_args(self.folder, "rounds", f"round_{r:02d}", self.round_dir(r), self.options.progress)
+        return build_cli([*self.args, *logs], run=False)
 
     def round_data(self, cli, rows: np.ndarray) -> DistillDataModule:
         """The round's data module: the config's, on the labeled + kept rows and the queried teacher; the strategy
@@ -236,18 +229,13 @@ class ActiveRun:
     def train_round(self, r: int, rows: np.ndarray, cli, model) -> dict:
         start = time.perf_counter()
         data = self.round_data(cli, rows)
-        trainer = cli.trainer
         shutil.rmtree(self.folder / "rounds" / f"round_{r:02d}", ignore_errors=True)  # a round cut short: its logs
-        trainer.fit(model, datamodule=data)
-        value = trainer.callback_metrics.get(MONITOR)
-        if value is None:
-            value = trainer.validate(model, datamodule=data, verbose=False)[0][MONITOR]
+        value = fit_and_score(cli.trainer, model, data, MONITOR)
         folder = self.round_dir(r)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save(folder / "student.pt", lambda tmp: torch.save(model.student.state_dict(), tmp))
-        if trainer.log_dir:  # the round's Lightning checkpoints: the student's weights are kept above
-            shutil.rmtree(Path(trainer.log_dir) / "checkpoints", ignore_errors=True)
-        return {"data": data, "val_accuracy": float(value), "train_seconds": round(time.perf_counter() - start, 2)}
+        atomic_write(folder / "student.pt", lambda f: torch.save(model.student.state_dict(), f))
+        drop_checkpoints(cli.trainer)  # the round's Lightning checkpoints: the student's weights are kept above
+        return {"data": data, "val_accuracy": value, "train_seconds": round(time.perf_counter() - start, 2)}
 
     # -- the whole run -------------------------------------------------------------------------------------------
     def prepare(self) -> dict:

@@ -8,10 +8,8 @@ selector queries it. Every strategy, objective and student works unchanged on to
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -21,6 +19,7 @@ from lelp_lightning.cache import CachedSplit, CachePlan, PassTarget, TeacherCach
 from lelp_lightning.core import SPLITS, Source, SplitData, fingerprint_of, hide_labels, rows_fingerprint
 from lelp_lightning.data.featurizers import Featurizer, StudentInputs
 from lelp_lightning.errors import LelpError
+from lelp_lightning.fileio import atomic_write_json, locked
 from lelp_lightning.teachers import Teacher
 
 log = logging.getLogger(__name__)
@@ -197,13 +196,10 @@ class QueryStore:
 
     def _register(self, key: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "w") as lock:  # processes sharing the store append one at a time
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.folder / ".lock"):  # processes sharing the store append one at a time
             keys = self._chunk_keys()
             if key not in keys:
-                tmp = self.folder / f"index.json.tmp{os.getpid()}"
-                tmp.write_text(json.dumps([*keys, key]))
-                os.replace(tmp, self.folder / "index.json")
+                atomic_write_json(self.folder / "index.json", [*keys, key])
 
     def lookup(self, split: str, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(embedding, logits) of ``row_ids`` of ``split``; a row the teacher never answered is refused."""

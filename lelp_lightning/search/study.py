@@ -7,22 +7,20 @@ already there) and any number of processes sharing its storage run them (``study
 the same deterministic layer-by-layer plan, so a rerun or an extra worker resumes where the study stands.
 ``random`` and ``tpe`` are Optuna's own samplers over the same space with the same budget of trials. At the end the
 Pareto front (cost against validation accuracy), a runnable YAML for the best student under each budget, and those
-students trained fully (the run's own ``trainer.max_epochs``) and tested on ``--search.seeds`` seeds.
+students trained fully (the run's own ``trainer.max_epochs``) and tested on ``--search.seeds`` seeds (each seed sets
+the weights, the batches and the strategy's own seed, as the refit of ``lelp tune`` does).
 """
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
 import logging
 import math
 import multiprocessing
-import os
-import shutil
 import statistics
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -30,10 +28,12 @@ import torch
 from optuna.trial import TrialState
 
 from lelp_lightning.errors import LelpError
-from lelp_lightning.runs import build_cli, fit, flat_config, parse_group_options, split_group_args
+from lelp_lightning.fileio import atomic_write_file, atomic_write_json, locked
+from lelp_lightning.runlayer.fits import fit_trial, logged_args, refit_seeds, run_folder, write_config
+from lelp_lightning.runlayer.studies import Owner, has_retry, max_trials, open_storage, open_study, optimize
+from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
 from lelp_lightning.search.layernas import Arch, bucket_edges, bucket_of, layernas, pareto_front
 from lelp_lightning.search.space import ArchSpace
-from lelp_lightning.tune.study import make_storage
 
 log = logging.getLogger(__name__)
 METHODS = ("layernas", "random", "tpe")
@@ -43,6 +43,7 @@ _RUN_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_prog
               "trainer.enable_model_summary", "data.progress", "trainer.max_epochs")
 
 
+@dataclass
 class SearchOptions:
     """What ``lelp search`` searches and how (``--search.<name>`` or a ``--search <file>``).
 
@@ -65,31 +66,43 @@ class SearchOptions:
             is marked failed and retried once with the same architecture.
     """
 
-    def __init__(self, space: str | dict = "", method: str = "layernas", cost: str = "params",
-                 latency_batch: int = 1, buckets: int = 10, epochs: int = 2, n_trials: int | None = None,
-                 budgets: list[float] = (1.0, 0.5, 0.25), seeds: int = 3, workers: int = 1,
-                 storage: str | None = None, root: str = "runs/search", name: str | None = None, seed: int = 0,
-                 heartbeat_interval: int = 10, grace_period: int = 30):
-        if method not in METHODS:
-            raise LelpError(f"search method must be one of {METHODS}, got {method!r}.")
-        if cost not in COSTS:
-            raise LelpError(f"search cost must be one of {COSTS}, got {cost!r}.")
-        for option, value in (("buckets", buckets), ("epochs", epochs), ("workers", workers),
-                              ("latency_batch", latency_batch)):
+    space: str | dict = ""
+    method: str = "layernas"
+    cost: str = "params"
+    latency_batch: int = 1
+    buckets: int = 10
+    epochs: int = 2
+    n_trials: int | None = None
+    budgets: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    seeds: int = 3
+    workers: int = 1
+    storage: str | None = None
+    root: str = "runs/search"
+    name: str | None = None
+    seed: int = 0
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    space_source: str | dict = field(init=False, repr=False)  # ``space`` as given; ``space`` becomes the ArchSpace
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise LelpError(f"search method must be one of {METHODS}, got {self.method!r}.")
+        if self.cost not in COSTS:
+            raise LelpError(f"search cost must be one of {COSTS}, got {self.cost!r}.")
+        for option in ("buckets", "epochs", "workers", "latency_batch"):
+            value = getattr(self, option)
             if int(value) != value or value < 1:
                 raise LelpError(f"search {option} must be an integer >= 1, got {value}.")
-        if not budgets or any(not 0 < b <= 1 for b in budgets):
-            raise LelpError(f"search budgets must be fractions of the default's cost in (0, 1], got {list(budgets)}.")
-        if not space:
+            setattr(self, option, int(value))
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise LelpError(f"search budgets must be fractions of the default's cost in (0, 1], got "
+                            f"{list(self.budgets)}.")
+        if not self.space:
             raise LelpError("lelp search needs --search.space: a YAML file with the layers and their options "
                             "(see configs/search/).")
-        self.space = ArchSpace.from_dict(space) if isinstance(space, dict) else ArchSpace.load(space)
-        self.space_source = space
-        self.method, self.cost, self.latency_batch = method, cost, int(latency_batch)
-        self.buckets, self.epochs, self.n_trials = int(buckets), int(epochs), n_trials
-        self.budgets, self.seeds, self.workers = sorted(set(budgets), reverse=True), seeds, int(workers)
-        self.storage, self.root, self.name, self.seed = storage, root, name, seed
-        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.budgets = sorted(set(self.budgets), reverse=True)
+        self.space_source = self.space
+        self.space = ArchSpace.from_dict(self.space) if isinstance(self.space, dict) else ArchSpace.load(self.space)
 
     def trial_budget(self) -> int:
         return self.n_trials or self.buckets * max(self.space.num_options) * len(self.space.layers)
@@ -139,8 +152,7 @@ class Search:
         self.defaults = {"model.student": (config["model"]["student"] or {}).get("init_args", {}),
                          "data.featurizer": ((config["data"].get("featurizer") or {}).get("init_args", {}))}
         self.full_epochs = int(cli.config.trainer.max_epochs or 1)
-        configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-        self.folder = Path(options.root) / (options.name or f"{Path(configs[0]).stem if configs else 'run'}-{options.method}")
+        self.folder = run_folder(args, options.root, options.name, f"-{options.method}")
         self.identity = {"config": flat_config(cli, _RUN_OWNED), "space": self.space.fingerprint(),
                          "cost": options.cost, "latency_batch": options.latency_batch, "epochs": options.epochs,
                          "method": options.method}
@@ -151,8 +163,7 @@ class Search:
     def prepare(self) -> None:
         data = self.datamodule
         data.cache.root.mkdir(parents=True, exist_ok=True)
-        with open(data.cache.root / ".search-prepare.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(data.cache.root / ".search-prepare.lock"):
             data.prepare_data()
         self.datamodule = None
 
@@ -175,72 +186,40 @@ class Search:
             return saved["default"], saved["smallest"]
         default, smallest = self.cost_of(tuple(0 for _ in self.space.layers)), \
             self.cost_of(tuple(n - 1 for n in self.space.num_options))
-        _write(path, json.dumps({"default": default, "smallest": smallest}))
+        atomic_write_json(path, {"default": default, "smallest": smallest})
         return default, smallest
 
     # -- the study ---------------------------------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
         self.folder.mkdir(parents=True, exist_ok=True)
-        storage = make_storage(self.options, self.folder)
-        sampler = {"random": optuna.samplers.RandomSampler(seed=self.options.seed),
-                   "tpe": optuna.samplers.TPESampler(seed=self.options.seed, multivariate=True)
-                   }.get(self.options.method, optuna.samplers.RandomSampler(seed=self.options.seed))
-        name = self.folder.name
-        for attempt in range(5):
-            try:
-                study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                            load_if_exists=True)
-                break
-            except Exception:  # two workers creating the tables of a new SQLite file at once
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 + attempt)
-        made_for = study.user_attrs.get("identity")
-        if made_for is None:
-            study.set_user_attr("identity", self.identity)
-        elif made_for != json.loads(json.dumps(self.identity)):
-            raise LelpError(f"study {name!r} in {self.options.storage or self.folder / 'study.db'} was made for another base config, space, cost or method; give "
-                            "this one its own --search.name or --search.root.")
-        return study
+        options = self.options
+        storage = open_storage(options.storage, self.folder, options.heartbeat_interval, options.grace_period)
+        sampler = (optuna.samplers.TPESampler(seed=options.seed, multivariate=True) if options.method == "tpe"
+                   else optuna.samplers.RandomSampler(seed=options.seed))
+        owner = Owner("identity", self.identity, "base config, space, cost or method",
+                      "--search.name or --search.root")
+        return open_study(storage, self.folder.name, options.storage or self.folder / "study.db", owner, sampler)
 
     def objective(self, trial: optuna.Trial) -> float:
-        enqueued = "fixed_params" in trial.study._storage.get_trial_system_attrs(trial._trial_id)
-        if self.options.method == "layernas" and not enqueued:
+        if self.options.method == "layernas" and not trial.user_attrs.get("candidate"):
             trial.set_user_attr("surplus", True)  # another worker took the candidate this process meant to run
             raise optuna.TrialPruned("no enqueued candidate was left")
         arch = tuple(trial.suggest_categorical(layer.name, list(range(len(layer.values))))
                      for layer in self.space.layers)
         trial.set_user_attr("values", self.space.values(arch))
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(self.folder), "name": "trials", "version": f"trial_{trial.number:04d}"}}
-        start = time.perf_counter()
-        cli = build_cli([*self.arch_args(arch), "--trainer.max_epochs", str(self.options.epochs),
-                         "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
-                         "--trainer.enable_model_summary", "false", "--data.progress", "false",
-                         "--trainer.default_root_dir", str(self.folder / "trials")], run=False)
-        try:
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            value = cli.trainer.callback_metrics.get(MONITOR)
-            if value is None:
-                value = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0][MONITOR]
-            for key, v in measure_cost(cli, self.options.cost, self.options.latency_batch).items():
-                trial.set_user_attr(key, v)
-            return float(value)
-        except Exception as err:  # kept beside the trial: the front and the error below say why it failed
-            trial.set_user_attr("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            raise
-        finally:
-            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 2))
-            if cli.trainer.log_dir:  # a candidate's weights are not kept: the chosen ones are trained again fully
-                shutil.rmtree(Path(cli.trainer.log_dir) / "checkpoints", ignore_errors=True)
-            del cli
-            gc.collect()
+        # a candidate's weights are not kept: the chosen ones are trained again fully
+        logs = logged_args(self.folder, "trials", f"trial_{trial.number:04d}", root_dir=self.folder / "trials")
+        return fit_trial([*self.arch_args(arch), "--trainer.max_epochs", str(self.options.epochs), *logs], MONITOR,
+                         trial.set_user_attr,
+                         measure=lambda cli: measure_cost(cli, self.options.cost, self.options.latency_batch))
 
     def run_enqueued(self, study: optuna.Study, archs: list[Arch]) -> dict[Arch, tuple[float, float]]:
-        """Enqueue ``archs`` (those not in the study yet) and run waiting trials until every one has finished."""
+        """Enqueue ``archs`` (those not in the study yet, marked as candidates) and run waiting trials until every
+        one has finished."""
         names = [layer.name for layer in self.space.layers]
         for arch in archs:
-            study.enqueue_trial(dict(zip(names, arch, strict=True)), skip_if_exists=True)
+            study.enqueue_trial(dict(zip(names, arch, strict=True)), user_attrs={"candidate": True},
+                                skip_if_exists=True)
         while True:
             done = scores_of(study, names)
             if all(a in done for a in archs):
@@ -251,9 +230,7 @@ class Search:
                                     "with `lelp fit` first.")
                 return {a: done[a] for a in archs}
             if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.optimize(self.objective, n_trials=1, catch=(Exception,))
+                optimize(study, self.objective, n_trials=1)
             else:  # the rest runs in other processes; a killed one's trial is failed (and retried) once it is stale
                 optuna.storages.fail_stale_trials(study)
                 time.sleep(1)
@@ -263,17 +240,9 @@ class Search:
             layernas(self.space.num_options, self.options.buckets, edges,
                      lambda archs: self.run_enqueued(study, archs))
             return
-        budget = self.options.trial_budget()
-        finished = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))  # noqa: E731
-
-        def stop_at_budget(study_, trial_):
-            if finished() >= budget:
-                study_.stop()
-
-        if finished() < budget:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(self.objective, callbacks=[stop_at_budget], catch=(Exception,))
+        counted = (TrialState.COMPLETE, TrialState.FAIL)
+        if len(study.get_trials(deepcopy=False, states=counted)) < self.options.trial_budget():
+            optimize(study, self.objective, [max_trials(self.options.trial_budget(), counted)])
 
 
 def scores_of(study: optuna.Study, names: list[str]) -> dict[Arch, tuple[float, float]]:
@@ -285,21 +254,9 @@ def scores_of(study: optuna.Study, names: list[str]) -> dict[Arch, tuple[float, 
         arch = tuple(t.params[n] for n in names)
         if t.state == TrialState.COMPLETE:
             out[arch] = (float(t.user_attrs["cost"]), float(t.value))
-        elif arch not in out and not _will_retry(study, t):
+        elif arch not in out and not has_retry(study, t):  # a trial failed by the heartbeat is retried once
             out[arch] = (math.inf, -math.inf)
     return out
-
-
-def _will_retry(study: optuna.Study, trial) -> bool:
-    """A trial failed by the heartbeat gets one retry (a waiting or running copy of it)."""
-    return any(t.system_attrs.get("failed_trial") == trial.number
-               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _worker(args: list[str], search_args: list[str]) -> None:
@@ -353,9 +310,7 @@ def report(search: Search, study: optuna.Study, default: dict, edges: list[float
                      "latency_ms": t.user_attrs.get("latency_ms"), "val_accuracy": value, "pareto": arch in front,
                      "bucket": bucket_of(cost, edges), "wall_s": t.user_attrs.get("wall_s")})
     frame = pd.DataFrame(rows)
-    tmp = search.folder / f".front.csv.tmp{os.getpid()}"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, search.folder / "front.csv")
+    atomic_write_file(search.folder / "front.csv", lambda tmp: frame.to_csv(tmp, index=False))
     plot_front(frame, default, search.options.cost, search.folder / "front.png", search.options.method)
     chosen = []
     for budget in search.options.budgets:
@@ -370,20 +325,17 @@ def report(search: Search, study: optuna.Study, default: dict, edges: list[float
     results = train_chosen(search, chosen)
     summary = {"method": search.options.method, "trials": len(study.trials), "finished": len(scores),
                "default_cost": default["cost"], "cost": search.options.cost, "chosen": results}
-    _write(search.folder / "search.json", json.dumps(summary, indent=1, default=str))
+    atomic_write_json(search.folder / "search.json", summary, default=str)
     print(format_summary(summary, search.folder))
     return summary
 
 
 def best_yaml(search: Search, arch: Arch, budget: float) -> Path:
-    cli = build_cli([*search.arch_args(arch), "--trainer.max_epochs", str(search.full_epochs),
-                     "--trainer.default_root_dir", str(search.folder / f"budget_{budget:g}")], run=False)
     path = search.folder / f"best_{budget:g}.yaml"
-    _write(path, f"# lelp search: the best student within {budget:g} × the default's {search.options.cost} "
-                 f"({search.space.values(arch)}); run it with: lelp fit --config {path.name}\n"
-                 + cli.parser.dump(cli.config, skip_none=False))
-    del cli
-    return path
+    return write_config(path, [*search.arch_args(arch), "--trainer.max_epochs", str(search.full_epochs),
+                               "--trainer.default_root_dir", str(search.folder / f"budget_{budget:g}")],
+                        f"lelp search: the best student within {budget:g} × the default's {search.options.cost} "
+                        f"({search.space.values(arch)}); run it with: lelp fit --config {path.name}")
 
 
 def train_chosen(search: Search, chosen: list[dict]) -> list[dict]:
@@ -395,19 +347,16 @@ def train_chosen(search: Search, chosen: list[dict]) -> list[dict]:
     for entry in chosen:
         if entry["arch"] is None:
             continue
-        accs = []
-        for seed in range(search.options.seeds):
-            key = (json.dumps(entry["values"], sort_keys=True), seed)
-            if key not in done:
-                logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                          "init_args": {"save_dir": str(search.folder), "name": f"budget_{entry['budget']:g}",
-                                        "version": f"seed_{seed}"}}
-                summary = fit(["--config", entry["yaml"], "--seed_everything", str(seed), "--trainer.logger",
-                               json.dumps(logger), "--trainer.enable_progress_bar", "false",
-                               "--trainer.enable_model_summary", "false", "--data.progress", "false"])
-                done[key] = {"values": entry["values"], "seed": seed, "test_accuracy": summary["student"]["test_accuracy"]}
-                _write(path, json.dumps(list(done.values()), indent=1))
-            accs.append(done[key]["test_accuracy"])
+        values = json.dumps(entry["values"], sort_keys=True)
+
+        def keep(seed: int, summary: dict, entry=entry, values=values) -> None:
+            done[values, seed] = {"values": entry["values"], "seed": seed,
+                                  "test_accuracy": summary["student"]["test_accuracy"]}
+            atomic_write_json(path, list(done.values()))
+
+        refit_seeds(entry["yaml"], search.options.seeds, search.folder, f"budget_{entry['budget']:g}",
+                    {seed for v, seed in done if v == values}, keep)
+        accs = [done[values, seed]["test_accuracy"] for seed in range(search.options.seeds)]
         if accs:
             entry["test_accuracy"] = [statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0]
     return chosen
@@ -430,8 +379,7 @@ def plot_front(frame, default: dict, cost: str, out: Path, method: str) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_name(f"{out.name}.tmp{os.getpid()}.png"), dpi=110)
-    os.replace(out.with_name(f"{out.name}.tmp{os.getpid()}.png"), out)
+    atomic_write_file(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

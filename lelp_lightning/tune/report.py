@@ -6,18 +6,15 @@
     refit/seed_<s>/                    the best configuration trained with seed s and tested once (its checkpoint,
                                        summary.json); refit.json gathers them (mean ± std)
 
-Files are written whole (a temporary file, then a rename). Only one process writes a study's report at a time
-(a lock file in its folder); a refit seed already in ``refit.json`` is not run again.
+Files are written whole (:mod:`lelp_lightning.fileio`). Only one process writes a study's report at a time
+(``report.lock`` in its folder); a refit seed already in ``refit.json`` is not run again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
-import os
 import statistics
 import warnings
 from pathlib import Path
@@ -26,26 +23,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from lelp_lightning.runs import build_cli, fit
+from lelp_lightning.fileio import atomic_write_file, atomic_write_json, atomic_write_text, locked
+from lelp_lightning.runlayer.fits import refit_seeds, write_config
 
 log = logging.getLogger(__name__)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def locked(folder: Path):
-    """One process at a time in a study's folder (the report, queueing confirmations)."""
-    with open(folder / "report.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def trial_value(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -173,16 +154,12 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], folder: Path) -> Path:
     """``best.yaml``: the base config with the best trial's method and parameters, as the CLI resolves it."""
-    cli = build_cli([*base.args, *trial.user_attrs["overrides"],
-                     "--trainer.default_root_dir", str(folder / "best")], run=False)
-    path = folder / "best.yaml"
     mean = seed_mean(values)
     mean = f", {mean}" if mean else ""
-    _write(path, f"# lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
-                 f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml\n"
-                 + cli.parser.dump(cli.config, skip_none=False))
-    del cli
-    return path
+    return write_config(folder / "best.yaml",
+                        [*base.args, *trial.user_attrs["overrides"], "--trainer.default_root_dir", str(folder / "best")],
+                        f"lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
+                        f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml")
 
 
 def plots(study: optuna.Study, folder: Path) -> list[str]:
@@ -205,9 +182,7 @@ def plots(study: optuna.Study, folder: Path) -> list[str]:
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        tmp = folder / f".{name}.tmp{os.getpid()}.png"
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, folder / f"{name}.png")
+        atomic_write_file(folder / f"{name}.png", lambda tmp, f=figure: f.savefig(tmp, dpi=100, format="png"))
         plt.close(figure)
         written.append(f"{name}.png")
     return written
@@ -220,19 +195,15 @@ def refit(best: Path, trial: optuna.trial.FrozenTrial, values: list[float], seed
     if done.get("trial") != trial.number:
         done = {}
     runs = {r["seed"]: r for r in done.get("runs", [])}
-    for seed in range(seeds):
-        if seed in runs:
-            continue
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(folder), "name": "refit", "version": f"seed_{seed}"}}
-        summary = fit(["--config", str(best), "--seed_everything", str(seed), "--data.strategy.init_args.seed",
-                       str(seed), "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
-                       "--trainer.enable_model_summary", "false", "--data.progress", "false"])
+
+    def keep(seed: int, summary: dict) -> None:
         runs[seed] = {"seed": seed, "test_accuracy": summary["student"]["test_accuracy"],
                       "test_macro_f1": summary["student"]["test_macro_f1"], "fit_seconds": summary["fit_seconds"],
                       "teacher_test_accuracy": summary["teacher"]["test_accuracy"],
                       "run_dir": str(folder / "refit" / f"seed_{seed}")}
-        _write(path, json.dumps(_refit_record(trial, values, runs), indent=1))
+        atomic_write_json(path, _refit_record(trial, values, runs))
+
+    refit_seeds(best, seeds, folder, "refit", runs, keep)
     return _refit_record(trial, values, runs)
 
 
@@ -250,21 +221,19 @@ def _refit_record(trial, values: list[float], runs: dict) -> dict:
 def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
     """Leaderboard, best.yaml, plots, then the refit; returns what was written and the refit's figures."""
     folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder):
+    with locked(folder / "report.lock"):
         frame = leaderboard(study)
-        tmp = folder / f".leaderboard.csv.tmp{os.getpid()}"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, folder / "leaderboard.csv")
+        atomic_write_file(folder / "leaderboard.csv", lambda tmp: frame.to_csv(tmp, index=False))
         chosen = select_best(study, options.confirm_top)
         if chosen is None:
-            _write(folder / "leaderboard.md", markdown(frame))
+            atomic_write_text(folder / "leaderboard.md", markdown(frame))
             log.warning("tune: no trial completed (every one was pruned or failed): no best configuration; see %s",
                         folder / "leaderboard.md")
             return {"best_trial": None, "written": ["leaderboard.csv", "leaderboard.md"], "refit": None}
         best, values = chosen
         margins = baseline_margins(study, best)
         against = margins_text(margins, best.user_attrs.get("val_rows"))
-        _write(folder / "leaderboard.md", markdown(frame) + (f"\n{against}\n" if against else ""))
+        atomic_write_text(folder / "leaderboard.md", markdown(frame) + (f"\n{against}\n" if against else ""))
         best_yaml = best_config(base, best, values, folder)
         written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]
         result = refit(best_yaml, best, values, options.seeds, folder) if options.seeds else None

@@ -11,16 +11,13 @@ is refit and tested (:mod:`~lelp_lightning.tune.report`); the test split is read
 
 from __future__ import annotations
 
-import fcntl
-import gc
 import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
-import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -28,17 +25,21 @@ from optuna.trial import TrialState
 
 from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
+from lelp_lightning.fileio import locked
+from lelp_lightning.runlayer.fits import fit_trial, logged_args, run_folder
+from lelp_lightning.runlayer.studies import FINISHED, Owner, max_trials, open_storage, optimize, requeue
+from lelp_lightning.runlayer.studies import open_study as open_shared_study
 from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
-from lelp_lightning.tune.report import is_confirmation, locked, method_params, top_trials, trial_value, write_report
+from lelp_lightning.tune.report import is_confirmation, method_params, top_trials, trial_value, write_report
 from lelp_lightning.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # options a trial sets itself: left out of the fingerprint that ties a study to its base config
 _TRIAL_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar",
                 "trainer.enable_model_summary", "data.progress")
 
 
+@dataclass
 class TuneOptions:
     """What ``lelp tune`` searches and where the study lives (``--tune.<name>`` or a ``--tune <file>``).
 
@@ -67,25 +68,35 @@ class TuneOptions:
         progress: the progress bar over trials.
     """
 
-    def __init__(self, space: str | dict | None = None, n_trials: int = 40, methods: list[str] | None = None,
-                 exclude: list[str] | None = None, root: str = "runs/tune", study_name: str | None = None,
-                 storage: str | None = None, seeds: int = 3, seed: int = 0,
-                 sampler: optuna.samplers.BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None,
-                 monitor: str = "val/accuracy", heartbeat_interval: int = 10, grace_period: int = 30,
-                 max_failures: int = 5, confirm_top: int = 0, confirm_seeds: int = 2, progress: bool = True):
-        if n_trials < 1 or seeds < 0 or heartbeat_interval < 1 or grace_period <= heartbeat_interval \
-                or max_failures < 1 or confirm_top < 0 or confirm_seeds < 0:
-            raise LelpError(f"tune options need n_trials >= 1, seeds >= 0, heartbeat_interval >= 1, grace_period > "
-                            f"heartbeat_interval, max_failures >= 1, confirm_top >= 0 and confirm_seeds >= 0; got "
-                            f"n_trials={n_trials}, seeds={seeds}, heartbeat_interval={heartbeat_interval}, "
-                            f"grace_period={grace_period}, max_failures={max_failures}, confirm_top={confirm_top}, "
-                            f"confirm_seeds={confirm_seeds}.")
-        self.space, self.n_trials, self.methods, self.exclude = space, n_trials, methods, list(exclude or [])
-        self.root, self.study_name, self.storage = root, study_name, storage
-        self.seeds, self.seed, self.sampler, self.pruner, self.monitor = seeds, seed, sampler, pruner, monitor
-        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-        self.max_failures, self.progress = max_failures, progress
-        self.confirm_top, self.confirm_seeds = confirm_top, confirm_seeds
+    space: str | dict | None = None
+    n_trials: int = 40
+    methods: list[str] | None = None
+    exclude: list[str] | None = None
+    root: str = "runs/tune"
+    study_name: str | None = None
+    storage: str | None = None
+    seeds: int = 3
+    seed: int = 0
+    sampler: optuna.samplers.BaseSampler | None = None
+    pruner: optuna.pruners.BasePruner | None = None
+    monitor: str = "val/accuracy"
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_failures: int = 5
+    confirm_top: int = 0
+    confirm_seeds: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for option, low in (("n_trials", 1), ("seeds", 0), ("heartbeat_interval", 1), ("max_failures", 1),
+                            ("confirm_top", 0), ("confirm_seeds", 0)):
+            if getattr(self, option) < low:
+                raise LelpError(f"tune options need {option} >= {low}, got {getattr(self, option)}.")
+        if self.grace_period <= self.heartbeat_interval:
+            raise LelpError(f"tune options need grace_period > heartbeat_interval (a live worker beats at least once "
+                            f"in its grace period), got grace_period={self.grace_period}, "
+                            f"heartbeat_interval={self.heartbeat_interval}.")
+        self.exclude = list(self.exclude or [])
 
     def load_space(self) -> SearchSpace:
         if isinstance(self.space, dict):
@@ -118,87 +129,44 @@ class Base:
         """Run the teacher into the cache (every split, every representation the space reads): once per study."""
         data = self.datamodule
         data.cache.root.mkdir(parents=True, exist_ok=True)
-        with open(data.cache.root / ".tune-prepare.lock", "w") as lock:  # workers of one machine: one builds, the
-            fcntl.flock(lock, fcntl.LOCK_EX)  # others then find the cache complete
-            data.prepare_data()
+        with locked(data.cache.root / ".tune-prepare.lock"):  # workers of one machine: one builds, the others
+            data.prepare_data()  # then find the cache complete
             for name in sorted(self.space.representations()):
                 data.plan.build_representation(name, data.progress)
         self.datamodule = None  # trials build their own; nothing keeps this one's arrays alive
 
 
 def study_folder(args: list[str], options: TuneOptions) -> tuple[Path, str]:
-    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    name = options.study_name or (Path(configs[0]).stem if configs else "study")
-    return Path(options.root) / name, name
-
-
-def make_storage(options: TuneOptions, folder: Path) -> optuna.storages.BaseStorage:
-    url = options.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    for attempt in range(3):  # workers starting together race to create the tables: the loser retries
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                                  heartbeat_interval=options.heartbeat_interval,
-                                                  grace_period=options.grace_period,
-                                                  heartbeat_stale_trial_callback=retry)
-        except Exception as err:  # SQLAlchemy's many error types for a bad URL or an unreachable database
-            if type(err).__name__ == "IntegrityError" and attempt < 2:
-                time.sleep(1.0 + attempt)
-                continue
-            raise LelpError(f"Optuna storage {url!r} could not be opened ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0]}); expected an Optuna RDB URL (sqlite:///file.db, "
-                            "postgresql://…, mysql://…) or journal:<file>.") from err
-
-
-class _Surplus(Exception):
-    """A trial asked for after the budget was met by trials of other processes: never run, not a result."""
+    folder = run_folder(args, options.root, options.study_name, default="study")
+    return folder, folder.name
 
 
 def open_study(base: Base, options: TuneOptions, folder: Path, name: str) -> optuna.Study:
-    storage = make_storage(options, folder)
-    pruner = options.pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    """The study, created with the baselines queued first (the study always measures them), or joined."""
+    storage = open_storage(options.storage, folder, options.heartbeat_interval, options.grace_period)
+    owner = Owner("fingerprint", base.fingerprint, "base config or search space", "--tune.study_name or --tune.root")
+
+    def queue_baselines(study: optuna.Study) -> None:
+        for method in ("ce", "kd"):
+            if method in base.space.methods:
+                study.enqueue_trial({"method": method}, user_attrs={"baseline": True})
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            sampler = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True, seed=options.seed)
-            study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                        pruner=pruner)
-            for method in ("ce", "kd"):  # the baselines first: the study always measures them
-                if method in base.space.methods:
-                    study.enqueue_trial({"method": method}, user_attrs={"baseline": True})
-            study.set_user_attr("fingerprint", base.fingerprint)  # last: a joining worker waits for it
-        except optuna.exceptions.DuplicatedStudyError:
-            sampler = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True)
-            study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
-    made_for = study.user_attrs.get("fingerprint")
-    for _ in range(60):  # a worker that joins a study being created: the creator is enqueuing the baselines
-        if made_for is not None:
-            break
-        time.sleep(0.5)
-        made_for = study.user_attrs.get("fingerprint")
-    if made_for != base.fingerprint:
-        raise LelpError(f"study {name!r} in {options.storage or folder / 'study.db'} was made for another base config "
-                        f"or search space (fingerprint {made_for}, this run's {base.fingerprint}); give this one its "
-                        "own --tune.study_name or --tune.root.")
-    return study
+        seeded = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True, seed=options.seed)
+        fresh = options.sampler or optuna.samplers.TPESampler(multivariate=True, group=True)
+    pruner = options.pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return open_shared_study(storage, name, options.storage or folder / "study.db", owner, seeded, pruner,
+                             joining_sampler=fresh, setup=queue_baselines)
 
 
 def finished(study: optuna.Study) -> int:
     """Finished search trials: what the budget counts (confirmations are outside it)."""
     return sum(not is_confirmation(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class _Surplus(Exception):
+    """A trial asked for after the budget was met by trials of other processes: never run, not a result."""
 
 
 class Objective:
@@ -208,23 +176,21 @@ class Objective:
         self.base, self.options, self.folder = base, options, folder
         self.current: optuna.Trial | None = None
 
-    def trial_args(self, number: int) -> list[str]:
-        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                  "init_args": {"save_dir": str(self.folder), "name": "trials", "version": f"trial_{number:04d}"}}
-        return ["--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
-                "--trainer.enable_model_summary", "false", "--data.progress", "false",
-                "--trainer.default_root_dir", str(self.folder / "trials")]
+    def refuse_surplus(self, trial: optuna.Trial) -> None:
+        """A search trial whose budget trials ahead of it already met: stop this process, run nothing."""
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+                 if t.number < trial.number and not is_confirmation(t)]
+        if len(ahead) >= self.options.n_trials:
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise _Surplus(f"trial {trial.number}: the budget of {self.options.n_trials} was met by other processes")
 
     def __call__(self, trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
         confirming = is_confirmation(trial)
-        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                 if t.number < trial.number and not is_confirmation(t)]
-        if not confirming and len(ahead) >= self.options.n_trials:
-            trial.set_user_attr("surplus", True)
-            trial.study.stop()
-            raise _Surplus(f"trial {trial.number}: the budget of {self.options.n_trials} was met by other processes")
+        if not confirming:
+            self.refuse_surplus(trial)
         self.current = trial
         method, values = self.base.space.suggest(trial)
         seed = self.base.seed + int(trial.user_attrs.get("confirm_seed", 0))
@@ -235,47 +201,30 @@ class Objective:
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("val_rows", self.base.val_rows)
-        start = time.perf_counter()
-        cli = build_cli([*self.base.args, *overrides, *self.trial_args(trial.number)], run=False)
-        trainer = cli.trainer
-        if not confirming:  # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
-            trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.options.monitor))
-        try:
-            trainer.fit(cli.model, datamodule=cli.datamodule)
-            value = trainer.callback_metrics.get(self.options.monitor)
-            if value is None:  # the last epoch was not validated (check_val_every_n_epoch > 1)
-                value = trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0][self.options.monitor]
-            return float(value)
-        except optuna.TrialPruned:
-            raise
-        except Exception as err:  # kept beside the trial: the leaderboard says why it failed
-            trial.set_user_attr("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            raise
-        finally:
-            trial.set_user_attr("wall_s", round(time.perf_counter() - start, 2))
-            trial.set_user_attr("epochs", trainer.current_epoch)
-            if trainer.log_dir:  # a trial's weights are not kept: the best configuration is refit
-                shutil.rmtree(Path(trainer.log_dir) / "checkpoints", ignore_errors=True)
-            del cli, trainer
-            gc.collect()
+        logs = logged_args(self.folder, "trials", f"trial_{trial.number:04d}", root_dir=self.folder / "trials")
+        # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
+        pruning = [] if confirming else [PyTorchLightningPruningCallback(trial, monitor=self.options.monitor)]
+        return fit_trial([*self.base.args, *overrides, *logs], self.options.monitor, trial.set_user_attr, pruning,
+                         outcomes=(optuna.TrialPruned,))
 
 
-class _Budget:
-    """Stops this process once the budget of finished trials is met, or after ``max_failures`` failures in a row."""
+class _Progress:
+    """The bar and a line per finished trial; stops this process after ``max_failures`` failures in a row."""
 
     def __init__(self, options: TuneOptions, bar):
         self.options, self.bar, self.failures = options, bar, 0
 
+    def write(self, line: str) -> None:
+        (self.bar.write if self.bar is not None else print)(line)
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if is_confirmation(trial):
             if trial.state == TrialState.COMPLETE:
-                line = (f"trial {trial.number} confirms trial {trial.user_attrs['confirm_of']} (seed "
-                        f"+{trial.user_attrs['confirm_seed']}): {trial.value:.4f}")
-                (self.bar.write if self.bar is not None else print)(line)
+                self.write(f"trial {trial.number} confirms trial {trial.user_attrs['confirm_of']} (seed "
+                           f"+{trial.user_attrs['confirm_seed']}): {trial.value:.4f}")
             return
-        done = finished(study)
         if self.bar is not None:
-            self.bar.n = min(done, self.options.n_trials)
+            self.bar.n = min(finished(study), self.options.n_trials)
             self.bar.refresh()
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures += 1
@@ -285,15 +234,9 @@ class _Budget:
         elif trial.state in FINISHED:
             self.failures = 0
             value = trial_value(trial)
-            line = (f"trial {trial.number} {trial.state.name.lower()}: {trial.user_attrs.get('method')} "
-                    f"{method_params(trial)} → {float('nan') if value is None else value:.4f} ({trial.user_attrs.get('wall_s', 0):.0f} s)")
-            (self.bar.write if self.bar is not None else print)(line)
-        if done >= self.options.n_trials:
-            study.stop()
-
-
-def _state(study: optuna.Study, number: int) -> TrialState:
-    return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
+            self.write(f"trial {trial.number} {trial.state.name.lower()}: {trial.user_attrs.get('method')} "
+                       f"{method_params(trial)} → {float('nan') if value is None else value:.4f} "
+                       f"({trial.user_attrs.get('wall_s', 0):.0f} s)")
 
 
 def run_study(args: list[str], options: TuneOptions) -> dict:
@@ -317,15 +260,11 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
         q.setLevel(logging.WARNING)
     try:
         if finished(study) < options.n_trials:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, callbacks=[_Budget(options, bar)], catch=(Exception,), gc_after_trial=True)
-    except KeyboardInterrupt:
-        current = objective.current
-        if current is not None and _state(study, current.number) == TrialState.FAIL:
-            # redo the interrupted trial first when the study resumes (Optuna marked it failed)
-            kept = {k: v for k, v in current.user_attrs.items() if k in ("confirm_of", "confirm_seed")}
-            study.enqueue_trial(current.params, user_attrs={"retry_of": current.number, **kept})
+            # confirmations count too, but they exist only once the search trials have met the budget
+            optimize(study, objective, [_Progress(options, bar), max_trials(options.n_trials, FINISHED)],
+                     gc_after_trial=True)
+    except KeyboardInterrupt:  # redo the interrupted trial first when the study resumes (Optuna marked it failed)
+        requeue(study, objective.current, keep=("confirm_of", "confirm_seed"))
         raise
     finally:
         for q, level in zip(quiet, levels, strict=True):
@@ -343,14 +282,13 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
                                                           "complete": True}
 
 
-
 def confirm(study: optuna.Study, objective: Objective, options: TuneOptions, folder: Path) -> None:
     """Run the best ``confirm_top`` search trials again with ``confirm_seeds`` more seeds each (queued once: a
     confirmation already waiting, running or complete is not queued again; a failed one is)."""
     if not options.confirm_top or not options.confirm_seeds:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder):
+    with locked(folder / "report.lock"):
         trials = study.get_trials(deepcopy=False)
         queued = {(t.user_attrs["confirm_of"], t.user_attrs["confirm_seed"]) for t in trials
                   if is_confirmation(t) and t.state != TrialState.FAIL}
@@ -362,10 +300,7 @@ def confirm(study: optuna.Study, objective: Objective, options: TuneOptions, fol
     if waiting:
         log.info("tune: confirming the best %d trials with %d more seeds each (%d runs)", options.confirm_top,
                  options.confirm_seeds, len(waiting))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=len(waiting), callbacks=[_Budget(options, None)], catch=(Exception,),
-                           gc_after_trial=True)
+        optimize(study, objective, [_Progress(options, None)], n_trials=len(waiting), gc_after_trial=True)
 
 
 def split_tune_args(args: list[str]) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from helpers import LELP, run_lelp, run_main, tiny_run_args
 from optuna.trial import TrialState
 
@@ -64,6 +65,9 @@ def test_a_two_layer_search_with_two_workers_through_the_console_script(tweets_c
         affordable = front[front["cost"] <= chosen["budget"] * default_cost]
         assert chosen["val_accuracy"] == pytest.approx(affordable["val_accuracy"].max())
         assert Path(chosen["yaml"]).is_file() and len(chosen["test_accuracy"]) == 2
+    # the first budget's student is trained first; seed 0 seeds the weights, the batches and the strategy (as tune's)
+    config = yaml.safe_load((folder / f"budget_{result['chosen'][0]['budget']:g}" / "seed_0" / "config.yaml").read_text())
+    assert config["seed_everything"] == 0 and config["data"]["strategy"]["init_args"]["seed"] == 0
     assert (folder / "front.png").is_file()
     # the YAML of a budget is a runnable config of that architecture with the run's own epochs
     chosen = result["chosen"][-1]
