@@ -41,7 +41,7 @@ def test_a_missing_module_deep_inside_a_run_names_its_extra():
         except ImportError as err:
             raise ValueError("could not instantiate the teacher") from err
     except ValueError as wrapped:
-        assert str(missing_extra(wrapped)) == ("this needs the [text] extra (transformers is not installed): "
+        assert str(missing_extra(wrapped)) == ("this command needs the [text] extra (transformers is not installed): "
                                                "pip install 'lelp-lightning[text]'.")
     lightning = ValueError("Not a valid subclass of Logger: Requirement 'wandb>=0.12.10' not met. HINT: ...")
     assert "[wandb] extra (wandb is not installed)" in str(missing_extra(lightning))
