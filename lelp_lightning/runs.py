@@ -1,7 +1,8 @@
 """One ``lelp fit`` in this process: the LightningCLI subclass, its argument parser and the run summary.
 
-``lelp_lightning.cli`` (the console script) and ``lelp_lightning.tune`` (many fits in one study) both run fits
-through :func:`build_cli` / :func:`fit`.
+``lelp_lightning.cli`` (the console script) runs fits through :func:`build_cli` / :func:`fit`; the outer loops
+(``lelp tune``, ``lelp search``, ``lelp active``) run theirs through :mod:`lelp_lightning.runlayer`, which builds
+on these. The summary and the predictions are written atomically (:mod:`lelp_lightning.fileio`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import gc
 import inspect
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lelp_lightning.checkpoints import check_ckpt_option
 from lelp_lightning.data.datamodule import DistillDataModule
 from lelp_lightning.errors import LelpError
+from lelp_lightning.fileio import atomic_write_file, atomic_write_json
 from lelp_lightning.loggers import AutoWandbLogger  # noqa: F401  (imported so configs name it bare)
 from lelp_lightning.module import DistillModule
 from lelp_lightning.objectives import objectives
@@ -101,9 +102,7 @@ class LelpCLI(LightningCLI):
         run_dir = Path(self.trainer.log_dir or ".")  # a broadcast under DDP: every process asks
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, run_dir / "summary.json")
+            atomic_write_json(run_dir / "summary.json", summary, indent=2)
             print(format_summary(summary, run_dir / "summary.json"))
 
 
@@ -126,8 +125,7 @@ class LelpCLI(LightningCLI):
             frame[f"p_{name}"] = probs[:, c]
         out = run_dir / "predictions.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out.with_suffix(".csv.tmp"), index=False)
-        os.replace(out.with_suffix(".csv.tmp"), out)
+        atomic_write_file(out, lambda tmp: frame.to_csv(tmp, index=False))
         print(f"{len(frame)} predictions written to {out}")
 
 
