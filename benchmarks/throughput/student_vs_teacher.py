@@ -53,32 +53,20 @@ def fit(run_dir: Path, *extra: str, data: str = "configs/data/tweets_binary.yaml
 
 def export_teacher(datamodule, folder: Path) -> None:
     """The teacher (encoder + head) as an export folder the predictor reads: the same graph as an encoder student's."""
-    import shutil
-
     import torch
-    from transformers import AutoModel
 
     from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
-    from lelp_lightning.encoders.sentence import resolve_model_path
-    from lelp_lightning.serving.export import OPSET, EncoderGraph, featurizer_spec
+    from lelp_lightning.serving.export import ProbabilityGraph, write_graph
+    from lelp_lightning.students.networks import DenseExport
 
     teacher = datamodule.teacher
     teacher.fit(datamodule.source, datamodule.cache)  # the head, from the cache
-    spec, extra = featurizer_spec(SentenceEncoderFeaturizer(teacher.encoder.model, teacher.encoder.max_length))
-    folder.mkdir(parents=True)
-    for name, src in extra.items():
-        shutil.copyfile(src, folder / name)
-    net = AutoModel.from_pretrained(resolve_model_path(teacher.encoder.model), attn_implementation="eager").eval()
+    spec = SentenceEncoderFeaturizer(teacher.encoder.model, teacher.encoder.max_length).export_spec()
     head = teacher._require_head()
     logits = torch.nn.Sequential(head.body, head.out)  # the head returns (embedding, logits); the graph needs logits
-    graph = EncoderGraph(logits.eval(), datamodule.num_classes, net, spec["normalize"]).eval()
-    example = {n: torch.ones(2, 8, dtype=torch.long) for n in spec["inputs"]}
-    with torch.no_grad():
-        torch.onnx.export(graph, tuple(example.values()), str(folder / "student.onnx"), dynamo=False, opset_version=OPSET,
-                          input_names=spec["inputs"], output_names=["probabilities"],
-                          dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in spec["inputs"]},
-                                        "probabilities": {0: "batch"}})
-    (folder / "featurizer.json").write_text(json.dumps(spec))
+    folder.mkdir(parents=True)
+    write_graph(ProbabilityGraph(DenseExport(logits.eval(), spec.features), datamodule.num_classes), spec,
+                ["a short text", "another"], folder)
     (folder / "labels.json").write_text(json.dumps({"labels": datamodule.source.class_names}))
     (folder / "model_card.json").write_text("{}")
 
