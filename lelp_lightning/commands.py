@@ -335,6 +335,7 @@ COMMANDS: dict[str, Command] = {
     "strategies": Registered("lelp_lightning.strategies", "strategies", "list the registered subclass strategies"),
     "objectives": Registered("lelp_lightning.objectives", "objectives", "list the registered objectives"),
     "students": Registered("lelp_lightning.students", "students", "list the registered students"),
+    "teachers": Registered("lelp_lightning.teachers", "teachers", "list the registered teachers"),
     "selectors": Registered("lelp_lightning.active", "selectors", "list the registered selectors of lelp active"),
 }
 

@@ -19,7 +19,7 @@ from lelp_lightning.errors import LelpError
 
 HEAVY = ("torch", "lightning", "optuna", "transformers")
 EVERY_COMMAND = ("fit", "validate", "test", "predict", "cache", "tune", "search", "active", "export", "serve",
-                 "strategies", "objectives", "students", "selectors")
+                 "strategies", "objectives", "students", "teachers", "selectors")
 
 
 def imported_heavy(*args: str) -> tuple[int, str, list[str]]:

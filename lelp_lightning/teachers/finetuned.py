@@ -28,7 +28,8 @@ from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
 log = logging.getLogger(__name__)
 
 
-class FineTunedClassifierTeacher(HFSequenceClassifierTeacher, name="finetuned"):
+class FineTunedClassifierTeacher(HFSequenceClassifierTeacher, name="finetuned",
+                                 description="a Hugging Face encoder fine-tuned as a sequence classifier on the training split"):
     """``base`` (a local folder or a bundled encoder name) fine-tuned as a sequence classifier on the task.
 
     AdamW (``lr``, ``weight_decay``), linear warm-up over the first ``warmup`` share of the steps then linear
