@@ -29,7 +29,7 @@ import logging
 import sys
 
 from lelp_lightning.commands import COMMANDS, HELP, overview
-from lelp_lightning.errors import LelpError
+from lelp_lightning.errors import LelpError, lelp_error_behind
 from lelp_lightning.extras import missing_extra
 
 __all__ = ["console_main", "main"]  # and, on first use, runs.LelpCLI / build_cli / fit (the in-process API)
@@ -42,15 +42,8 @@ def __getattr__(name: str):
 
 
 def _lelp_error_behind(err: BaseException | None) -> LelpError | None:
-    """The LelpError behind ``err`` (jsonargparse wraps one raised in a constructor while it instantiates), or
-    the one sentence for a missing extra."""
-    seen, first = set(), err
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LelpError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return missing_extra(first)
+    """The LelpError behind ``err``, or the one sentence for a missing extra."""
+    return lelp_error_behind(err) or missing_extra(err)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -40,19 +40,12 @@ def _fsync_dir(folder: Path) -> None:
 
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` through ``write(binary_file)``: temporary file, fsync, rename. Returns ``path``."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
+
+    def write_to(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return atomic_write_file(path, write_to)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:

@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lelp_lightning.checkpoints import check_ckpt_option
 from lelp_lightning.data.datamodule import DistillDataModule
-from lelp_lightning.errors import LelpError
+from lelp_lightning.errors import LelpError, lelp_error_behind
 from lelp_lightning.fileio import atomic_write_file, atomic_write_json
 from lelp_lightning.loggers import AutoWandbLogger  # noqa: F401  (imported so configs name it bare)
 from lelp_lightning.module import DistillModule
@@ -31,10 +31,11 @@ from lelp_lightning.objectives import objectives
 from lelp_lightning.registry import load_plugins, resolve_short_names
 from lelp_lightning.strategies import strategies
 from lelp_lightning.students import students
+from lelp_lightning.teachers import teachers
 
 # options that take a registered class, with the subcommand that describes the choices
 _REGISTERED = {"data.strategy": (strategies, "strategies"), "model.objectives": (objectives, "objectives"),
-               "model.student": (students, "students")}
+               "model.student": (students, "students"), "data.teacher": (teachers, "teachers")}
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _GIVEN_CLASS = re.compile(r"(?:Expected a dot import path string: |Problem with given class_path '|Import path )"
                           r"([^\s':]+)")
@@ -178,17 +179,6 @@ def hide_notices_a_user_cannot_act_on() -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_cloud_logger_tip)
-
-
-def lelp_error_behind(err: BaseException | None) -> LelpError | None:
-    """The LelpError behind ``err``: jsonargparse wraps one raised in a constructor while it instantiates."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LelpError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def split_group_args(args: list[str], group: str) -> tuple[list[str], list[str]]:

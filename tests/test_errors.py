@@ -22,6 +22,7 @@ from lelp_lightning.objectives import objectives
 from lelp_lightning.sources import TextFile
 from lelp_lightning.strategies import LinearProjectionStrategy, strategies
 from lelp_lightning.students import HashedBagStudent, students
+from lelp_lightning.teachers import teachers
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +46,7 @@ def one_error_line(capsys) -> str:
     (["--data.strategy", "kmeens"], "data.strategy", "kmeens", strategies, "strategies"),
     (["--model.student", "resnet"], "model.student", "resnet", students, "students"),
     (["--model.objectives+=distill"], "model.objectives", "distill", objectives, "objectives"),
+    (["--data.teacher", "gpt"], "data.teacher", "gpt", teachers, "teachers"),
 ])
 def test_an_unknown_name_lists_the_valid_ones(args, option, given, registry, command, capsys):
     with pytest.raises(SystemExit) as done:
