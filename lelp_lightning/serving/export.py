@@ -12,7 +12,9 @@ builder's own arrays, so it sees what serving feeds it. Today: the hashed bag (p
 numpy), an MLP over a smaller sentence encoder (token ids in, the encoder and its pooling in the graph, the
 encoder's ``tokenizer.json`` beside it), pixels (CNN or MLP, scaled in numpy).
 
-The folder is written under a temporary name and renamed into place, so a half-written export is never read.
+The folder is written under a temporary name and renamed into place, so a half-written export is never read;
+it replaces an earlier export's own files there and refuses a folder that holds anything else. A killed
+export's staging folder is removed by the next export to the same place (never one of a live process).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -35,7 +38,7 @@ from lelp_lightning.data.featurizers import ExportSpec
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import class_logits
 from lelp_lightning.serving.card import write_card
-from lelp_lightning.serving.predictor import Predictor, input_builders
+from lelp_lightning.serving.predictor import FILES, Predictor, input_builders
 from lelp_lightning.serving.timing import machine, measure
 
 _RUN_SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
@@ -112,11 +115,11 @@ def export(config: str | Path, ckpt_path: str | Path, output: str | Path, opset:
     if quantize not in QUANTIZE:
         raise LelpError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}.")
     config, ckpt_path, output = Path(config), Path(ckpt_path), Path(output)
-    if output.exists() and any(output.iterdir()) and not (output / "model_card.json").is_file():
-        raise LelpError(f"--output {output} exists and is not an export folder; give a new or empty folder (an "
-                        "earlier export is replaced).")
+    _remove_stale_stages(output)
     model, datamodule, run_config = load_student(config, ckpt_path)
     graph, spec = export_graph(model.student, model.num_classes, datamodule.featurizer)
+    own = _own_names(output, spec)
+    _check_output(output, own)
     source = datamodule.source
     test = source.split("test")
 
@@ -135,7 +138,7 @@ def export(config: str | Path, ckpt_path: str | Path, output: str | Path, opset:
         card = _card(run_config, config, ckpt_path, source, model, spec, stage, opset, command, speed,
                      float((probabilities.argmax(1) == np.asarray(test.labels)).mean()), quantize)
         write_card(card, stage)
-        _swap_into_place(stage, output)
+        _swap_into_place(stage, output, own)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return card
@@ -169,12 +172,88 @@ def _quantize_int8(graph: Path) -> None:
     fp32.unlink()
 
 
-def _swap_into_place(stage: Path, output: Path) -> None:
-    """Rename the finished folder to ``output``, replacing an earlier export there."""
+def _own_names(output: Path, spec: ExportSpec) -> set[str]:
+    """The names of the files an export writes in ``output``: the predictor's files, ``model_card.md``, the files
+    this featuriser's export spec copies, and those an earlier export there copied (the file names its
+    ``featurizer.json`` gives, such as an encoder's ``tokenizer.json``)."""
+    own = {*FILES, "model_card.md", *spec.files}
+    try:
+        earlier = json.loads((output / "featurizer.json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict):
+        own |= {v for v in earlier.values() if isinstance(v, str) and v and Path(v).name == v and v not in (".", "..")}
+    return own
+
+
+def _unexpected(output: Path, own: set[str]) -> list[str]:
+    """The entries of the folder ``output`` that are not an export's own files (sorted; a folder ends in ``/``)."""
+    return sorted(e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in output.iterdir()
+                  if e.name not in own or e.is_symlink() or not e.is_file())
+
+
+def _check_output(output: Path, own: set[str]) -> None:
+    """Refuse an ``output`` that is a file or holds anything but an export's own files (an empty or missing folder
+    is fine): an export replaces an earlier export's files and never deletes anything it did not write."""
+    if output.exists() and not output.is_dir():
+        raise LelpError(f"--output {output} is a file; give a new or empty folder (or an earlier export's).")
+    unexpected = _unexpected(output, own) if output.exists() else []
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (", …" if len(unexpected) > 5 else "")
+        raise LelpError(f"--output {output} holds {len(unexpected)} entr{'y' if len(unexpected) == 1 else 'ies'} "
+                        f"that {'is' if len(unexpected) == 1 else 'are'} not an export's own files ({shown}); give a "
+                        "new or empty folder, or an earlier export's (whose files are replaced).")
+
+
+_STAGES = re.compile(r"\.(?P<name>.+)\.(?P<what>tmp|old)(?P<pid>\d+)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process ``pid`` exists (one of another user counts: it cannot be signalled but is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_stages(output: Path) -> None:
+    """What an export of ``output`` that was killed left beside it: its staging folder ``.<name>.tmp<pid>`` is
+    removed, and an earlier export it had moved aside (``.<name>.old<pid>``) is put back in place (or removed, when
+    ``output`` exists again). Only those of dead processes: a live export's are never touched."""
+    if not output.parent.is_dir():
+        return
+    for entry in output.parent.iterdir():
+        match = _STAGES.fullmatch(entry.name)
+        if match is None or match["name"] != output.name or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if match["what"] == "old" and not output.exists():
+            os.replace(entry, output)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _swap_into_place(stage: Path, output: Path, own: set[str]) -> None:
+    """Rename the finished folder to ``output``, replacing an earlier export there (checked again just before: a
+    folder that holds anything else is refused and left as it is)."""
     old = output.with_name(f".{output.name}.old{os.getpid()}")
     if output.exists():
+        _check_output(output, own)
         os.replace(output, old)
-    os.replace(stage, output)
+        if _unexpected(old, own):  # written there since the check: put it back as it was
+            os.replace(old, output)
+            _check_output(output, own)
+    try:
+        os.replace(stage, output)
+    except OSError:
+        if old.exists() and not output.exists():
+            os.replace(old, output)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -190,7 +269,8 @@ def _card(run_config, config: Path, ckpt_path: Path, source, model, spec: Export
     graph = folder / "student.onnx"
     student_params = sum(p.numel() for p in model.student.parameters())
     encoder_params = sum(p.numel() for p in spec.features.parameters()) if spec.features is not None else None
-    objectives = [{"class_path": o.get("class_path"), **o.get("init_args", {})} for o in model_cfg.get("objectives") or []]
+    objectives = [{"class_path": o.get("class_path"), **o.get("init_args", {})}
+                  for o in model_cfg.get("objectives") or []]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
