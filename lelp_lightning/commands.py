@@ -63,17 +63,21 @@ class ServeOptions(Options):
 
     folder: Path = field(metadata={"positional": True, "help": "the export folder (lelp export's --output)"})
     host: str = field(default="127.0.0.1", metadata={"help": "the address to listen on"})
-    port: int = field(default=8000, metadata={"help": "the port to listen on"})
+    port: int = field(default=8000, metadata={"help": "the port to listen on (LitServe: 1024-65535)"})
     max_batch_size: int = field(default=64, metadata={"help": "requests gathered into one batch"})
     batch_timeout: float = field(default=0.005, metadata={"help": "seconds a batch waits to fill"})
     max_texts: int = field(default=256, metadata={"help": "inputs allowed in one request"})
     max_chars: int = field(default=20000, metadata={"help": "characters allowed in one text"})
+    max_body_bytes: int | None = field(default=None, metadata={
+        "help": "bytes allowed in one request body, refused (413) before they are read; default: "
+                "2 × max_texts × max_chars + 64 KiB (about 10 MB)"})
 
     def __post_init__(self):
         super().__post_init__()
         _check(self, "serve", ("port", 0 <= self.port <= 65535, "in 0-65535"),
                *((name, getattr(self, name) >= 1, "an integer >= 1") for name in ("max_batch_size", "max_texts",
                                                                                    "max_chars")),
+               ("max_body_bytes", self.max_body_bytes is None or self.max_body_bytes >= 1, "an integer >= 1"),
                ("batch_timeout", self.batch_timeout >= 0, "seconds >= 0"))
 
 
