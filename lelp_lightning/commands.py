@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import shlex
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ HELP = ("-h", "--help")
 
 class Options:
     """Base of a command's options: a field's ``metadata`` holds its ``help``, its ``choices`` (checked here, so a
-    Python caller gets the same sentence) and whether it is ``positional``."""
+    Python caller gets the same sentence) and whether it is ``positional`` (or ``required`` in its help only)."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -120,39 +118,22 @@ def parse_options(command: str, cls: type, args: list[str]):
     return cls(**vars(parser.parse_args(args)))
 
 
-# -- help: a command's own options, from its dataclass (or its class's signature) and docstring -----------------
-
-def _docstring_args(cls: type) -> dict[str, str]:
-    """``name → text`` from the ``Args:`` section of ``cls``'s docstring (``a / b: text`` gives both names)."""
-    doc = inspect.getdoc(cls) or ""
-    _, found, section = doc.partition("\nArgs:\n")
-    helps, names = {}, []
-    for line in section.splitlines() if found else []:
-        entry = re.match(r"^ {4}(\w[\w ,/]*?):\s+(.*)$", line)
-        if entry:
-            names = [n.strip() for n in re.split(r"[/,]", entry.group(1))]
-            helps.update(dict.fromkeys(names, entry.group(2)))
-        elif line.startswith("     ") and names:
-            for name in names:
-                helps[name] += " " + line.strip()
-        else:
-            names = []
-    return helps
-
+# -- help: a command's own options, from its dataclass's fields ---------------------------------------------------
 
 def option_rows(cls: type, prefix: str) -> list[tuple[str, str, object, str]]:
-    """(flag, type, default, help) of each option of ``cls``: a dataclass's fields (their ``help`` and ``choices``
-    metadata) or the parameters of its constructor; help text missing there comes from the docstring's ``Args:``."""
-    documented = _docstring_args(cls)
-    if not dataclasses.is_dataclass(cls):
-        return [(f"{prefix}{p.name}", _type_name(p.annotation), p.default, documented.get(p.name, ""))
-                for p in inspect.signature(cls).parameters.values()]
+    """(flag, type, default, help) of each option of the dataclass ``cls``: its fields that are set on the command
+    line (``init``), their ``help``, ``choices`` and ``required`` metadata (``required``: one the command cannot
+    run without although its default stands in for it, such as ``lelp search``'s ``--search.space``)."""
     rows = []
     for f in dataclasses.fields(cls):
-        text = f.metadata.get("help") or documented.get(f.name, "")
+        if not f.init:
+            continue
+        text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             text += f" (one of {', '.join(f.metadata['choices'])})"
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("required"):
+            default = dataclasses.MISSING
         flag = f"<{f.name}>" if f.metadata.get("positional") else f"{prefix}{f.name}"
         rows.append((flag, _type_name(f.type), default, text))
     return rows
@@ -166,7 +147,7 @@ def options_help(cls: type, prefix: str) -> str:
     """One entry per option: ``<flag>  <type>  (default: …)`` and its help on the next line."""
     lines = []
     for flag, kind, default, text in option_rows(cls, prefix):
-        required = default is dataclasses.MISSING or default is inspect.Parameter.empty
+        required = default is dataclasses.MISSING
         lines.append(f"  {flag}  {kind}  ({'required' if required else f'default: {default}'})")
         if text:
             lines.append(f"      {text}")
@@ -264,7 +245,8 @@ class Group(Command):
     def help(self, name: str) -> str:
         cls = getattr(self._module(name), self.options)
         return (f"usage: lelp {name} {self.usage}[--{name} <file>] [--{name}.<option> <value> ...] <run options>\n\n"
-                f"{self.description}\n\n{name} options (--{name}.<option> <value>, or a --{name} <file> holding them):\n"
+                f"{self.description}\n\n"
+                f"{name} options (--{name}.<option> <value>, or a --{name} <file> holding them):\n"
                 f"{options_help(cls, f'--{name}.')}\n\n"
                 f"The run options are those of lelp fit (--config <file>, --data.*, --model.*, --trainer.*): "
                 f"`lelp fit --help` lists them.")
@@ -302,7 +284,8 @@ class Export(OwnOptions):
                       options.bench_seconds, command=shlex.join(["lelp", name, *args]), quantize=options.quantize)
         speed = card["speed"] and f", {card['speed']['rows_per_s']:,.0f} rows/s at batch {card['speed']['batch_size']}"
         print(f"exported to {options.output}: student.onnx ({card['onnx']['bytes'] / 2**20:.1f} MiB), test "
-              f"accuracy {100 * card['accuracy']['exported_test']:.2f}%{speed or ''}; see {options.output}/model_card.md")
+              f"accuracy {100 * card['accuracy']['exported_test']:.2f}%{speed or ''}; "
+              f"see {options.output}/model_card.md")
         return 0
 
 

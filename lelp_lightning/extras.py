@@ -37,7 +37,8 @@ def missing_extra(err: BaseException | None) -> LelpError | None:
         module = next((m for m in EXTRA_OF if name == m or f"Requirement '{m}" in str(err)), None)
         if module is not None:
             extra = EXTRA_OF[module]
-            return LelpError(f"this command needs the [{extra}] extra ({module} is not installed): {install_line(extra)}.")
+            return LelpError(f"this command needs the [{extra}] extra ({module} is not installed): "
+                             f"{install_line(extra)}.")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

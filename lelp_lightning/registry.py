@@ -9,7 +9,8 @@ builder: ``kind=...``); third-party packages add theirs through the entry-point 
 
 Short names in YAML and on the command line (``class_path: kmeans``, ``--data.strategy kmeans``,
 ``--data.teacher sentence_encoder``, ``--model.objectives+=kd``): :func:`resolve_short_names` makes
-jsonargparse turn a registered short name into the registered class's own import path (``lelp_lightning.strategies.kmeans.KMeansStrategy``), so
+jsonargparse turn a registered short name into the registered class's own import path
+(``lelp_lightning.strategies.kmeans.KMeansStrategy``), so
 ``--print_config``, the saved ``config.yaml`` and ``summary.json`` name the real class and re-run as they are.
 """
 

@@ -139,9 +139,11 @@ def format_summary(summary: dict, path: Path) -> str:
         lines.append(f"{name:<16}{100 * acc:>9.2f}%" + (f"{100 * f1:>9.2f}%" if f1 is not None else f"{'':>10}"))
     for name, entry in summary.get("subclasses", {}).items():
         if len(entry["sizes"]) > 1:
-            agreement = f", NMI {entry['nmi']:.2f} with its {entry['fine_labels']} fine labels" if "nmi" in entry else ""
+            agreement = (f", NMI {entry['nmi']:.2f} with its {entry['fine_labels']} fine labels"
+                         if "nmi" in entry else "")
             lines.append(f"class {name}: pseudo-subclass sizes {entry['sizes']}{agreement}")
-    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path} (pseudo-subclasses: 'subclasses')")
+    lines.append(f"fit took {summary['fit_seconds']:.1f} s; summary written to {path} "
+                 "(pseudo-subclasses: 'subclasses')")
     return "\n".join(lines)
 
 

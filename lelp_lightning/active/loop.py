@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +47,23 @@ _RUN_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_prog
 class ActiveOptions:
     """What ``lelp active`` spends and how (``--active.<name>`` or an ``--active <file>``).
 
-    Args:
-        selector: which pool rows to query (a registered name: ``rad``, ``random``, ``margin``, ``entropy``,
-            ``confident_teacher_uncertain_student``, or ``{class_path, init_args}``); default ``rad``.
-        budget: teacher queries on the pool: a fraction of it (0 < budget ≤ 1) or a number of rows (> 1).
-        rounds: how many rounds the budget is spent in (b = budget / rounds rows each, the remainder going to the
-            first rounds).
-        root / name: the run's folder is ``root/name`` (default name: the first ``--config``'s stem and the
-            selector's name).
-        seed: seeds the selectors' random draws (round r draws with (seed, r)).
-        progress: progress bars of the teacher's queries and of training.
+    Each field's ``help`` (its metadata) is what ``lelp active --help`` shows for it.
     """
 
-    selector: Selector | None = None
-    budget: float = 0.3
-    rounds: int = 3
-    root: str = "runs/active"
-    name: str | None = None
-    seed: int = 0
-    progress: bool = True
+    selector: Selector | None = field(default=None, metadata={
+        "help": "which pool rows to query: a registered name (rad, random, margin, entropy, "
+                "confident_teacher_uncertain_student) or {class_path, init_args}; default: rad"})
+    budget: float = field(default=0.3, metadata={
+        "help": "teacher queries on the pool: a fraction of it (0 < budget ≤ 1) or a number of rows (> 1)"})
+    rounds: int = field(default=3, metadata={
+        "help": "how many rounds the budget is spent in (budget / rounds rows each, the remainder going to the "
+                "first rounds)"})
+    root: str = field(default="runs/active", metadata={"help": "the folder the run's folder <root>/<name> is in"})
+    name: str | None = field(default=None, metadata={
+        "help": "the run's folder under --active.root; default: the first --config's stem and the selector's name"})
+    seed: int = field(default=0, metadata={"help": "seeds the selectors' random draws (round r draws with (seed, r))"})
+    progress: bool = field(default=True, metadata={
+        "help": "progress bars of the teacher's queries and of training"})
 
     def __post_init__(self) -> None:
         if not self.budget > 0:
@@ -153,7 +151,8 @@ class ActiveRun:
         config = flat_config(cli, _RUN_OWNED)
         self.record = {"config": config, "selector": options.selector.describe(), "budget": options.budget,
                        "rounds": options.rounds, "seed": options.seed}
-        self.fingerprint = hashlib.sha256(json.dumps(self.record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(json.dumps(self.record, sort_keys=True, default=str)
+                                          .encode()).hexdigest()[:16]
         self.store = QueryStore(data.cache, data.teacher, data.source, self.labeled)
         del cli
 
@@ -205,9 +204,11 @@ class ActiveRun:
             view = RoundView(probabilities, self.schedule[r - 1], np.random.default_rng([self.options.seed, r]),
                              self.store.teacher_error("val"))
             picked = np.asarray(self.options.selector.select(view), np.int64)
-            if len(np.unique(picked)) != view.batch or picked.min(initial=0) < 0 or picked.max(initial=0) >= len(unqueried):
-                raise RuntimeError(f"selector {self.options.selector.registered_name!r} returned {len(np.unique(picked))} "
-                                   f"distinct valid rows; round {r} needs exactly {view.batch}.")
+            if (len(np.unique(picked)) != view.batch or picked.min(initial=0) < 0
+                    or picked.max(initial=0) >= len(unqueried)):
+                raise RuntimeError(f"selector {self.options.selector.registered_name!r} returned "
+                                   f"{len(np.unique(picked))} distinct valid rows; round {r} needs exactly "
+                                   f"{view.batch}.")
             selection = {"queried": unqueried[picked], "student": probabilities[picked]}
             path.parent.mkdir(parents=True, exist_ok=True)
             _save_arrays(path, selection)
@@ -216,8 +217,8 @@ class ActiveRun:
             self.store.query(selection["queried"], self.options.progress)
             train = self.data.source.split("train")
             teacher = softmax(self.store.lookup("train", train.row_ids[selection["queried"]])[1])
-            selection["kept"] = np.sort(np.asarray(self.options.selector.keep(selection["queried"], selection["student"],
-                                                                              teacher), np.int64))
+            kept = self.options.selector.keep(selection["queried"], selection["student"], teacher)
+            selection["kept"] = np.sort(np.asarray(kept, np.int64))
             selection["encoded"] = np.array([self.store.spent.rows - before[0], self.store.spent.seconds - before[1]])
             _save_arrays(path, selection)
         return selection
@@ -295,7 +296,8 @@ class ActiveRun:
             "selector": self.options.selector.describe(), "pool": int(len(self.pool)),
             "labeled": int(len(self.labeled)), "budget": int(sum(self.schedule)), "rounds": rounds,
             "queried_fraction": sum(self.schedule) / len(self.pool),
-            "student": {"test_accuracy": float(tested["test/accuracy"]), "test_macro_f1": float(tested["test/macro_f1"])},
+            "student": {"test_accuracy": float(tested["test/accuracy"]),
+                        "test_macro_f1": float(tested["test/macro_f1"])},
             "teacher": {"test_accuracy": teacher["teacher_accuracy"], "val_error": self.store.teacher_error("val")},
             "teacher_rows_needed": int(needed),
             "teacher_rows_encoded": int(seed["rows_encoded"] + sum(r["teacher_rows_encoded"] for r in rounds)),

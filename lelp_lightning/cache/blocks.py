@@ -1,7 +1,8 @@
 """The one way a cache entry is written: block by block, by one process or many, resumable with any number.
 
 A :class:`PassTarget` fixes an entry's rows in one order that depends only on the data (e.g. longest
-first), cut into blocks of ``block_size`` rows. Rank 0 preallocates ``<key>.partial/``; every process then encodes its blocks and writes their rows straight into the
+first), cut into blocks of ``block_size`` rows. Rank 0 preallocates ``<key>.partial/``; every process then
+encodes its blocks and writes their rows straight into the
 preallocated arrays with positional writes (``os.pwrite``: disjoint byte ranges, safe for many writers on
 one file, also on shared file systems), and appends each finished block's number to its own log
 ``blocks-rank<r>.log`` only after the rows are synced. A killed build resumes from the union of those logs,
@@ -109,7 +110,7 @@ class BlockWriter:
         text = log.read_bytes() if log.is_file() else b""
         if text and not text.endswith(b"\n"):  # a torn last line (a kill mid-write) must not run into the next one
             os.truncate(log, text.rfind(b"\n") + 1)
-        self.log = open(log, "a")
+        self.log = open(log, "a")  # noqa: SIM115  (held open across write/sync calls; close() closes it)
         self.pending: list[int] = []
         self.last_sync = time.monotonic()
         self.rows_written = 0

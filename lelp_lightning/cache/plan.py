@@ -28,7 +28,8 @@ def check_classifier(entry: CachedSplit, rows: int = 1024) -> None:
     ``rows`` rows, with a tolerance for reduced-precision teachers.
     """
     if entry.W.shape != (entry.logits.shape[1], entry.embedding.shape[1]) or entry.b.shape != (entry.logits.shape[1],):
-        raise LelpError(f"the teacher classifier in {entry.path} has W {tuple(entry.W.shape)}, b {tuple(entry.b.shape)} "
+        raise LelpError(f"the teacher classifier in {entry.path} has W {tuple(entry.W.shape)}, "
+                        f"b {tuple(entry.b.shape)} "
                         f"but the cache holds {entry.embedding.shape[1]}-d embeddings and {entry.logits.shape[1]} "
                         "classes; expected W [C, D] and b [C].")
     embedding = np.asarray(entry.embedding[:rows], dtype=np.float64)
@@ -128,7 +129,8 @@ class CachePlan:
                                 f"{', '.join(str(expected[k]) for k in stale)}); delete it to rebuild.")
             if entry.logits.shape[1] != self.source.num_classes:
                 raise LelpError(f"the teacher cache {entry.path} has {entry.logits.shape[1]} classes but the data "
-                                f"source has {self.source.num_classes}; the teacher's classifier does not match the data.")
+                                f"source has {self.source.num_classes}; the teacher's classifier does not match "
+                                "the data.")
             check_classifier(entry)
             entries[split] = entry
         train = entries["train"]

@@ -95,7 +95,8 @@ class TeacherCache:
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError:
-            raise LelpError(f"teacher cache manifest {manifest_path} is not valid JSON; delete {path} to rebuild.") from None
+            raise LelpError(f"teacher cache manifest {manifest_path} is not valid JSON; delete {path} to "
+                            "rebuild.") from None
         if manifest.get("format_version") != FORMAT_VERSION:
             raise LelpError(f"teacher cache {path} has format {manifest.get('format_version')}, expected "
                             f"{FORMAT_VERSION}; delete it to rebuild.")

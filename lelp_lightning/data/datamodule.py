@@ -58,7 +58,8 @@ class DistillDataModule(LightningDataModule):
                  probe: str = "least_squares"):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
-            raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}.")
+            raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, "
+                            f"eval_batch_size={eval_batch_size}.")
         if num_labeled is not None and num_labeled < 1:
             raise LelpError(f"num_labeled must be >= 1 or null (every training row labeled), got {num_labeled}.")
         self.source, self.teacher, self.strategy = source, teacher, strategy

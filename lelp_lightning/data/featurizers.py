@@ -134,7 +134,8 @@ class Featurizer(ABC):
     def export_spec(self) -> ExportSpec:
         """How ``lelp export`` feeds this featuriser's inputs to the student's graph; default: it cannot."""
         raise LelpError(f"the featuriser {type(self).__name__} has no export spec, so its students cannot be "
-                        "exported; give it a kind and an export_spec() (see lelp_lightning.data.featurizers.ExportSpec).")
+                        "exported; give it a kind and an export_spec() "
+                        "(see lelp_lightning.data.featurizers.ExportSpec).")
 
 
 class HashedNgramFeaturizer(Featurizer):

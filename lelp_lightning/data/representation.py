@@ -69,7 +69,8 @@ def strategy_inputs(name: str, probe: str, entries: dict[str, CachedSplit],
         if probe == "least_squares":
             W, b = least_squares_probe(x, train.logits)
         else:
-            W, b = np.zeros((train.logits.shape[1], x.shape[1]), np.float32), np.zeros(train.logits.shape[1], np.float32)
+            classes = train.logits.shape[1]
+            W, b = np.zeros((classes, x.shape[1]), np.float32), np.zeros(classes, np.float32)
     for array in (W, b):
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     return StrategyInputs(name, {s: representation[s].embedding for s in SPLITS}, np.asarray(W), np.asarray(b),

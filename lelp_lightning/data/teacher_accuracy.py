@@ -27,7 +27,10 @@ def teacher_margin(logits: np.ndarray) -> np.ndarray:
 
 
 class TeacherAccuracy:
-    """Isotonic fit of the teacher's correctness against its margin: ``TeacherAccuracy(val_logits, val_labels)(logits)``."""
+    """Isotonic fit of the teacher's correctness against its margin.
+
+    ``TeacherAccuracy(val_logits, val_labels)(logits)``.
+    """
 
     def __init__(self, logits: np.ndarray, labels: np.ndarray):
         labels = np.asarray(labels)

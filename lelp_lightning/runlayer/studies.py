@@ -31,13 +31,12 @@ _ATTEMPTS = 4
 
 
 def _retrying(action: Callable[[], Any]) -> Any:
-    for attempt in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS - 1):
         try:
             return action()
         except _RACES:
-            if attempt == _ATTEMPTS - 1:
-                raise
             time.sleep(0.5 + attempt)
+    return action()  # the last attempt: its race, if any, is raised
 
 
 def open_storage(url: str | None, folder: Path, heartbeat_interval: int,

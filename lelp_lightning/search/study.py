@@ -47,41 +47,44 @@ _RUN_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_prog
 class SearchOptions:
     """What ``lelp search`` searches and how (``--search.<name>`` or a ``--search <file>``).
 
-    Args:
-        space: the layers and their options: a YAML file (``configs/search/``) or the mapping itself.
-        method: ``layernas``, or Optuna's ``random`` / ``tpe`` sampler over the same space (baselines).
-        cost: ``params`` (the student's parameter count) or ``latency`` (median ms of a forward pass of
-            ``latency_batch`` validation rows on this machine).
-        buckets: H, the number of cost buckets LayerNAS keeps a best candidate of.
-        epochs: the training epochs of a candidate's score (a short proxy; the chosen ones train fully).
-        n_trials: the budget of ``random`` / ``tpe`` (default: LayerNAS's bound H · max|options| · L).
-        budgets: costs, as fractions of the default architecture's cost, under which the best student is kept,
-            written as YAML, trained fully and tested.
-        seeds: how many seeds the chosen students are trained and tested with (0: none).
-        workers: processes on this machine sharing the study (more on other machines: the same command with the
-            same ``storage``).
-        storage: an Optuna storage URL; default ``sqlite:///<folder>/study.db``. root / name: the folder
-            ``root/name`` (default name: the first ``--config``'s stem and the method).
-        seed: the samplers' seed. heartbeat_interval / grace_period: seconds after which a killed worker's trial
-            is marked failed and retried once with the same architecture.
+    Each field's ``help`` (its metadata) is what ``lelp search --help`` shows for it.
     """
 
-    space: str | dict = ""
-    method: str = "layernas"
-    cost: str = "params"
-    latency_batch: int = 1
-    buckets: int = 10
-    epochs: int = 2
-    n_trials: int | None = None
-    budgets: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
-    seeds: int = 3
-    workers: int = 1
-    storage: str | None = None
-    root: str = "runs/search"
-    name: str | None = None
-    seed: int = 0
-    heartbeat_interval: int = 10
-    grace_period: int = 30
+    space: str | dict = field(default="", metadata={
+        "required": True, "help": "the layers and their options: a YAML file (configs/search/) or the mapping itself"})
+    method: str = field(default="layernas", metadata={
+        "choices": METHODS, "help": "LayerNAS, or Optuna's random or TPE sampler over the same space as a baseline"})
+    cost: str = field(default="params", metadata={
+        "choices": COSTS, "help": "what a student costs: params, its parameter count; latency, the median ms of a "
+                                  "forward pass of --search.latency_batch validation rows on this machine"})
+    latency_batch: int = field(default=1, metadata={
+        "help": "the validation rows of the forward pass that --search.cost latency times"})
+    buckets: int = field(default=10, metadata={
+        "help": "H, the number of cost buckets LayerNAS keeps a best candidate of"})
+    epochs: int = field(default=2, metadata={
+        "help": "the training epochs of a candidate's score (a short proxy; the chosen ones train fully)"})
+    n_trials: int | None = field(default=None, metadata={
+        "help": "the budget of random / tpe; default: LayerNAS's bound H · max|options| · L"})
+    budgets: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25], metadata={
+        "help": "costs, as fractions of the default architecture's cost, under which the best student is kept, "
+                "written as YAML, trained fully and tested"})
+    seeds: int = field(default=3, metadata={
+        "help": "how many seeds the chosen students are trained and tested with (0: none)"})
+    workers: int = field(default=1, metadata={
+        "help": "processes on this machine sharing the study (more on other machines: the same command with the "
+                "same --search.storage)"})
+    storage: str | None = field(default=None, metadata={
+        "help": "an Optuna storage URL; default: sqlite:///<folder>/study.db"})
+    root: str = field(default="runs/search", metadata={
+        "help": "the folder the search's folder <root>/<name> is in"})
+    name: str | None = field(default=None, metadata={
+        "help": "the search's folder under --search.root; default: the first --config's stem and the method"})
+    seed: int = field(default=0, metadata={"help": "the samplers' seed"})
+    heartbeat_interval: int = field(default=10, metadata={
+        "help": "seconds between a running trial's heartbeats in the storage"})
+    grace_period: int = field(default=30, metadata={
+        "help": "seconds without a heartbeat after which a killed worker's trial is marked failed and retried once "
+                "with the same architecture"})
     space_source: str | dict = field(init=False, repr=False)  # ``space`` as given; ``space`` becomes the ArchSpace
 
     def __post_init__(self) -> None:
@@ -147,7 +150,8 @@ class Search:
         self.args, self.options = list(args), options
         cli = build_cli([*args, "--data.progress", "false"], run=False)  # bad input fails here
         self.space = options.space
-        self.space.check_against({"model.student": type(cli.model.student), "data.featurizer": type(cli.datamodule.featurizer)})
+        self.space.check_against({"model.student": type(cli.model.student),
+                                  "data.featurizer": type(cli.datamodule.featurizer)})
         config = cli.config.as_dict()
         self.defaults = {"model.student": (config["model"]["student"] or {}).get("init_args", {}),
                          "data.featurizer": ((config["data"].get("featurizer") or {}).get("init_args", {}))}
@@ -224,7 +228,8 @@ class Search:
             done = scores_of(study, names)
             if all(a in done for a in archs):
                 if all(done[a][1] == -math.inf for a in archs):
-                    errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+                    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                    errors = [t.user_attrs.get("error") for t in failed]
                     raise LelpError(f"every candidate of this layer failed to train (the first: "
                                     f"{next((e for e in errors if e), 'no error recorded')}); check the run config "
                                     "with `lelp fit` first.")
@@ -267,7 +272,7 @@ def _worker(args: list[str], search_args: list[str]) -> None:
 
 
 def run_search(args: list[str], options: SearchOptions, search_args: list[str] | None = None) -> dict:
-    """The whole of ``lelp search``: prepare the cache, search (with ``workers`` processes), report, train the chosen."""
+    """The whole of ``lelp search``: prepare the cache, search (``workers`` processes), report, train the chosen."""
     search = Search(args, options)
     search.prepare()
     study = search.open_study()
@@ -301,8 +306,8 @@ def report(search: Search, study: optuna.Study, default: dict, edges: list[float
     names = [layer.name for layer in search.space.layers]
     scores = {a: s for a, s in scores_of(study, names).items() if s[1] > -math.inf}
     front = set(pareto_front(scores))
-    trials = {tuple(t.params[n] for n in names): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if all(n in t.params for n in names)}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = {tuple(t.params[n] for n in names): t for t in complete if all(n in t.params for n in names)}
     rows = []
     for arch, (cost, value) in sorted(scores.items(), key=lambda item: item[1][0]):
         t = trials[arch]

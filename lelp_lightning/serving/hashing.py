@@ -92,7 +92,8 @@ class HashedNgrams:
         token_start = np.cumsum(sizes + 1) - (sizes + 1)
         per_row = np.fromiter(map(len, tokens), np.int64, len(tokens))
         token_row = np.repeat(np.arange(len(texts), dtype=np.int64), per_row)
-        position = np.arange(len(flat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)  # the token's index in its row
+        # the token's index in its row
+        position = np.arange(len(flat)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
         row_length = per_row[token_row]  # its row's token count
         rows, starts, lengths, columns = [], [], [], []
         before = np.zeros(len(texts), np.int64)  # each row's n-grams of the smaller orders

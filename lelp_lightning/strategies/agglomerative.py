@@ -19,7 +19,8 @@ LINKAGES = ("ward", "complete", "average", "single")
 
 
 class AgglomerativeStrategy(SampleClusteringStrategy, name="agglomerative",
-                            description="Agglomerative (Ward) clustering per class on a capped sample; nearest-centroid z."):
+                            description="Agglomerative (Ward) clustering per class on a capped sample; "
+                                        "nearest-centroid z."):
     """Hierarchical clustering of each class into S clusters; see the module docstring."""
 
     def __init__(self, num_subclasses: int = 4, linkage: str = "ward", max_rows: int = 5000, assignment: str = "hard",

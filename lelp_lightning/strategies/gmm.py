@@ -6,7 +6,8 @@ For every example and every class c, z[c] = log p(s | h, class c's mixture), so 
 Fitting is EM with full passes over the chunked rows, memory flat in N, as scikit-learn's
 ``GaussianMixture(init_params='kmeans')``: the components start from k-means on a uniform sample of each class
 (see :mod:`lelp_lightning.strategies.kmeans`; the best of ``init_starts`` k-means++ starts, or of
-``max(init_starts, sample_starts)`` when the class has more rows than the sample, where scikit-learn's k-means on all rows uses
+``max(init_starts, sample_starts)`` when the class has more rows than the sample, where scikit-learn's k-means
+on all rows uses
 one: a start on a sample is cheap, and an unlucky one leaves EM crawling out of a merged pair of modes, one
 full pass after another) with hard responsibilities; then each pass computes the
 responsibilities under the current parameters and sums their sufficient statistics (Σr, Σr·h, Σr·h², or for
@@ -33,7 +34,8 @@ _EPS = 10 * torch.finfo(torch.float64).eps
 
 
 class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
-                              description="Gaussian mixture per class (diagonal or full covariance): z = log posterior."):
+                              description="Gaussian mixture per class (diagonal or full covariance): "
+                                          "z = log posterior."):
     """S-component Gaussian mixture on each class's training rows, fitted by chunked EM."""
 
     shardable = True
@@ -87,7 +89,8 @@ class GaussianMixtureStrategy(SubclassStrategy, name="gmm",
         else:
             diffs = [xc - mu[s] for s in range(mu.shape[0])] if diffs is None else diffs
             maha = torch.stack([((diff @ prec[s]) ** 2).sum(1) for s, diff in enumerate(diffs)], 1)
-        return (torch.log(self._weights[c]) + self._log_det[c]).to(dtype) - 0.5 * (D * math.log(2 * math.pi) + maha.clamp_min(0))
+        log_norm = (torch.log(self._weights[c]) + self._log_det[c]).to(dtype)
+        return log_norm - 0.5 * (D * math.log(2 * math.pi) + maha.clamp_min(0))
 
     def class_log_likelihood(self, embeddings) -> torch.Tensor:
         """log p(h | class c's mixture) [B,C] for embeddings [B,D]."""

@@ -17,6 +17,8 @@ eigensolver: see :func:`top_eigenvectors`.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
@@ -82,11 +84,9 @@ def top_eigenvectors(m: torch.Tensor, k: int, Q: torch.Tensor | None = None) -> 
             operator = scipy.sparse.linalg.LinearOperator((D, D), matvec=product, matmat=product, dtype=a.dtype)
         ncv = min(D, max(2 * k + 1, 32))
         v0 = np.random.default_rng(0).standard_normal(D)  # fixed: the same m gives the same vectors
-        try:
+        with contextlib.suppress(scipy.sparse.linalg.ArpackNoConvergence):  # LAPACK below
             vals, vecs = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", v0=v0, ncv=ncv, tol=0,
                                                    maxiter=max(2, D // (2 * (ncv - k))))
-        except scipy.sparse.linalg.ArpackNoConvergence:
-            pass  # LAPACK below
     if vecs is None:
         dense = m if Q is None else project_both_sides(m, Q)
         vals, vecs = scipy.linalg.eigh(dense.numpy(), subset_by_index=[D - k, D - 1])
@@ -145,7 +145,8 @@ class ClassStatistics:
 
 
 class LinearProjectionStrategy(SubclassStrategy, name="lelp",
-                               description="LELP: per-class PCA of null-space-projected teacher embeddings, randomly rotated."):
+                               description="LELP: per-class PCA of null-space-projected teacher embeddings, "
+                                           "randomly rotated."):
     """LELP's linear projections; every step is an option (see the module docstring)."""
 
     shardable = True
@@ -201,7 +202,8 @@ class LinearProjectionStrategy(SubclassStrategy, name="lelp",
         Q = row_space_basis(W) if self.null_space else None
         if Q is not None and D - Q.shape[1] < S:
             raise LelpError(f"the null space of the teacher classifier W ({C}×{D}, rank {Q.shape[1]}) has dimension "
-                            f"{D - Q.shape[1]} < S={S}: nothing is left to split along; use null_space=false or fewer subclasses.")
+                            f"{D - Q.shape[1]} < S={S}: nothing is left to split along; use null_space=false or "
+                            "fewer subclasses.")
         project = (lambda v: v) if Q is None else (lambda v: project_out(v, Q))
         gen = torch.Generator().manual_seed(int(self.seed))
         shared_q = haar_orthogonal(S, gen) if self.rotation == "shared" else None

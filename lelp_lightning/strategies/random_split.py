@@ -17,7 +17,8 @@ from lelp_lightning.strategies.sampling import row_hash
 
 
 class RandomSplitStrategy(SubclassStrategy, name="random_split",
-                          description="Each row a fixed random subclass (hash of its row id): the 'more logits' control."):
+                          description="Each row a fixed random subclass (hash of its row id): "
+                                      "the 'more logits' control."):
     """A random, fixed subclass per row id; nothing is learned from the embeddings."""
 
     requires = ("row_ids",)

@@ -33,7 +33,8 @@ def subclass_distillation_aux_loss(logits: torch.Tensor, temperature: float = 1.
 
 
 class SubclassDistillationStrategy(SubclassStrategy, name="subclass_distillation",
-                                   description="Subclass Distillation: a C·S head retrained on the cached embeddings with the auxiliary loss."):
+                                   description="Subclass Distillation: a C·S head retrained on the cached embeddings "
+                                               "with the auxiliary loss."):
     """A C·S linear head on the teacher's embeddings, trained with CE on classes + λ·aux; z = its logits."""
 
     def __init__(self, num_subclasses: int = 4, aux_weight: float = 1.0, aux_temperature: float = 1.0,

@@ -11,7 +11,8 @@ from lelp_lightning.errors import LelpError
 from lelp_lightning.students.networks import Student
 
 
-class CNNStudent(Student, name="cnn", description="A small CNN over square images (conv blocks), then a C·S linear head."):
+class CNNStudent(Student, name="cnn",
+                 description="A small CNN over square images (conv blocks), then a C·S linear head."):
     """conv3×3 → ReLU → max-pool 2 per entry of ``channels``, flattened (optionally a hidden layer), then C·S.
 
     Reads [B,1,H,W] images or the same images flattened to [B,H·W]; ``embed`` is everything before the head.

@@ -10,4 +10,5 @@ from lelp_lightning.teachers.finetuned import FineTunedClassifierTeacher
 from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
 from lelp_lightning.teachers.sentence_encoder import SentenceEncoderTeacher
 
-__all__ = ["Teacher", "teachers", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher", "FineTunedClassifierTeacher"]
+__all__ = ["Teacher", "teachers", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher",
+           "FineTunedClassifierTeacher"]

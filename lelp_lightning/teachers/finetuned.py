@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class FineTunedClassifierTeacher(HFSequenceClassifierTeacher, name="finetuned",
-                                 description="A Hugging Face encoder fine-tuned as a sequence classifier on the training split."):
+                                 description="A Hugging Face encoder fine-tuned as a sequence classifier on the "
+                                             "training split."):
     """``base`` (a local folder or a bundled encoder name) fine-tuned as a sequence classifier on the task.
 
     AdamW (``lr``, ``weight_decay``), linear warm-up over the first ``warmup`` share of the steps then linear

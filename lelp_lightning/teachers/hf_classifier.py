@@ -19,7 +19,8 @@ from lelp_lightning.teachers.base import Teacher
 
 
 class HFSequenceClassifierTeacher(Teacher, name="hf_classifier",
-                                  description="A Hugging Face sequence classifier, as it is (a checkpoint or a config)."):
+                                  description="A Hugging Face sequence classifier, as it is "
+                                              "(a checkpoint or a config)."):
     """Any ``AutoModelForSequenceClassification`` checkpoint (a local folder), or one built from ``config``.
 
     ``config`` (a dict of ``AutoConfig.for_model`` arguments, with ``model_type``) builds a randomly

@@ -20,7 +20,8 @@ from lelp_lightning.teachers.base import Teacher
 class _Head(nn.Module):
     def __init__(self, in_dim: int, hidden: int, num_classes: int, dropout: float):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden else nn.Identity()
+        self.body = (nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden
+                     else nn.Identity())
         self.out = nn.Linear(hidden or in_dim, num_classes)
 
     def forward(self, x):

@@ -120,7 +120,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             continue
         rows.append({"trial": t.number, "state": t.state.name.lower(), "method": t.params.get("method"),
                      "params": json.dumps({k: _short(v) for k, v in method_params(t).items()}, sort_keys=True),
-                     "val_accuracy": trial_value(t), "epochs": t.user_attrs.get("epochs"), "wall_s": t.user_attrs.get("wall_s"),
+                     "val_accuracy": trial_value(t), "epochs": t.user_attrs.get("epochs"),
+                     "wall_s": t.user_attrs.get("wall_s"),
                      "note": t.user_attrs.get("error", "") or _confirm_note(t, confirmed.get(t.number))})
     frame = pd.DataFrame(rows, columns=["trial", "state", "method", "params", "val_accuracy", "epochs", "wall_s",
                                         "note"]).astype({"epochs": "Int64"})
@@ -157,7 +158,8 @@ def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], fold
     mean = seed_mean(values)
     mean = f", {mean}" if mean else ""
     return write_config(folder / "best.yaml",
-                        [*base.args, *trial.user_attrs["overrides"], "--trainer.default_root_dir", str(folder / "best")],
+                        [*base.args, *trial.user_attrs["overrides"],
+                         "--trainer.default_root_dir", str(folder / "best")],
                         f"lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
                         f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml")
 
@@ -212,7 +214,7 @@ def _refit_record(trial, values: list[float], runs: dict) -> dict:
     teacher = runs[min(runs)]["teacher_test_accuracy"] if runs else None
     return {"trial": trial.number, "method": trial.user_attrs["method"], "val_accuracy": trial.value,
             "val_accuracy_runs": values,
-            "params": {k: v for k, v in trial.params.items()}, "runs": [runs[s] for s in sorted(runs)],
+            "params": dict(trial.params.items()), "runs": [runs[s] for s in sorted(runs)],
             "test_accuracy_mean": statistics.fmean(accs) if accs else None,
             "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
             "teacher_test_accuracy": teacher}
@@ -253,7 +255,8 @@ def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
     lines = ["", f"leaderboard (top 10 of {len(frame)}; all in {folder / 'leaderboard.md'}):",
              *markdown(frame.head(10)).rstrip().splitlines(),
              f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
-             f"validation {report['best_val_accuracy']:.4f}{_parenthesised(seed_mean(report['best_val_accuracy_runs']))}; "
+             f"validation {report['best_val_accuracy']:.4f}"
+             f"{_parenthesised(seed_mean(report['best_val_accuracy_runs']))}; "
              f"config {folder / 'best.yaml'}", *([report["against_baselines"]] if report["against_baselines"] else [])]
     refit = report["refit"]
     if refit and refit["runs"]:

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -43,49 +43,52 @@ _TRIAL_OWNED = ("trainer.logger", "trainer.default_root_dir", "trainer.enable_pr
 class TuneOptions:
     """What ``lelp tune`` searches and where the study lives (``--tune.<name>`` or a ``--tune <file>``).
 
-    Args:
-        space: the search space: a YAML file, or the mapping itself (default: the package's
-            ``default_space.yaml``, every registered strategy and objective).
-        n_trials: the study's budget of finished trials (complete or pruned), shared by every process.
-        methods / exclude: search only these methods / leave these out (names of the space's methods).
-        root / study_name: the study's folder is ``root/study_name`` (default name: the first ``--config``'s
-            file stem); it holds the trials' logs, the report, ``best.yaml`` and the refits.
-        storage: an Optuna storage URL (``sqlite:///…``, ``postgresql://…``, ``mysql://…``) or ``journal:<file>``;
-            default ``sqlite:///<study folder>/study.db``.
-        seeds: how many seeds the best configuration is refit and tested with (0: no refit).
-        seed: the default sampler's seed (the process that creates the study; a process joining it samples with
-            a fresh seed, so that workers do not repeat each other).
-        sampler / pruner: any Optuna sampler / pruner (default: multivariate grouped TPE; a median pruner
-            that waits for 5 finished trials and 1 epoch).
-        monitor: the metric trials are ranked and pruned on (maximised).
-        heartbeat_interval / grace_period: seconds; an RDB storage marks a trial failed once its process has not
-            beaten for ``grace_period`` (a killed worker), and the trial is redone once.
-        max_failures: stop after this many failed trials in a row (a space whose every trial fails).
-        confirm_top / confirm_seeds: once the budget is met, the ``confirm_top`` best trials are each run again
-            with ``confirm_seeds`` more seeds (validation only, never pruned, outside the budget) and the best is
-            the one with the highest mean validation accuracy over its runs: on a small validation split the
-            single best run of many is partly luck. 0 (the default): the best single run.
-        progress: the progress bar over trials.
+    Each field's ``help`` (its metadata) is what ``lelp tune --help`` shows for it.
     """
 
-    space: str | dict | None = None
-    n_trials: int = 40
-    methods: list[str] | None = None
-    exclude: list[str] | None = None
-    root: str = "runs/tune"
-    study_name: str | None = None
-    storage: str | None = None
-    seeds: int = 3
-    seed: int = 0
-    sampler: optuna.samplers.BaseSampler | None = None
-    pruner: optuna.pruners.BasePruner | None = None
-    monitor: str = "val/accuracy"
-    heartbeat_interval: int = 10
-    grace_period: int = 30
-    max_failures: int = 5
-    confirm_top: int = 0
-    confirm_seeds: int = 2
-    progress: bool = True
+    space: str | dict | None = field(default=None, metadata={
+        "help": "the search space: a YAML file, or the mapping itself; default: the package's default_space.yaml "
+                "(every registered strategy and objective)"})
+    n_trials: int = field(default=40, metadata={
+        "help": "the study's budget of finished trials (complete or pruned), shared by every process"})
+    methods: list[str] | None = field(default=None, metadata={
+        "help": "search only these methods (names of the space's methods); default: all of them"})
+    exclude: list[str] | None = field(default=None, metadata={
+        "help": "leave these methods out (names of the space's methods)"})
+    root: str = field(default="runs/tune", metadata={
+        "help": "the folder the study's folder <root>/<study_name> is in; it holds the trials' logs, the report, "
+                "best.yaml and the refits"})
+    study_name: str | None = field(default=None, metadata={
+        "help": "the study's name and folder under --tune.root; default: the first --config's file stem"})
+    storage: str | None = field(default=None, metadata={
+        "help": "an Optuna storage URL (sqlite:///…, postgresql://…, mysql://…) or journal:<file>; "
+                "default: sqlite:///<study folder>/study.db"})
+    seeds: int = field(default=3, metadata={
+        "help": "how many seeds the best configuration is refit and tested with (0: no refit)"})
+    seed: int = field(default=0, metadata={
+        "help": "the default sampler's seed (the process that creates the study; a process joining it samples "
+                "with a fresh seed, so that workers do not repeat each other)"})
+    sampler: optuna.samplers.BaseSampler | None = field(default=None, metadata={
+        "help": "any Optuna sampler; default: multivariate grouped TPE"})
+    pruner: optuna.pruners.BasePruner | None = field(default=None, metadata={
+        "help": "any Optuna pruner; default: a median pruner that waits for 5 finished trials and 1 epoch"})
+    monitor: str = field(default="val/accuracy", metadata={
+        "help": "the metric trials are ranked and pruned on (maximised)"})
+    heartbeat_interval: int = field(default=10, metadata={
+        "help": "seconds between a running trial's heartbeats in an RDB storage"})
+    grace_period: int = field(default=30, metadata={
+        "help": "seconds without a heartbeat after which an RDB storage marks a trial failed (a killed worker); "
+                "the trial is redone once"})
+    max_failures: int = field(default=5, metadata={
+        "help": "stop after this many failed trials in a row (a space whose every trial fails)"})
+    confirm_top: int = field(default=0, metadata={
+        "help": "once the budget is met, this many best trials are each run again with --tune.confirm_seeds more "
+                "seeds (validation only, never pruned, outside the budget) and the best is the one with the highest "
+                "mean validation accuracy over its runs: on a small validation split the single best run of many "
+                "is partly luck; 0: the best single run"})
+    confirm_seeds: int = field(default=2, metadata={
+        "help": "the extra seeds each of the --tune.confirm_top trials is run with"})
+    progress: bool = field(default=True, metadata={"help": "the progress bar over trials"})
 
     def __post_init__(self) -> None:
         for option, low in (("n_trials", 1), ("seeds", 0), ("heartbeat_interval", 1), ("max_failures", 1),
@@ -99,10 +102,7 @@ class TuneOptions:
         self.exclude = list(self.exclude or [])
 
     def load_space(self) -> SearchSpace:
-        if isinstance(self.space, dict):
-            space = SearchSpace.from_dict(self.space)
-        else:
-            space = SearchSpace.load(self.space)
+        space = SearchSpace.from_dict(self.space) if isinstance(self.space, dict) else SearchSpace.load(self.space)
         return space.select(self.methods, self.exclude)
 
 
