@@ -6,6 +6,7 @@ describe a run the same way. Imports nothing heavy: torch loads only for :func:`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -49,10 +50,8 @@ def version_tag(*packages: str) -> str:
     """e.g. ``torch2.13.0-lightning2.6.6``: the installed ones of ``packages``, for a result's file name."""
     parts = []
     for package in packages:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             parts.append(f"{package.replace('-', '')}{importlib.metadata.version(package).split('+')[0]}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return "-".join(parts)
 
 

@@ -109,7 +109,8 @@ def run_main(*args: str) -> Ran:
 def write_logger_config(run_dir: Path, wandb: bool = True) -> Path:
     """A config file that puts the CSV (and offline W&B) logs under ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    loggers = [f"    - class_path: lightning.pytorch.loggers.CSVLogger\n      init_args: {{save_dir: '{run_dir}', name: tiny}}"]
+    loggers = ["    - class_path: lightning.pytorch.loggers.CSVLogger\n"
+               f"      init_args: {{save_dir: '{run_dir}', name: tiny}}"]
     if wandb:
         loggers.append(f"    - class_path: AutoWandbLogger\n      init_args: {{save_dir: '{run_dir}', offline: true}}")
     path = run_dir / "loggers.yaml"

@@ -140,7 +140,8 @@ def test_report_tables_come_from_the_records(tmp_path, monkeypatch):
 
 def test_the_report_names_the_methods_that_read_another_teacher_pass():
     """Two teacher readings in one cell's final runs: both listed, each with its CPU and its methods."""
-    runs = [spec.make_run(CELL, method, {"lr": 0.02}, seed, True, "final") for method in ("ce", "kd") for seed in range(3)]
+    runs = [spec.make_run(CELL, method, {"lr": 0.02}, seed, True, "final")
+            for method in ("ce", "kd") for seed in range(3)]
     records = [fake_record(r, 0.8, 0.8, teacher_val=0.8627 if r.method == "kd" else 0.8570) for r in runs]
     records[0]["machine"]["cpu"] = "other cpu"
     lines = tables.teacher_readings(records)
@@ -218,9 +219,10 @@ def test_every_stored_record_rebuilds_the_method_arguments_it_ran_with():
         run = spec.Run(record["cell"], record["method"], tuple(sorted(record["hp"].items())), record["seed"],
                        record["identity"]["test"])
         assert method_args(run.args()) == method_args(record["args"]), (record["cell"], record["key"])
+    # every value a grid method sets is a parameter of its space method
     for name, method in spec.METHODS.items():
-        hp = {"tau": 2.0, "beta": 1.0, "alpha": 0.5, "S": 4, "M": 2} | \
-            ({"null_space": False, "rotation": "none"} if name == "lelp" else {})  # LELP's ablations  # every value a grid method sets is a parameter of its space method
+        hp = ({"tau": 2.0, "beta": 1.0, "alpha": 0.5, "S": 4, "M": 2}
+              | ({"null_space": False, "rotation": "none"} if name == "lelp" else {}))  # LELP's ablations
         for param in method.values(hp):
             spec.SPACE.methods[method.runs].check_param(param)
 

@@ -36,8 +36,9 @@ ALL_CONFIGS = sorted(p.relative_to(ROOT).as_posix() for folder in ("configs", "b
 
 def test_the_shipped_config_list_covers_every_folder_of_configs():
     folders = {p.parent.relative_to(ROOT).as_posix() for p in CONFIGS.rglob("*.yaml")}
-    assert folders <= {Path(c).parent.as_posix() for c in ALL_CONFIGS} | OPTION_FOLDERS
-    assert {"configs/method", "configs/experiments", "benchmarks/accuracy"} <= {Path(c).parent.as_posix() for c in ALL_CONFIGS}
+    listed = {Path(c).parent.as_posix() for c in ALL_CONFIGS}
+    assert folders <= listed | OPTION_FOLDERS
+    assert {"configs/method", "configs/experiments", "benchmarks/accuracy"} <= listed
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS)
@@ -106,7 +107,8 @@ def finished_run(tweets_cache_dir, tmp_path_factory):
     that an in-process run would leave behind for the next one."""
     run_dir = tmp_path_factory.mktemp("run")
     before = only_dirs(tweets_cache_dir)
-    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, run_dir, "--data.strategy.num_subclasses", "2"), cwd=run_dir)
+    proc = run_lelp("fit", *tiny_run_args(tweets_cache_dir, run_dir, "--data.strategy.num_subclasses", "2"),
+                    cwd=run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc, before
 
@@ -185,7 +187,8 @@ def test_user_csv_with_a_hugging_face_teacher(tmp_path):
     from lelp_lightning.sources import Tweets
 
     tweets = Tweets(max_rows=200)
-    rows = [(t, ["neg", "pos"][l]) for s in ("train", "val", "test") for t, l in zip(tweets.split(s).texts, tweets.split(s).labels, strict=True)]
+    rows = [(t, ["neg", "pos"][l]) for s in ("train", "val", "test")
+            for t, l in zip(tweets.split(s).texts, tweets.split(s).labels, strict=True)]
     pd.DataFrame(rows, columns=["tweet", "mood"]).to_csv(tmp_path / "mine.csv", index=False)
     logs = write_logger_config(tmp_path / "runs", wandb=False)
     args = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/text_file.yaml"),
@@ -209,7 +212,8 @@ def test_user_csv_with_a_hugging_face_teacher(tmp_path):
 
 def test_bad_input_exits_nonzero_with_one_sentence(tmp_path):
     """The console script itself (a subprocess on purpose): bad input is exit status 2 and one sentence."""
-    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "data/text_file.yaml"),
+    proc = run_lelp("fit", "--config", str(CONFIGS / "quickstart.yaml"),
+                    "--config", str(CONFIGS / "data/text_file.yaml"),
                     "--data.source.path", str(tmp_path / "missing.csv"), cwd=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -244,12 +248,14 @@ def test_mlp_student_on_minilm_features_builds_them_once(tweets_cache_dir, tmp_p
 
 
 def test_mpnet_teacher_config_is_the_reference_rotten_tomatoes_teacher():
-    """configs/teacher/mpnet_mlp.yaml builds the reference prototype's Rotten Tomatoes teacher (768→256→C, dropout 0.1, AdamW)."""
+    """configs/teacher/mpnet_mlp.yaml builds the reference prototype's Rotten Tomatoes teacher (768→256→C, dropout 0.1,
+    AdamW)."""
     from lelp_lightning.teachers import SentenceEncoderTeacher
 
     teacher_config = yaml.safe_load((CONFIGS / "teacher/mpnet_mlp.yaml").read_text())["data"]["teacher"]
     assert teacher_config["class_path"] == "SentenceEncoderTeacher"  # a bare class name, resolved by jsonargparse
     teacher = SentenceEncoderTeacher(**teacher_config["init_args"])
-    assert (teacher.encoder.model, teacher.encoder.max_length, teacher.encoder.embedding_dim) == ("all-mpnet-base-v2", 128, 768)
+    assert (teacher.encoder.model, teacher.encoder.max_length,
+            teacher.encoder.embedding_dim) == ("all-mpnet-base-v2", 128, 768)
     assert (teacher.head_hidden, teacher.head_dropout, teacher.head_lr, teacher.head_weight_decay,
             teacher.head_epochs) == (256, 0.1, 1e-3, 1e-2, 20)

@@ -50,7 +50,7 @@ def test_the_readme_layout_paragraph_names_only_what_is_in_the_package():
     paragraph = re.search(r"^`lelp_lightning/` — (.*?)\n\n", text, re.S | re.M)
     assert paragraph, "README.md lost its layout paragraph (`lelp_lightning/` — ...)"
     names = re.findall(r"`([\w]+(?:\.py|/))`", paragraph.group(1))
-    assert {"sources/", "data/", "cache/", "fileio.py"} <= set(names)
+    assert {"sources/", "data/", "cache/", "fileio.py", "commands.py", "checkpoints.py", "runlayer/"} <= set(names)
     assert [name for name in names if not (ROOT / "lelp_lightning" / name).exists()] == []
 
 

@@ -10,7 +10,7 @@ from lelp_lightning.errors import LelpError
 from lelp_lightning.extras import missing_extra, require
 
 
-@pytest.mark.parametrize("command,missing,extra", [
+@pytest.mark.parametrize(("command", "missing", "extra"), [
     (["tune", "--config", str(CONFIGS / "quickstart.yaml"), "--tune.n_trials", "2"], "optuna", "tune"),
     (["tune", "--help"], "optuna", "tune"),
     (["search", "--config", str(CONFIGS / "quickstart.yaml")], "optuna", "tune"),
@@ -35,14 +35,16 @@ def test_require_passes_an_installed_module():
 def test_a_missing_module_deep_inside_a_run_names_its_extra():
     """The sentence-encoder teacher's transformers (an ImportError, wrapped as jsonargparse wraps it) and the W&B
     logger's wandb (Lightning names it only in its message, which jsonargparse copies)."""
-    try:
+    def instantiate_teacher():
         try:
             raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
         except ImportError as err:
             raise ValueError("could not instantiate the teacher") from err
-    except ValueError as wrapped:
-        assert str(missing_extra(wrapped)) == ("this command needs the [text] extra (transformers is not installed): "
-                                               "pip install 'lelp-lightning[text]'.")
+
+    with pytest.raises(ValueError, match="could not instantiate the teacher") as wrapped:
+        instantiate_teacher()
+    assert str(missing_extra(wrapped.value)) == ("this command needs the [text] extra (transformers is not installed): "
+                                                 "pip install 'lelp-lightning[text]'.")
     lightning = ValueError("Not a valid subclass of Logger: Requirement 'wandb>=0.12.10' not met. HINT: ...")
     assert "[wandb] extra (wandb is not installed)" in str(missing_extra(lightning))
     assert missing_extra(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None

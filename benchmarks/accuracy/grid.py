@@ -13,8 +13,8 @@ is tested). Phases, in order, each waiting for the previous one:
 2. ``select``: seed 0, validation only. The student alone picks its learning rate from ``LR_FACTORS`` × the
    student's base rate; vanilla KD picks (τ, learning rate) from ``TAUS`` × ``LR_FACTORS``; every
    distillation method then uses KD's learning rate and τ (so S = 1 is exactly the chosen KD), and picks S
-   from ``S_GRID`` (LELP: S × β from ``BETAS``). A method with one candidate (KD α = 0.5, FitNets at KD's τ, the oracle at the true
-   S) is not selected. Ties go to the first candidate in grid order.
+   from ``S_GRID`` (LELP: S × β from ``BETAS``). A method with one candidate (KD α = 0.5, FitNets at KD's τ,
+   the oracle at the true S) is not selected. Ties go to the first candidate in grid order.
 3. ``final``: the selected configuration of every method, ``--seeds`` seeds, the test split read once each.
 4. ``ablation``: on ``ABLATION_CELLS``, LELP's selected configuration with one option changed (S, β,
    null space off, rotation off), tested, ``--seeds`` seeds.
@@ -152,7 +152,8 @@ def run_phase(runs: list[spec.Run], workers: int, git: tuple[str, bool]) -> int:
                 print(f"  FAILED {run.cell} {run.method} {run.hp_dict} seed {run.seed}: {err!r}", flush=True)
                 continue
             m = record["metrics"]
-            shown = f"test {100 * m['test_accuracy']:.2f}" if "test_accuracy" in m else f"val {100 * m['val_accuracy']:.2f}"
+            shown = (f"test {100 * m['test_accuracy']:.2f}" if "test_accuracy" in m
+                     else f"val {100 * m['val_accuracy']:.2f}")
             print(f"  [{i}/{len(todo)} {time.perf_counter() - started:6.0f}s] {run.cell} {run.method} "
                   f"{run.hp_dict} seed {run.seed}: {shown} ({record['wall_s']:.1f} s)", flush=True)
     return failed

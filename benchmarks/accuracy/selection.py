@@ -2,7 +2,8 @@
 
 Seed 0, validation accuracy, the test split never read; ties go to the first candidate in grid order. Stage 1
 (the student alone, KD) is chosen first; stage 2's candidates inherit KD's learning rate and τ (``spec.from_kd``),
-so they exist once KD is measured; stage 3 (a method's own τ) starts from that method's stage-2 choice. A method with one candidate is taken as it is, without runs.
+so they exist once KD is measured; stage 3 (a method's own τ) starts from that method's stage-2 choice. A method
+with one candidate is taken as it is, without runs.
 """
 
 from __future__ import annotations

@@ -316,7 +316,8 @@ class Run:
             else []
         return [*cell.args(), *METHODS[self.method].build(hp, self.seed), *representation, "--model.lr", str(hp["lr"]),
                 "--seed_everything", str(self.seed),
-                "--trainer.default_root_dir", str(REPO / "runs" / "accuracy" / self.key)]  # its config.yaml (git-ignored)
+                # its config.yaml (git-ignored)
+                "--trainer.default_root_dir", str(REPO / "runs" / "accuracy" / self.key)]
 
 
 def make_run(cell: Cell, method: str, hp: dict, seed: int, test: bool, phase: str) -> Run:

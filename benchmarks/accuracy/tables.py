@@ -22,17 +22,19 @@ PLOTS = spec.REPO / "benchmarks" / "results" / "accuracy" / "plots"
 PREPARE = spec.REPO / "benchmarks" / "results" / "accuracy" / "prepare"
 SUBCLASSES = spec.REPO / "benchmarks" / "results" / "accuracy" / "subclasses"
 
-PAPER = """The paper's numbers (student test accuracy %, 3 seeds; from secondary copies of the paper, see
-`docs/methods.md`), for orientation only — different data, teachers, students and scale:
-
-| benchmark (paper) | vanilla KD | Subclass Distillation | clustering baselines | LELP | oracle |
-|---|---|---|---|---|---|
-| binarised CIFAR-100, ResNet92→ResNet56 | 72.87 | — | agglomerative 76.84, k-means 77.03, t-SNE+k-means 77.59 | **79.91** | 86.42 |
-| Amazon Reviews, 5 classes (teacher 77.58) | 75.13 | 76.28 | — | **78.06** | — |
-| Sentiment140-like, binary | 85.95 | 85.93 | — | **87.60** | — |
-| IMDB | — | 89.24 | — | **90.22** | — |
-| SST-2 | — | **92.85** | — | 92.81 | — |
-"""
+PAPER = (
+    "The paper's numbers (student test accuracy %, 3 seeds; from secondary copies of the paper, see\n"
+    "`docs/methods.md`), for orientation only — different data, teachers, students and scale:\n"
+    "\n"
+    "| benchmark (paper) | vanilla KD | Subclass Distillation | clustering baselines | LELP | oracle |\n"
+    "|---|---|---|---|---|---|\n"
+    "| binarised CIFAR-100, ResNet92→ResNet56 | 72.87 | — "
+    "| agglomerative 76.84, k-means 77.03, t-SNE+k-means 77.59 | **79.91** | 86.42 |\n"
+    "| Amazon Reviews, 5 classes (teacher 77.58) | 75.13 | 76.28 | — | **78.06** | — |\n"
+    "| Sentiment140-like, binary | 85.95 | 85.93 | — | **87.60** | — |\n"
+    "| IMDB | — | 89.24 | — | **90.22** | — |\n"
+    "| SST-2 | — | **92.85** | — | 92.81 | — |\n"
+)
 
 
 class Stat:
@@ -110,7 +112,8 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
             row.append(text)
         if any(x != "—" for x in row):
             lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
-    lines.append("| *teacher* | " + " | ".join(f"*{100 * teacher[c]['test_teacher_accuracy']:.2f}*" for c in cells) + " |")
+    lines.append("| *teacher* | " + " | ".join(f"*{100 * teacher[c]['test_teacher_accuracy']:.2f}*"
+                                            for c in cells) + " |")
     lines.append("| *majority class* | " + " | ".join(f"*{100 * teacher[c]['test_majority_class_rate']:.2f}*"
                                                    for c in cells) + " |")
     n = {s.n for c in cells for s in stats[c].values()}
@@ -141,7 +144,8 @@ def comparisons(stats: dict) -> list[str]:
         if "oracle" in s:
             gap = f"{100 * (s['lelp'].mean - s['kd'].mean) / (s['oracle'].mean - s['kd'].mean):.0f}%" \
                 if oracle_beats_kd(s) else "no gap: the oracle does not beat KD"
-        lines.append(f"| {c} | {s['kd']} | {delta(s, 'lelp', 'kd')} | {other_text} | {delta(s, 'lelp', 'random_split')} "
+        lines.append(f"| {c} | {s['kd']} | {delta(s, 'lelp', 'kd')} | {other_text} "
+                     f"| {delta(s, 'lelp', 'random_split')} "
                      f"| {delta(s, 'lelp_alpha', 'kd_alpha')} | {delta(s, 'lelp', 'ce')} | {gap} |")
     return lines + ["", "± here is the standard error of the difference; a win or loss needs |Δ| > 2 SE.", ""]
 
@@ -160,10 +164,11 @@ def gap_table(stats: dict) -> list[str]:
              "| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells),
              "| *KD → oracle* | " + " | ".join(f"*{stats[c]['kd'].mean:.2f} → {stats[c]['oracle'].mean:.2f}*"
                                              for c in cells) + " |"]
+    gap = {c: stats[c]["oracle"].mean - stats[c]["kd"].mean for c in cells}
     for method, entry in spec.METHODS.items():
         if method in ("ce", "kd", "oracle") or not any(method in stats[c] for c in cells):
             continue
-        row = [f"{100 * (stats[c][method].mean - stats[c]['kd'].mean) / (stats[c]['oracle'].mean - stats[c]['kd'].mean):+.0f}%"
+        row = [f"{100 * (stats[c][method].mean - stats[c]['kd'].mean) / gap[c]:+.0f}%"
                if method in stats[c] else "—" for c in cells]
         lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
     return lines + [""]
@@ -223,7 +228,8 @@ def subclass_tables() -> list[str]:
         methods = record["methods"]
         classes = list(next(iter(methods.values()))["report"])
         lines += [f"### {record['cell']} (training split, seed 0, each method's selected S)", "",
-                  "| method | S | NMI with the true subclasses | purity | pseudo-subclass sizes |", "|---|---|---|---|---|"]
+                  "| method | S | NMI with the true subclasses | purity | pseudo-subclass sizes |",
+                  "|---|---|---|---|---|"]
         for method, entry in methods.items():
             report = entry["report"]
             lines.append(f"| {spec.METHODS[method].label} | {len(report[classes[0]]['sizes'])} | "
@@ -233,7 +239,8 @@ def subclass_tables() -> list[str]:
         best = max((m for m in methods if m != "oracle"),
                    key=lambda m: sum(methods[m]["report"][c]["nmi"] for c in classes))
         lines += ["", f"Per class ({' / '.join(classes)}). The closest to the true subclasses: "
-                  f"{spec.METHODS[best].label}; its most distinctive n-grams per pseudo-subclass of class {classes[0]}:", ""]
+                  f"{spec.METHODS[best].label}; its most distinctive n-grams per pseudo-subclass of class "
+                  f"{classes[0]}:", ""]
         lines += [f"- {', '.join(ngrams[:5])}" for ngrams in methods[best]["report"][classes[0]].get("ngrams", [])]
         lines.append("")
     return lines
@@ -372,7 +379,8 @@ def cost(records: list[dict]) -> list[str]:
         machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cores']} cores)" for r in records})
         default = sum(r["wall_s"] for r in records if r["cell"] not in spec.LEGACY)
         lines.append(f"Runs went {max(workers)} at a time, one thread each, on {', '.join(machines)}: about "
-                     f"{default / max(workers) / 3600:.2f} h of wall time for the grid as `benchmarks.accuracy.grid` runs it by default "
+                     f"{default / max(workers) / 3600:.2f} h of wall time for the grid as `benchmarks.accuracy.grid` "
+                     "runs it by default "
                      f"(sum of run times / workers, caches excluded), {total / max(workers) / 3600:.2f} h with the "
                      "legacy dense-bag cells. Each run's time is from the code and CPU it ran on: runs of the bag "
                      "recorded before the faster lazy-Adam step (git de33df8) took longer than they "
@@ -431,8 +439,9 @@ def summary(seeds: int = 3) -> str:
            if m in s and m + "+tau" in s]
     gain, cell, method = max(own)
     text = (f"In short, over the {len(stats)} cells the grid runs by default ({runtime:.2f} h of runs, {workers} at a "
-            f"time, caches excluded): LELP beats vanilla KD beyond noise in {len(wins)} ({'; '.join(wins) or 'none'}), is "
-            f"within noise in {ties} and below it in {losses}; with α = 0.5 it beats KD α = 0.5 in {len(alpha_wins)} of "
+            f"time, caches excluded): LELP beats vanilla KD beyond noise in {len(wins)} "
+            f"({'; '.join(wins) or 'none'}), is within noise in {ties} and below it in {losses}; with α = 0.5 it beats "
+            f"KD α = 0.5 in {len(alpha_wins)} of "
             f"{len(stats)}" + (f" ({min(alpha_deltas):+.2f} to {max(alpha_deltas):+.2f})" if alpha_deltas else "")
             + ". The best method of each cell (the oracle aside): " + "; ".join(best) + ". ")
     if gaps:
@@ -452,13 +461,14 @@ def page(seeds: int = 3) -> list[str]:
     lines = ["# Accuracy benchmark: does LELP beat vanilla KD on real few-class data?", "",
              "Generated by `python -m benchmarks.report` from the JSON records in `benchmarks/results/accuracy/`; "
              "do not edit by hand. Reproduce everything (caches, grid, this page) with:", "",
-             "    bash scripts/setup.sh && .venv/bin/python -m benchmarks.accuracy.grid && .venv/bin/python -m benchmarks.report", "",
+             "    bash scripts/setup.sh && .venv/bin/python -m benchmarks.accuracy.grid "
+             "&& .venv/bin/python -m benchmarks.report", "",
              "## Protocol", "",
              "- Cells: task × teacher → student × regime (below). The teacher is trained once per cell (seed 0) on "
              "the labeled training rows; students distil on every training row with the teacher's outputs.",
              f"- Regimes: *supervised* (every training row labeled; α = 0 as in the paper, plus α = 0.5 for KD and "
-             f"LELP) and *few labels* ({spec.FEW_LABELS:,} labeled training rows train the teacher; the student distils "
-             "on all training rows; \"student alone\" trains on those labeled rows only).",
+             f"LELP) and *few labels* ({spec.FEW_LABELS:,} labeled training rows train the teacher; the student "
+             "distils on all training rows; \"student alone\" trains on those labeled rows only).",
              f"- Selection on the validation split only, seed 0: student alone: learning rate × {spec.LR_FACTORS}; "
              f"KD: τ ∈ {spec.TAUS} × the same learning rates; every other method uses KD's learning rate and τ; "
              f"strategies pick S ∈ {spec.S_GRID} at β = 1; LELP picks S × β ∈ {spec.S_GRID} × {spec.BETAS}; KD α = 0.5 "
@@ -469,9 +479,9 @@ def page(seeds: int = 3) -> list[str]:
              "(rows marked *own τ*). *On the other representation*: the same method fitted on the teacher's other "
              "representation (`data.representation`; the strategy sees the least-squares map from it to the teacher's "
              "logits as its classifier), selected the same way.",
-             "- Bag cells: *sparse lazy Adam* is the student as shipped (sparse embedding gradients); the *dense AdamW* "
-             "cells are the records measured before the sparse path existed, with the methods of that time, kept as "
-             "they were (not rerun by default).",
+             "- Bag cells: *sparse lazy Adam* is the student as shipped (sparse embedding gradients); the "
+             "*dense AdamW* cells are the records measured before the sparse path existed, with the methods of that "
+             "time, kept as they were (not rerun by default).",
              "- Fine-tuned teacher: all-MiniLM-L6-v2 fine-tuned end to end as a sequence classifier by the framework "
              "(configs/teacher/minilm_finetuned.yaml) on the labeled training rows; CNN, 15 epochs: the CNN teacher "
              "trained five times longer than the 3-epoch one.",

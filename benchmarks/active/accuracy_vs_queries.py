@@ -1,7 +1,7 @@
 """`lelp active`: student test accuracy against teacher queries, for every selector, on two cells.
 
-    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --cells rt/mpnet/mlp_minilm/few      # run (resumable)
-    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --table                              # table + plot from the records
+    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --cells rt/mpnet/mlp_minilm/few  # run (resumable)
+    .venv/bin/python -m benchmarks.active.accuracy_vs_queries --table                          # table + plot
 
 A cell is a grid cell in the semi-supervised regime (1,000 labels; the rest of the training split is the pool).
 Every selector runs at 10 / 20 / 30 / 50 % of the pool, spent in 3 rounds, on 3 seeds (the seed sets the student's
@@ -92,7 +92,8 @@ def run_full_pool(cell: str, seed: int) -> dict:
     path = record_path(cell, "full_pool", 1.0, seed)
     if path.is_file():
         return json.loads(path.read_text())
-    args = [*cell_args(cell, seed), "--trainer.default_root_dir", str(ROOT / cell.replace("/", "__") / f"full_pool_{seed}")]
+    args = [*cell_args(cell, seed),
+            "--trainer.default_root_dir", str(ROOT / cell.replace("/", "__") / f"full_pool_{seed}")]
     summary = fit(args)
     record = {"cell": cell, "selector": "full_pool", "budget": 1.0, "seed": seed, "kind": "fit",
               "summary": {"student": summary["student"], "teacher": summary["teacher"],
@@ -154,7 +155,8 @@ def table(cells: list[str]) -> str:
             cells_ = []
             for budget in BUDGETS:
                 accs = [r["summary"]["student"]["test_accuracy"] for r in by.get((selector, budget), [])]
-                cells_.append(_mean_std(accs) + ("" if len(accs) == len(SEEDS) else f" ({len(accs)} seeds)") if accs else "—")
+                cells_.append(_mean_std(accs) + ("" if len(accs) == len(SEEDS) else f" ({len(accs)} seeds)")
+                              if accs else "—")
             lines.append(f"| {selector} | " + " | ".join(cells_) + " |")
         if full:
             lines.append(f"| whole pool (`lelp fit`, 100%) | {_mean_std(full)} | | | |")
@@ -163,7 +165,8 @@ def table(cells: list[str]) -> str:
                       for b in BUDGETS}
             lines.append("| teacher rows needed (labeled + val + test + queries) | "
                          + " | ".join(f"{needed[b]:,}" if needed[b] else "—" for b in BUDGETS) + " |")
-            whole = summary["pool"] + summary["teacher_rows_needed"] - summary["budget"]  # every training row, val, test
+            # every training row, val, test
+            whole = summary["pool"] + summary["teacher_rows_needed"] - summary["budget"]
             lines.append("| teacher time at the measured rate, s (whole pool: "
                          f"{whole * per_row:,.0f} s for {whole:,} rows) | "
                          + " | ".join(f"{needed[b] * per_row:,.0f}" if needed[b] else "—" for b in BUDGETS) + " |")
@@ -179,7 +182,8 @@ def section() -> list[str]:
         return []
     plot(cells, RECORDS / "active_curves.png")
     return ["## `lelp active`: student accuracy against teacher queries", "",
-            "`python -m benchmarks.active.accuracy_vs_queries`; records in `benchmarks/results/active/`. Test accuracy % (mean ± std over "
+            "`python -m benchmarks.active.accuracy_vs_queries`; records in `benchmarks/results/active/`. "
+            "Test accuracy % (mean ± std over "
             f"seeds {', '.join(map(str, SEEDS))}) after {ROUNDS} rounds at each share of the pool; vanilla KD (τ = 1), "
             "1,000 labeled rows; the whole-pool row is `lelp fit` with the teacher on every pool row.", "",
             table(cells), "![accuracy against teacher queries](results/active/active_curves.png)", ""]

@@ -1,7 +1,7 @@
 """`lelp search`: LayerNAS against Optuna's random search and TPE at the same number of trials, on two cells.
 
-    .venv/bin/python -m benchmarks.search.layernas_vs_samplers                 # both cells (resumable: finished parts are kept)
-    .venv/bin/python -m benchmarks.search.layernas_vs_samplers --table         # the table and the fronts' plot from the records
+    .venv/bin/python -m benchmarks.search.layernas_vs_samplers          # both cells (resumable: finished parts kept)
+    .venv/bin/python -m benchmarks.search.layernas_vs_samplers --table  # the table and the fronts' plot, from records
 
 Per cell: LayerNAS (H buckets by parameter count, a short proxy fit per candidate) first; random search and TPE then
 get exactly as many trials as LayerNAS ran. Each method's best student within 1.0 and 0.25 of the default's
@@ -86,8 +86,8 @@ def default_reference(cell: str) -> dict:
     args = [*cell_args(cell), *space.overrides(tuple(0 for _ in space.layers), {})]
     accs = []
     for seed in range(SEEDS):
-        summary = fit([*args, "--seed_everything", str(seed),
-                       "--trainer.default_root_dir", str(ROOT / f"{cell.replace('/', '__')}__default" / f"seed_{seed}")])
+        run_dir = ROOT / f"{cell.replace('/', '__')}__default" / f"seed_{seed}"
+        summary = fit([*args, "--seed_everything", str(seed), "--trainer.default_root_dir", str(run_dir)])
         accs.append(summary["student"]["test_accuracy"])
     record = {"cell": cell, "method": "default", "test_accuracy": accs, "args": args, "machine": provenance.machine(),
               "git_sha": provenance.git_state("lelp_lightning", "benchmarks/search")[0]}
@@ -109,8 +109,8 @@ def _pct(values: list[float]) -> str:
 
 
 def table() -> str:
-    lines = ["| cell | method | distinct candidates / trials | best within 1.0 × default (params, test %) | best within 0.25 × default "
-             "(params, test %) | default (params, test %) |", "|---|---|---|---|---|---|"]
+    lines = ["| cell | method | distinct candidates / trials | best within 1.0 × default (params, test %) "
+             "| best within 0.25 × default (params, test %) | default (params, test %) |", "|---|---|---|---|---|---|"]
     for cell in CELLS:
         ref = RECORDS / f"{cell.replace('/', '__')}__default.json"
         default = json.loads(ref.read_text()) if ref.is_file() else None
@@ -166,7 +166,8 @@ def section() -> list[str]:
         return []
     plot(RECORDS / "fronts.png")
     return ["## `lelp search`: LayerNAS against random search and TPE at equal trials", "",
-            "`python -m benchmarks.search.layernas_vs_samplers`; records in `benchmarks/results/search/`. Cost: the student's parameters. "
+            "`python -m benchmarks.search.layernas_vs_samplers`; records in `benchmarks/results/search/`. "
+            "Cost: the student's parameters. "
             "Candidates scored on validation after a short proxy fit; the chosen ones (and the default architecture) "
             f"trained with the cell's epochs on {SEEDS} seeds and tested once. Vanilla KD (τ = 1). Random search and "
             "TPE sample with replacement, so some of their trials repeat a candidate.", "", table(), "",

@@ -128,9 +128,10 @@ def main() -> None:
                      "lelp_vs_this_best": best[lelp] / best[name], "lelp_vs_this_median": typical[lelp] / typical[name],
                      "all_rates": " ".join(f"{x:.1f}" for x in rates[name])})
     path = common.write_csv("data_path", rows)
-    common.print_table(f"data path, {len(dataset)} rows, batch {args.batch_size}, keys {sorted(dataset.arrays)} + inputs "
-                       f"({common.threads_note()}); best and median of {args.rounds} rounds", rows,
-                       ["path", "batches_per_s_best", "lelp_vs_this_best", "batches_per_s_median", "lelp_vs_this_median"])
+    common.print_table(f"data path, {len(dataset)} rows, batch {args.batch_size}, keys {sorted(dataset.arrays)} "
+                       f"+ inputs ({common.threads_note()}); best and median of {args.rounds} rounds", rows,
+                       ["path", "batches_per_s_best", "lelp_vs_this_best", "batches_per_s_median",
+                        "lelp_vs_this_median"])
     print(f"\nwritten to {path}")
 
 

@@ -109,7 +109,8 @@ def run_variant(variant: str, threads: int, run_root: Path) -> dict:
     summary = json.loads(next(run_dir.rglob("summary.json")).read_text())
     phases = {"startup": m["imported"] - m["launched"],
               "cli": m["setup"] - m["imported"] - m["featurise_seconds"], "featurise": m["featurise_seconds"],
-              "targets": m["train_start"] - m["setup"], "epochs": m["train_end"] - m["train_start"] - m["checkpoint_seconds"],
+              "targets": m["train_start"] - m["setup"],
+              "epochs": m["train_end"] - m["train_start"] - m["checkpoint_seconds"],
               "checkpoint": m["checkpoint_seconds"],
               "test": m["test_end"] - m["test_start"], "exit": ended - m["test_end"]}
     return {"variant": variant, "phases": phases, "command_seconds": ended - launched,
@@ -172,7 +173,8 @@ def summary() -> str:
             f"and its fit {sparse['fit_seconds']:.1f} s (of which {sparse['checkpoint']:.1f} s are the epochs' "
             f"checkpoints), against {dense['command']:.1f} s and {dense['fit_seconds']:.1f} s with the dense table "
             f"(`sparse: false`, test accuracy {dense['test_acc']:.2f}% against {sparse['test_acc']:.2f}%): medians of "
-            f"{rounds} alternating rounds on an {machine['cpu']} ({machine['cores']} cores, {record['threads']} threads), "
+            f"{rounds} alternating rounds on an {machine['cpu']} ({machine['cores']} cores, "
+            f"{record['threads']} threads), "
             f"`python -m benchmarks.throughput.fit_breakdown`, record `{path.relative_to(REPO)}`.")
 
 

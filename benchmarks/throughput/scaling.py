@@ -98,7 +98,8 @@ def epoch_time(n: int, run_dir: Path, epochs: int) -> float:
                                                      *EPOCH_STUDENT)
     train = datamodule.dataset("train")
     tile = spread(n, len(train))
-    dataset = CacheDataset(BagInputs(train.inputs.matrix[tile]), {k: np.asarray(a)[tile] for k, a in train.arrays.items()})
+    dataset = CacheDataset(BagInputs(train.inputs.matrix[tile]),
+                           {k: np.asarray(a)[tile] for k, a in train.arrays.items()})
     loader = DataLoader(dataset, batch_size=None, sampler=GlobalBatchSampler(n, datamodule.batch_size),
                         collate_fn=lambda batch: batch)
     timer = common.EpochTimer()

@@ -1,6 +1,6 @@
 """Fit time and peak memory of every strategy on a memory-mapped float32 cache, against scikit-learn.
 
-    .venv/bin/python -m benchmarks.throughput.strategy_fit                  # N ∈ {1e4,1e5,1e6} × D ∈ {384,768} + 1.6M×768
+    .venv/bin/python -m benchmarks.throughput.strategy_fit  # N ∈ {1e4,1e5,1e6} × D ∈ {384,768} + 1.6M×768
     .venv/bin/python -m benchmarks.throughput.strategy_fit --sizes 10000 --dims 384 --no-sentiment140   # a quick look
 
 Data: a synthetic two-class cache (each class a mixture of 4 anisotropic Gaussian blobs; fine label = blob),
@@ -14,19 +14,22 @@ Every fit runs in its own subprocess, so its memory is its own:
   not: that load is reported as ``load_s``);
 - peak memory: the largest anonymous resident memory (``RssAnon`` in /proc/self/status, sampled every 5 ms
   by a thread) above what the process held before the fit, in MB, taken in the process's first fit (for
-  N ≤ 1e5 an extra, untimed one, since the sampling thread slows small fits measurably). Anonymous memory excludes the memmap's page cache,
-  which the kernel can drop at any time; it includes scikit-learn's in-memory copy of the rows;
+  N ≤ 1e5 an extra, untimed one, since the sampling thread slows small fits measurably). Anonymous memory
+  excludes the memmap's page cache, which the kernel can drop at any time; it includes scikit-learn's
+  in-memory copy of the rows;
 - quality, on the same data: PCA: the variance of the class rows captured by our S directions over that
   captured by scikit-learn's (1 = as good; the largest principal angle between the subspaces is recorded
-  too, but it is ill-conditioned when the S-th and (S+1)-th eigenvalues are close); k-means: our inertia / scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
+  too, but it is ill-conditioned when the S-th and (S+1)-th eigenvalues are close); k-means: our inertia /
+  scikit-learn's (KMeans, same ``n_init``; MiniBatchKMeans shown beside);
   GMM: our mean log-likelihood per row minus scikit-learn's (GaussianMixture, same ``max_iter``/``tol``, and
   one k-means start for the initialisation on both sides, ``init_starts=1``, as scikit-learn's default; a class
   larger than our sample still gets its ``sample_starts`` screened starts there).
 
-Runs with S = 4 pseudo-subclasses per class. Each run appends an immutable JSON record (git sha, config, seed, machine, versions, rows) to
-``benchmarks/results/strategy_fit/`` and regenerates ``benchmarks/results/strategy_fit/TABLE.md`` from every
-record there, newest first (a run of a few methods or sizes adds a section; it does not hide the full run).
-This is a benchmark, not a test; the machine may be shared, so compare ratios taken in the same run.
+Runs with S = 4 pseudo-subclasses per class. Each run appends an immutable JSON record (git sha, config, seed,
+machine, versions, rows) to ``benchmarks/results/strategy_fit/`` and regenerates
+``benchmarks/results/strategy_fit/TABLE.md`` from every record there, newest first (a run of a few methods or
+sizes adds a section; it does not hide the full run). This is a benchmark, not a test; the machine may be
+shared, so compare ratios taken in the same run.
 """
 
 from __future__ import annotations
@@ -324,7 +327,8 @@ def table(record: dict) -> str:
         f"## Record `{record['file']}`: {', '.join(methods)}", "",
         f"git {record['git_sha'][:10]}{' (dirty)' if record['git_dirty'] else ''} · {record['created']} · "
         f"{m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · load average at start {m['load_avg']} · "
-        f"torch {record['versions']['torch']} · scikit-learn {record['versions']['scikit-learn']} · seed {record['seed']} · "
+        f"torch {record['versions']['torch']} · scikit-learn {record['versions']['scikit-learn']} · "
+        f"seed {record['seed']} · "
         f"{record['config']['threads']} thread(s) per fit, both sides"
         + (f"; for N ≤ 1e5 ours and scikit-learn alternated {record['config']['rounds']} times, each side's best kept"
            if record["config"].get("rounds", 1) > 1 else ""),
@@ -333,7 +337,8 @@ def table(record: dict) -> str:
         "Peak: MB of anonymous memory above the process's own before the fit (scikit-learn's includes its "
         "in-memory rows). Ratios (> 1: ours is faster): sk s / ours s, and (sk load s + sk s) / ours s. "
         "Quality: see the script's docstring.",
-        "", "| N | D | strategy | ours s | ours peak MB | scikit-learn | sk s | sk load s | sk peak MB | ratio fit | ratio load+fit | quality |",
+        "", "| N | D | strategy | ours s | ours peak MB | scikit-learn | sk s | sk load s | sk peak MB | ratio fit "
+        "| ratio load+fit | quality |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
@@ -362,7 +367,8 @@ def tables() -> str:
 # -- driver ---------------------------------------------------------------------------------------------------
 def machine() -> dict:
     """The machine of a record, with its memory and the load average at the start (a shared machine shows it)."""
-    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    with open("/proc/meminfo") as meminfo:
+        mem = next(int(l.split()[1]) for l in meminfo if l.startswith("MemTotal"))
     return provenance.machine(memory_gb=round(mem / 2**20, 1), load_avg=" ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 
@@ -384,7 +390,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per fit before it is reported as timed out")
     args = parser.parse_args()
     if args.worker:
-        return worker(json.loads(args.worker))
+        worker(json.loads(args.worker))
+        return
 
     sha, dirty = provenance.git_state("lelp_lightning", "benchmarks/throughput")
     grid = [(int(float(n)), int(d)) for n in args.sizes.split(",") for d in args.dims.split(",")]

@@ -8,8 +8,9 @@ the hashed bag with the quickstart's LELP, the hashed bag with the method the ac
 for this cell (k-means, S = 4, on the encoder output, τ = 1; 2^16 buckets, 5 epochs), and the MLP on MiniLM features.
 Images (binarised Fashion-MNIST, ``--images`` training images, the whole test split): the CNN teacher and the
 2-block CNN student. Students are exported with ``lelp export``; each teacher is exported the same way (encoder +
-head, or the CNN, in one graph); the grid's bag and the MLP also with ``lelp export --quantize int8``. Each model runs from raw input to probabilities, eagerly in PyTorch and through
-onnxruntime, on the same test inputs and ``--threads`` threads: rows/s at batch 256 and p50 / p99 latency at batch 1
+head, or the CNN, in one graph); the grid's bag and the MLP also with ``lelp export --quantize int8``. Each model
+runs from raw input to probabilities, eagerly in PyTorch and through onnxruntime, on the same test inputs and
+``--threads`` threads: rows/s at batch 256 and p50 / p99 latency at batch 1
 (:func:`lelp_lightning.serving.timing.measure`, about ``--seconds`` each), beside its test accuracy. Speed is also a
 ratio to the eager teacher of the same task measured in the same run, the figure to compare across machines.
 Record: ``benchmarks/results/student_vs_teacher/``.
@@ -44,7 +45,8 @@ def fit(run_dir: Path, *extra: str, data: str = "configs/data/tweets_binary.yaml
     logger.write_text(f"trainer:\n  logger:\n    - class_path: CSVLogger\n      init_args: {{save_dir: '{run_dir}'}}\n")
     args = ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(REPO / data),
             "--config", str(logger), "--data.cache_dir", str(CACHE),
-            "--data.progress", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--data.progress", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(run_dir), *extra]
     assert main(args) == 0
     config = next(run_dir.rglob("config.yaml"))
@@ -112,7 +114,8 @@ def student_eager(config: Path, ckpt: Path):
 
     def eager(rows, model=model, featurizer=datamodule.featurizer):
         with torch.inference_mode():
-            inputs = featurizer.transform(rows if isinstance(rows, np.ndarray) else list(rows)).gather(np.arange(len(rows)))
+            features = featurizer.transform(rows if isinstance(rows, np.ndarray) else list(rows))
+            inputs = features.gather(np.arange(len(rows)))
             return torch.softmax(model.class_logits(inputs), dim=-1).numpy()
 
     return eager, datamodule
@@ -204,7 +207,8 @@ def main() -> None:
                               work / "bag_grid" / "student_int8"),
             "mlp": ("MLP on MiniLM features student", eager["mlp"][0], work / "mlp" / "student"),
             "mlp_int8": ("MLP on MiniLM features student, int8 export", None, work / "mlp" / "student_int8")}
-    images = {"cnn_teacher": ("CNN 16-32 channels + 128 FC (teacher)", teacher_eager(cnn_teacher), work / "cnn_teacher"),
+    images = {"cnn_teacher": ("CNN 16-32 channels + 128 FC (teacher)", teacher_eager(cnn_teacher),
+                              work / "cnn_teacher"),
               "cnn": ("CNN student (8-16 channels)", eager["cnn"][0], work / "cnn" / "student")}
     text_test, image_test = eager["bag"][1].source.split("test"), eager["cnn"][1].source.split("test")
     runs = timed("tweets2", text, text_test, args.threads, args.seconds)
@@ -213,7 +217,8 @@ def main() -> None:
     sha, dirty = provenance.git_state("lelp_lightning", "benchmarks/throughput/student_vs_teacher.py", "configs")
     record = {"benchmark": "student_vs_teacher", "git_sha": sha, "git_dirty": dirty, "command": " ".join(sys.argv),
               "note": args.note,
-              "tasks": {"tweets2": {"source": "Tweets(num_classes=2)", "max_rows": args.rows, "test_rows": len(text_test)},
+              "tasks": {"tweets2": {"source": "Tweets(num_classes=2)", "max_rows": args.rows,
+                                    "test_rows": len(text_test)},
                         "fmnist2": {"source": "FashionMNIST(binary=True)", "max_train": args.images,
                                     "test_rows": len(image_test)}},
               "threads": args.threads, "seconds": args.seconds, "machine": provenance.machine(),
@@ -226,7 +231,8 @@ def main() -> None:
 
 def table(runs: list[dict]) -> str:
     """The markdown table of a record's runs."""
-    lines = ["| task | model | runtime | test accuracy | Δ vs teacher | rows/s @256 | × eager teacher | p50 ms @1 | p99 ms @1 |",
+    lines = ["| task | model | runtime | test accuracy | Δ vs teacher | rows/s @256 | × eager teacher | p50 ms @1 "
+             "| p99 ms @1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['task']} | {r['description']} | {r['runtime']} | {100 * r['test_accuracy']:.2f}% | "

@@ -109,8 +109,8 @@ def main() -> None:
         try:
             cache = TeacherCache(folder)
             t = teachers["fp32"]
-            trainer = Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, logger=False, enable_progress_bar=False,
-                              enable_model_summary=False, enable_checkpointing=False)
+            trainer = Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1, logger=False,
+                              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
             teacher_pass = TeacherPass(cache, lambda: t.pass_targets(source, cache), "features")
             trainer.predict(teacher_pass, return_predictions=False)
             teacher_pass.finish()
@@ -140,10 +140,12 @@ def main() -> None:
         emb = outputs[name]
         cosine = np.sum(emb * reference, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(reference, axis=1))
         rate = n / common.median(seconds[name])
-        rows.append({"variant": name, "device": args.device, "rows": n, "batch_size": args.batch_size, "max_length": args.max_length,
+        rows.append({"variant": name, "device": args.device, "rows": n, "batch_size": args.batch_size,
+                     "max_length": args.max_length,
                      "threads": args.threads, "rounds": args.rounds, "median_seconds": common.median(seconds[name]),
                      "rows_per_s": rate, "ratio_vs_encode": rate / peer,
-                     "rows_per_s_best": n / min(seconds[name]), "ratio_vs_encode_best": n / min(seconds[name]) / peer_best,
+                     "rows_per_s_best": n / min(seconds[name]),
+                     "ratio_vs_encode_best": n / min(seconds[name]) / peer_best,
                      "max_abs_diff_vs_encode": float(np.abs(emb - reference).max()),
                      "min_cosine_vs_encode": float(cosine.min()),
                      "all_seconds": " ".join(f"{s:.3f}" for s in seconds[name])})

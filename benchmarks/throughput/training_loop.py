@@ -5,10 +5,10 @@ timed per epoch, warm-up epoch dropped).
     .venv/bin/python -m benchmarks.throughput.training_loop [--rows 4000] [--epochs 4] [--rounds 3]
 
 Both sides get a fresh DistillModule built by the same CLI config under the same seed, and iterate the
-same batches (``DistillDataModule.loader``) and optimisers (lazy Adam + AdamW for the sparse bag); `lelp fit` runs with no logger, checkpoint,
-validation or progress bar, which the hand loop lacks too. Rounds alternate the two; the overhead is the
-ratio of median epoch times minus one, of the fastest epochs, and (``paired``, the least sensitive to a
-shared machine's drifting load) the median over rounds of each round's lelp / hand-loop ratio.
+same batches (``DistillDataModule.loader``) and optimisers (lazy Adam + AdamW for the sparse bag); `lelp fit`
+runs with no logger, checkpoint, validation or progress bar, which the hand loop lacks too. Rounds alternate the
+two; the overhead is the ratio of median epoch times minus one, of the fastest epochs, and (``paired``, the least
+sensitive to a shared machine's drifting load) the median over rounds of each round's lelp / hand-loop ratio.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def main() -> None:
     path = common.write_csv("training_loop", rows)
     common.print_table(f"training loop, {rows[0]['train_rows']} rows, batch {rows[0]['batch_size']}, "
                        f"{steps} steps/epoch ({common.threads_note()})", rows,
-                       ["loop", "median_epoch_seconds", "overhead_percent", "min_epoch_seconds", "overhead_percent_best",
-                        "overhead_percent_paired"])
+                       ["loop", "median_epoch_seconds", "overhead_percent", "min_epoch_seconds",
+                        "overhead_percent_best", "overhead_percent_paired"])
     print(f"\nwritten to {path}")
 
 

@@ -157,13 +157,15 @@ def section() -> list[str]:
     cpus = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores" for r in records})
     return [f"## `lelp tune` against the grid ({'/'.join(map(str, trials))} trials, default space without the oracle, "
             "refit on 3 seeds)", "",
-            "`python -m benchmarks.tune.tune_vs_grid --cells <cell>`; records in `benchmarks/results/tune/`. Run-seconds: the sum "
-            "of the study's trial wall times / of the grid's selection runs for the cell. *The grid's validation pick*: "
+            "`python -m benchmarks.tune.tune_vs_grid --cells <cell>`; records in `benchmarks/results/tune/`. "
+            "Run-seconds: the sum of the study's trial wall times / of the grid's selection runs for the cell. "
+            "*The grid's validation pick*: "
             "each grid method's selected configuration scored by its seed-0 validation accuracy, the winner's test "
             "accuracy: what validation-only selection among the grid's methods gives, the fair reference for a study "
             "that also selects on validation. *Best of the grid by test* picks by the test split itself, an upper "
             "bound no validation-only selection can claim. "
-            f"{len({r['cell'] for r in records})} of {len(spec.DEFAULT_CELLS)} cells measured ({'; '.join(cpus)}).", "", table(), ""]
+            f"{len({r['cell'] for r in records})} of {len(spec.DEFAULT_CELLS)} cells measured "
+            f"({'; '.join(cpus)}).", "", table(), ""]
 
 
 def main() -> None:

@@ -115,7 +115,8 @@ def test_a_run_killed_mid_query_between_rounds_and_mid_training_resumes_to_the_s
     record_embedded(monkeypatch, embedded, kill_in_second_query_block)
     with pytest.raises(Killed):
         run_main(*active_args(tmp_path))
-    assert list(folder(tmp_path).glob("round_01/selection.npz")) and not (folder(tmp_path) / "round_01" / "round.json").exists()
+    assert list(folder(tmp_path).glob("round_01/selection.npz"))
+    assert not (folder(tmp_path) / "round_01" / "round.json").exists()
 
     select = ActiveRun.select
 
@@ -174,7 +175,7 @@ def test_bad_active_options_are_one_sentence_and_exit_2(tmp_path, extra, message
 
 
 def test_a_run_without_labeled_pool_is_refused(tmp_path):
-    args = [a for a in active_args(tmp_path)]
+    args = list(active_args(tmp_path))
     at = args.index("--data.num_labeled")
     del args[at:at + 2]
     ran = run_main(*args)

@@ -76,7 +76,8 @@ def test_the_space_assembles_list_options_and_skips_zero_entries():
         "lelp_lightning.data.featurizers", fromlist=["HashedNgramFeaturizer"]).HashedNgramFeaturizer})
 
 
-@pytest.mark.parametrize(("name", "student"), [("hashed_bag", HashedBagStudent), ("mlp", MLPStudent), ("cnn", CNNStudent)])
+@pytest.mark.parametrize(("name", "student"),
+                         [("hashed_bag", HashedBagStudent), ("mlp", MLPStudent), ("cnn", CNNStudent)])
 def test_every_shipped_space_loads_and_names_its_students_options(name, student):
     from helpers import CONFIGS
 
@@ -99,6 +100,7 @@ def test_a_bad_space_is_one_sentence(spec, message):
 
 
 def test_an_option_the_student_does_not_have_is_refused_with_its_options():
-    space = ArchSpace.from_dict({"layers": [{"name": "w", "option": "model.student.init_args.width", "values": [1, 2]}]})
+    space = ArchSpace.from_dict(
+        {"layers": [{"name": "w", "option": "model.student.init_args.width", "values": [1, 2]}]})
     with pytest.raises(LelpError, match="HashedBagStudent has no option 'width'; its options are .*embed_dim"):
         space.check_against({"model.student": HashedBagStudent, "data.featurizer": object})

@@ -38,7 +38,8 @@ def completed(folder: Path) -> list:
 
 def test_the_cost_is_the_hand_count_of_the_students_parameters(tweets_cache_dir, tmp_path):
     cli = build_cli([*tiny_run_args(tweets_cache_dir, tmp_path, wandb=False), "--data.featurizer.num_buckets", "1024",
-                     "--model.student.init_args.embed_dim", "8", "--model.student.init_args.hidden_dim", "4"], run=False)
+                     "--model.student.init_args.embed_dim", "8", "--model.student.init_args.hidden_dim", "4"],
+                    run=False)
     C_S = cli.model.num_classes * cli.model.num_subclasses
     hand = 1024 * 8 + (8 * 4 + 4) + (4 * C_S + C_S)  # the table, the hidden layer, the C·S head
     assert measure_cost(cli, "params", 1) == {"params": hand, "cost": float(hand)}
@@ -66,7 +67,8 @@ def test_a_two_layer_search_with_two_workers_through_the_console_script(tweets_c
         assert chosen["val_accuracy"] == pytest.approx(affordable["val_accuracy"].max())
         assert Path(chosen["yaml"]).is_file() and len(chosen["test_accuracy"]) == 2
     # the first budget's student is trained first; seed 0 seeds the weights, the batches and the strategy (as tune's)
-    config = yaml.safe_load((folder / f"budget_{result['chosen'][0]['budget']:g}" / "seed_0" / "config.yaml").read_text())
+    first = folder / f"budget_{result['chosen'][0]['budget']:g}" / "seed_0"
+    config = yaml.safe_load((first / "config.yaml").read_text())
     assert config["seed_everything"] == 0 and config["data"]["strategy"]["init_args"]["seed"] == 0
     assert (folder / "front.png").is_file()
     # the YAML of a budget is a runnable config of that architecture with the run's own epochs
@@ -78,8 +80,8 @@ def test_a_two_layer_search_with_two_workers_through_the_console_script(tweets_c
 
 
 def test_a_killed_worker_is_resumed_without_running_a_candidate_twice(tweets_cache_dir, tmp_path):
-    args = ["search", *search_args(tweets_cache_dir, tmp_path, "--search.seeds", "0", "--search.heartbeat_interval", "1",
-                                   "--search.grace_period", "3")]
+    args = ["search", *search_args(tweets_cache_dir, tmp_path, "--search.seeds", "0",
+                                   "--search.heartbeat_interval", "1", "--search.grace_period", "3")]
     folder = tmp_path / "search" / "quickstart-layernas"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([LELP, *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -114,6 +116,7 @@ def test_bad_search_options_are_one_sentence(tweets_cache_dir, tmp_path, extra, 
 
 def test_an_option_the_student_does_not_have_is_one_sentence(tweets_cache_dir, tmp_path):
     space = tmp_path / "bad.yaml"
-    space.write_text(json.dumps({"layers": [{"name": "w", "option": "model.student.init_args.width", "values": [2, 1]}]}))
+    space.write_text(
+        json.dumps({"layers": [{"name": "w", "option": "model.student.init_args.width", "values": [2, 1]}]}))
     ran = run_main("search", *search_args(tweets_cache_dir, tmp_path), "--search.space", str(space))
     assert ran.returncode == 2 and "HashedBagStudent has no option 'width'" in ran.stderr, ran.stderr

@@ -15,7 +15,8 @@ def cnn(tmp_path_factory):
     root = tmp_path_factory.mktemp("cnn")
     return fit_and_export(root, "--config", str(CONFIGS / "quickstart.yaml"),
                           "--config", str(CONFIGS / "experiments/digits.yaml"),
-                          "--config", str(CONFIGS / "strategy/oracle.yaml"), "--config", str(CONFIGS / "student/cnn.yaml"),
+                          "--config", str(CONFIGS / "strategy/oracle.yaml"),
+                          "--config", str(CONFIGS / "student/cnn.yaml"),
                           "--config", str(write_logger_config(root, wandb=False)),
                           "--data.cache_dir", str(root / "cache"), "--data.progress", "false",
                           "--data.teacher.init_args.epochs", "3", "--trainer.max_epochs", "2",

@@ -146,7 +146,7 @@ def test_server_answers_single_and_concurrent_requests_like_the_predictor(server
             assert prediction["label"] == predictor.labels[int(expected[i].argmax())]
 
 
-@pytest.mark.parametrize("body, status, words", [
+@pytest.mark.parametrize(("body", "status", "words"), [
     (b'{"texts": ["no end"', 400, "not valid JSON"),
     (b'{"text": ["hello"]}', 422, 'the one field "texts"'),
     (b'["hello"]', 422, 'the one field "texts"'),
@@ -168,5 +168,5 @@ def test_server_stops_cleanly_on_ctrl_c(server):
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Connection refused"):  # nothing listens on the port any more
         urllib.request.urlopen(url.replace("/predict", "/health"), timeout=2)

@@ -27,7 +27,7 @@ def test_murmurhash_equals_scikit_learn_on_any_text(texts):
     np.testing.assert_array_equal(murmurhash3_32(keys), [sklearn_murmurhash(k, seed=0) for k in keys])
 
 
-@pytest.mark.parametrize("num_buckets, max_ngram, lowercase", [(2**18, 2, True), (1000, 3, False), (7, 1, True)])
+@pytest.mark.parametrize(("num_buckets", "max_ngram", "lowercase"), [(2**18, 2, True), (1000, 3, False), (7, 1, True)])
 def test_bags_equal_the_training_featuriser_on_real_tweets(num_buckets, max_ngram, lowercase):
     source = tiny_tweets()
     texts = [t for split in ("train", "val", "test") for t in source.split(split).texts]

@@ -13,7 +13,8 @@ from .exports import assert_matches_eager, fit_and_export, modules_imported_by_p
 def mlp(tweets_cache_dir, tmp_path_factory):
     """The MLP student over all-MiniLM-L6-v2 features (max_length 64: the teacher's cached encoder entry)."""
     root = tmp_path_factory.mktemp("mlp")
-    return fit_and_export(root, *tiny_run_args(tweets_cache_dir, root, "--config", str(CONFIGS / "student/mlp_minilm.yaml"),
+    return fit_and_export(root, *tiny_run_args(tweets_cache_dir, root,
+                                               "--config", str(CONFIGS / "student/mlp_minilm.yaml"),
                                                "--data.featurizer.init_args.max_length", "64", wandb=False))
 
 
@@ -23,7 +24,8 @@ def test_exported_mlp_with_its_encoder_equals_eager_pytorch_on_the_test_split(ml
     assert (mlp.folder / "tokenizer.json").is_file()
     assert_matches_eager(mlp)  # raw text → tokens → encoder in ONNX against the cached torch features
     card = json.loads((mlp.folder / "model_card.json").read_text())
-    assert card["student"]["encoder_parameters"] > 20_000_000 and card["student"]["parameters"] == 384 * 128 + 128 + 129 * 8
+    assert card["student"]["encoder_parameters"] > 20_000_000
+    assert card["student"]["parameters"] == 384 * 128 + 128 + 129 * 8
 
 
 def test_mlp_predictor_imports_neither_torch_nor_lightning(mlp):
@@ -69,7 +71,8 @@ def test_token_count_batches_give_each_text_its_own_probabilities(mlp):
     alone = np.concatenate([predictor.predict_proba([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
     permutation = [3, 0, 4, 2, 1]
-    np.testing.assert_allclose(predictor.predict_proba([texts[i] for i in permutation]), together[permutation], atol=1e-5)
+    np.testing.assert_allclose(predictor.predict_proba([texts[i] for i in permutation]), together[permutation],
+                               atol=1e-5)
     reference = Tokenizer.from_file(str(mlp.folder / "tokenizer.json"))
     spec = json.loads((mlp.folder / "featurizer.json").read_text())
     reference.enable_truncation(spec["max_length"])

@@ -57,8 +57,9 @@ def test_the_model_trains_the_table_with_lazy_adam_and_the_rest_with_adamw():
 
 
 def test_one_lazy_adam_step_moves_only_the_touched_rows_by_the_adam_rule():
-    """Hand computation: after one step lazy Adam's (SparseAdam's) update is lr · g / (|g| + eps / √(1 − β₂)) per touched entry
-    (m = (1 − β₁)g, v = (1 − β₂)g², step lr·√(1 − β₂)/(1 − β₁), eps added to √v before the bias correction)."""
+    """Hand computation: after one step lazy Adam's (SparseAdam's) update is lr · g / (|g| + eps / √(1 − β₂)) per
+    touched entry (m = (1 − β₁)g, v = (1 − β₂)g², step lr·√(1 − β₂)/(1 − β₁), eps added to √v before the bias
+    correction)."""
     _, student = twins()
     model = DistillModule(student, [KnowledgeDistillation()], num_classes=C, lr=0.05)
     _, lazy = model.configure_optimizers()

@@ -54,7 +54,7 @@ def digits_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("digits-cache")
 
 
-@pytest.mark.parametrize("student, strategy", [("mlp", "lelp.yaml"), ("cnn", "oracle.yaml")])
+@pytest.mark.parametrize(("student", "strategy"), [("mlp", "lelp.yaml"), ("cnn", "oracle.yaml")])
 def test_lelp_fit_on_digits_with_the_cnn_teacher(student, strategy, digits_cache, tmp_path):
     logs = write_logger_config(tmp_path, wandb=False)
     args = ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "experiments/digits.yaml"),

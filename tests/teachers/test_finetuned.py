@@ -1,4 +1,5 @@
-"""The fine-tuned teacher: trained once on the labeled rows, cached, resumed after an interruption, linear at the end."""
+"""The fine-tuned teacher: trained once on the labeled rows, cached, resumed after an interruption, linear at the
+end."""
 
 import numpy as np
 import pytest
@@ -26,8 +27,8 @@ def tiny_base(tmp_path_factory):
 
 
 def teacher(base, **kwargs):
-    return FineTunedClassifierTeacher(base=base, epochs=6, lr=1e-2, warmup=0.0, train_batch_size=16, max_length=32, seed=0,
-                                      **kwargs)
+    return FineTunedClassifierTeacher(base=base, epochs=6, lr=1e-2, warmup=0.0, train_batch_size=16, max_length=32,
+                                      seed=0, **kwargs)
 
 
 def test_fine_tuned_teacher_learns_is_cached_and_its_embedding_feeds_its_final_layer(tiny_base, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def test_distributions_match_optuna_and_hand_values():
     assert Distribution.parse("x", 0.5).choices == (0.5,)  # a fixed value
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(("spec", "message"), [
     ({"methods": {}}, "non-empty 'methods'"),
     ({"methods": {"m": {"objectives": ["kd"]}}, "extra": 1}, "unknown key 'extra'"),
     ({"methods": {"m": {"strategy": "kmean", "objectives": ["subclass_ce"]}}}, "'kmean' is not a registered strategy"),

@@ -69,7 +69,8 @@ def test_a_four_trial_study_through_the_console_script(tweets_cache_dir, tmp_pat
     against = margins_text(baseline_margins(study, best), val_rows)  # ce and kd ran, so at least one baseline
     assert against.startswith(f"against the baselines on validation ({val_rows} rows;")
     assert against in done.stdout and (folder / "leaderboard.md").read_text().rstrip().endswith(against)
-    again = run_main("fit", "--config", str(folder / "best.yaml"), "--trainer.default_root_dir", str(tmp_path / "again"),
+    again = run_main("fit", "--config", str(folder / "best.yaml"),
+                     "--trainer.default_root_dir", str(tmp_path / "again"),
                      "--trainer.logger", json.dumps({"class_path": "CSVLogger", "init_args": {
                          "save_dir": str(tmp_path), "name": "again", "version": "v"}}))
     assert again.returncode == 0
