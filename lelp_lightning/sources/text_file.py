@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lelp_lightning.core import SPLITS, Source, SplitData
+from lelp_lightning.core import SPLITS, UNLABELED, Source, SplitData
 from lelp_lightning.errors import LelpError
 from lelp_lightning.sources.splitting import stratified_three_way, take
 
@@ -26,12 +26,14 @@ class TextFile(Source):
     Messy text is read, not refused: bytes that are not UTF-8 become U+FFFD (the replacement character) in
     CSV / TSV / JSONL files, and an empty or missing text becomes ``""`` (an empty bag: the student sees zeros).
     With ``split_column`` the file says which rows are train/val/test; otherwise a stratified split with
-    ``val_fraction`` / ``test_fraction`` is drawn under ``seed``.
+    ``val_fraction`` / ``test_fraction`` is drawn under ``seed``. With ``fine_label_column`` the file names each
+    row's known subclass (a topic inside a sentiment, say): the ``oracle`` strategy reads it, and the run's summary
+    reports how its pseudo-subclasses agree with it (NMI); an empty value there is unknown.
     """
 
     def __init__(self, path: str, text_column: str = "text", label_column: str = "label",
                  split_column: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 seed: int = 0):
+                 seed: int = 0, fine_label_column: str | None = None):
         super().__init__(seed)
         self.path = str(path)
         self.text_column = text_column
@@ -39,10 +41,13 @@ class TextFile(Source):
         self.split_column = split_column
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.fine_label_column = fine_label_column
         self._frame: pd.DataFrame | None = None
 
     def options(self) -> dict:
         opts = super().options()
+        if self.fine_label_column is None:  # the fingerprint (and teacher cache key) a file had before the option
+            del opts["fine_label_column"]
         stat = _file_stat(self.path)
         opts["file"] = stat
         return opts
@@ -50,7 +55,8 @@ class TextFile(Source):
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
             self._frame = read_table(self.path, [self.text_column, self.label_column]
-                                     + ([self.split_column] if self.split_column else []))
+                                     + ([self.split_column] if self.split_column else [])
+                                     + ([self.fine_label_column] if self.fine_label_column else []))
         return self._frame
 
     @property
@@ -67,6 +73,7 @@ class TextFile(Source):
         names = self.class_names
         labels = df[self.label_column].map(lambda v: names.index(str(v))).to_numpy()
         texts = df[self.text_column].tolist()
+        fine = _fine_label_ids(df[self.fine_label_column]) if self.fine_label_column else None
         if self.split_column:
             values = df[self.split_column].astype(str).str.lower().to_numpy()
             bad = sorted(set(values) - set(SPLITS))
@@ -81,7 +88,17 @@ class TextFile(Source):
                 raise LelpError(f"{self.path}: label(s) {rare} have fewer than 3 rows; a stratified "
                                 "train/val/test split needs at least 3 per label.")
             parts = stratified_three_way(labels, self.val_fraction, self.test_fraction, self.seed)
-        return {s: take(s, texts, labels, p) for s, p in zip(SPLITS, parts, strict=True)}
+        return {s: take(s, texts, labels, p, fine) for s, p in zip(SPLITS, parts, strict=True)}
+
+
+def _fine_label_ids(values: pd.Series) -> np.ndarray:
+    """Fine labels as integer ids (their sorted distinct values over the whole file); an empty one is -1."""
+    def known(v) -> bool:
+        return not (v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "")
+
+    names = sorted({str(v) for v in values if known(v)}, key=_label_key)
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[str(v)] if known(v) else UNLABELED for v in values], dtype=np.int64)
 
 
 def _label_key(v):
@@ -91,11 +108,18 @@ def _label_key(v):
         return (1, 0.0, str(v))
 
 
+def _check_is_file(path: str) -> None:
+    """A missing path and a folder are named as such."""
+    p = Path(path)
+    if p.is_dir():
+        raise LelpError(f"data file {path!r} is a directory; expected a CSV, TSV, JSONL or Parquet file.")
+    if not p.is_file():
+        raise LelpError(f"data file {path!r} does not exist; expected a CSV, TSV, JSONL or Parquet file.")
+
+
 def _file_stat(path: str) -> dict:
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise LelpError(f"data file {path!r} does not exist; expected a CSV, TSV, JSONL or Parquet file.") from None
+    _check_is_file(path)
+    st = os.stat(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -117,6 +141,8 @@ def _read_delimited(p: Path, delimiter: str, path: str) -> pd.DataFrame:
         text = f.read()
     bare_cr = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
     text = re.sub(r"\r(?!\n)", bare_cr, text)
+    # the csv module refuses a field over 131,072 characters by default; the whole file is in memory already
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, 2**31 - 1)))
     records = [[field.replace(bare_cr, "\r") for field in record]
                for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True) if record]
     if not records:
@@ -135,8 +161,7 @@ def read_table(path: str, columns: list[str]) -> pd.DataFrame:
     ``columns[0]`` is the text (undecodable bytes → U+FFFD, missing → ``""``), ``columns[1]`` the label (required).
     """
     p = Path(path)
-    if not p.is_file():
-        raise LelpError(f"data file {path!r} does not exist; expected a CSV, TSV, JSONL or Parquet file.")
+    _check_is_file(path)
     if p.stat().st_size == 0:
         raise LelpError(f"data file {path!r} is empty; expected a header and at least one row.")
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix in (".gz", ".bz2") else p.suffix.lower()

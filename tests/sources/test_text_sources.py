@@ -76,6 +76,35 @@ def test_text_file_split_column_and_fingerprint_tracks_file_content(tmp_path):
     assert TextFile(str(path), split_column="part").fingerprint() != before
 
 
+def test_text_file_fine_label_column(tmp_path):
+    """Fine labels (strings or integers) become integer ids over the whole file; an empty one is -1 (unknown).
+    Without the option the source has none, and its fingerprint is the one it had before the option existed."""
+    path = tmp_path / "d.csv"
+    rows = [(f"t{i}", "pos" if i % 2 else "neg", ["food", "film", ""][i % 3]) for i in range(30)]
+    pd.DataFrame(rows, columns=["text", "label", "topic"]).to_csv(path, index=False)
+    source = TextFile(str(path), fine_label_column="topic")
+    frame = source.frame()
+    for split in SPLITS:
+        data = source.split(split)
+        topics = frame["topic"].to_numpy()[data.row_ids]
+        expected = [{"film": 0, "food": 1}.get(t, -1) for t in topics]
+        assert data.fine_labels.tolist() == expected
+    plain = TextFile(str(path))
+    assert plain.split("train").fine_labels is None
+    assert plain.fingerprint() != source.fingerprint() and "fine_label_column" not in plain.options()
+    with pytest.raises(LelpError, match=r"has no column\(s\) \['genre'\]"):
+        TextFile(str(path), fine_label_column="genre").frame()
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_field_of_a_megabyte_is_read(tmp_path, suffix):
+    """Python's csv module refuses a field over 131,072 characters by default; a 1 MB review is normal."""
+    review = "great value, would buy again. " * (1_048_576 // 30 + 1)
+    rows = [(review, "pos"), ("short", "neg")] * 5
+    path = tmp_path / f"big{suffix}"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, sep="," if suffix == ".csv" else "\t", index=False)
+    frame = TextFile(str(path)).frame()
+    assert len(frame) == 10 and frame["text"][0] == review and len(review) > 1_048_576
+
 def test_csv_keeps_carriage_returns_inside_quoted_text_and_reads_crlf_files(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes(b'text,label\r\n"line one\rline two",neg\r\nplain,pos\r\nthird,neg\r\n')
