@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -17,6 +19,14 @@ from lelp_lightning.objectives.cross_entropy import SubclassCrossEntropy
 from lelp_lightning.students.networks import Student
 
 
+def check_optimiser_options(lr: float, weight_decay: float) -> None:
+    """Refuse a learning rate or weight decay that cannot train (the CLI calls this before any data work)."""
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise LelpError(f"model.lr (the learning rate) must be a finite number > 0, got {lr}.")
+    if not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise LelpError(f"model.weight_decay must be a finite number >= 0, got {weight_decay}.")
+
+
 class DistillModule(LightningModule):
     """Trains ``student`` (with a C·S head) on the weighted sum of ``objectives``.
 
@@ -27,6 +37,7 @@ class DistillModule(LightningModule):
     def __init__(self, student: Student, objectives: list[Objective] | None = None, num_classes: int = 2,
                  num_subclasses: int = 1, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
+        check_optimiser_options(lr, weight_decay)
         self.save_hyperparameters(ignore=["student", "objectives"])
         if student.num_outputs != num_classes * num_subclasses:
             raise LelpError(f"the student head has {student.num_outputs} outputs but the data needs C·S = "
@@ -135,15 +146,27 @@ class DistillModule(LightningModule):
                             "set model.student.init_args.sparse: false, or use the gloo backend "
                             "(--trainer.strategy.process_group_backend gloo).")
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection) -> None:
-        metrics.update(self.class_logits(batch["inputs"]), batch["label"])
+    def _evaluate(self, batch: dict, metrics: MetricCollection) -> torch.Tensor:
+        logits = self.class_logits(batch["inputs"])
+        metrics.update(logits, batch["label"])
         self.log_dict(metrics, batch_size=batch["label"].shape[0], prog_bar=metrics is self.val_metrics)
+        return logits
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_predicted = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        predicted = self._evaluate(batch, self.test_metrics).argmax(-1)
+        self._test_predicted += torch.bincount(predicted, minlength=self.num_classes)
+
+    def on_test_epoch_end(self) -> None:
+        """How many test rows the student gave each class (over every process): the run's summary warns when
+        it gave them all one class."""
+        counts = self.trainer.strategy.reduce(self._test_predicted, reduce_op="sum")
+        self.test_prediction_counts = [int(n) for n in counts.tolist()]
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = torch.softmax(self.class_logits(batch["inputs"]), dim=-1)

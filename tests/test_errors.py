@@ -2,13 +2,14 @@
 wrong result. Messy text that can be read is read, the documented way."""
 
 import json
+import re
 import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, tiny_run_args, tiny_teacher, tiny_tweets
+from helpers import CONFIGS, run_main, tiny_run_args, tiny_teacher, tiny_tweets
 
 from lelp_lightning.cache import PassTarget, TeacherCache, build_entry
 from lelp_lightning.cache.plan import check_classifier
@@ -112,6 +113,59 @@ def test_a_head_that_does_not_match_c_times_s_is_refused():
         module.on_load_checkpoint({"hyper_parameters": {"num_classes": 2, "num_subclasses": 4}})
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--model.lr", "-0.01", "model.lr (the learning rate) must be a finite number > 0, got -0.01."),
+    ("--model.lr", ".nan", "model.lr (the learning rate) must be a finite number > 0, got nan."),
+    ("--model.weight_decay", "-1", "model.weight_decay must be a finite number >= 0, got -1.0."),
+    ("--trainer.max_epochs", "0", "trainer.max_epochs must be >= 1 (or -1: no epoch limit, with max_steps or "
+                                  "max_time to end the fit), got 0."),
+    ("--trainer.max_steps", "0", "trainer.max_steps must be >= 1 (or -1: no step limit), got 0."),
+])
+def test_a_bad_training_option_is_refused_before_any_data_work(option, value, message, tmp_path):
+    """Known at parse time, so refused before the data is read or the teacher runs (not a traceback after the
+    teacher pass, nor a silently untrained student for max_epochs 0)."""
+    cache = tmp_path / "cache"
+    ran = run_main("fit", *tiny_run_args(cache, tmp_path / "run", option, value, wandb=False))
+    assert (ran.returncode, "Traceback" in ran.stderr) == (2, False), ran.stderr[-2000:]
+    assert [line for line in ran.stderr.splitlines() if line.startswith("lelp: error:")] == [f"lelp: error: {message}"]
+    assert "teacher" not in ran.stderr and (not cache.exists() or not any(cache.iterdir()))
+
+
+def test_the_module_checks_its_numbers_itself():
+    """The in-process API (DistillModule built by hand) says the same sentence."""
+    with pytest.raises(LelpError, match=r"model.lr \(the learning rate\) must be a finite number > 0, got 0.0\."):
+        DistillModule(HashedBagStudent(input_dim=64, num_outputs=2), lr=0.0)
+    with pytest.raises(LelpError, match=r"model.weight_decay must be a finite number >= 0, got -0.1\."):
+        DistillModule(HashedBagStudent(input_dim=64, num_outputs=2), weight_decay=-0.1)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("modle:\n  lr: 0.1\n", "{path}: Option 'modle.lr' is not accepted"),
+    ("model:\n  lrr: 0.1\n", "{path}: Group 'model' does not accept option 'lrr'"),
+    ("model:\n  lr: [0.1\n", "{path}: not valid YAML: …',' or ']'… (line 3, column 1)."),
+    ("model:\n\tlr: 0.1\n", "{path}: not valid YAML: found character '\\t' that cannot start any token "
+                             "(line 2, column 1)."),
+])
+def test_a_config_file_typo_is_one_line_naming_the_file(content, message, tmp_path, capsys):
+    """Not 65 lines of usage before the one that matters: one line, the file and what is wrong in it."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(path), "--print_config"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    expected = ".*".join(re.escape(part) for part in f"lelp: error: {message.format(path=path)}".split("…"))
+    assert "usage:" not in err and re.fullmatch(expected, err.strip()), err[-3000:]
+
+
+def test_an_unknown_option_on_the_command_line_is_one_line_too(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--model.lrr", "0.1", "--print_config"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" not in err and len(err.strip().splitlines()) == 1 and "lrr" in err, err[-3000:]
+
+
 # -- data files ----------------------------------------------------------------------------------------------
 
 def text_file_args(path, tmp_path, *extra):
@@ -154,6 +208,15 @@ def test_a_bad_data_file_is_one_sentence(content, extra, message, tmp_path, caps
     assert one_error_line(capsys) == "lelp: error: " + message.format(path=path)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # the teacher never ran
 
+
+def test_a_folder_given_as_the_data_file_is_named_a_folder(tmp_path, capsys):
+    path = tmp_path / "reviews"
+    path.mkdir()
+    assert main(text_file_args(path, tmp_path)) == 2
+    assert one_error_line(capsys) == (f"lelp: error: data file '{path}' is a directory; expected a CSV, TSV, "
+                                      "JSONL or Parquet file.")
+    with pytest.raises(LelpError, match="is a directory; expected a CSV"):
+        TextFile(str(path)).options()  # the fingerprint's file checksum says the same
 
 def test_a_class_with_fewer_training_rows_than_s_is_refused(tweets_cache_dir, tmp_path, capsys):
     assert main(["fit", *tiny_run_args(tweets_cache_dir, tmp_path, "--data.strategy.num_subclasses", "100",
