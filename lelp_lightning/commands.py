@@ -196,11 +196,18 @@ class Cache(Command):
         return None  # the run options, printed by LightningCLI
 
     def run(self, name: str, args: list[str]) -> int:
-        from lelp_lightning.cache.teacher_pass import build_teacher_cache
+        import sys
+
+        from lelp_lightning.cache.teacher_pass import PassStopped, build_teacher_cache
         from lelp_lightning.runs import build_cli
 
         cli = build_cli(args, run=False)
-        build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
+        try:
+            build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
+        except PassStopped as stop:  # SIGTERM, at a block boundary: 128 + 15, as a shell reports a kill
+            if cli.trainer.is_global_zero:
+                print(f"lelp: {stop}", file=sys.stderr)
+            return 143
         if not cli.trainer.is_global_zero:
             return 0
         for split in ("train", "val", "test"):

@@ -7,10 +7,12 @@ preallocated arrays with positional writes (``os.pwrite``: disjoint byte ranges,
 one file, also on shared file systems), and appends each finished block's number to its own log
 ``blocks-rank<r>.log`` only after the rows are synced. A killed build resumes from the union of those logs,
 whatever the number of processes then; rank 0 seals the entry (classifier, checksums, manifest last,
-atomic rename) once every block is logged. :func:`build_entry` is this build with one process (rank 0);
-``lelp cache`` runs it with many (:mod:`lelp_lightning.cache.teacher_pass`). Whole files (labels, row ids,
-``build.json``, classifier, manifest) are written by :mod:`lelp_lightning.fileio`; only the rows and the logs,
-written in place by many processes, follow this protocol's own syncs.
+atomic rename) once every block is logged. Only the processes of one pass share a partial entry: the pass's
+rank 0 holds the entry's lock (:meth:`TeacherCache.lock`) from preparing to sealing it, so another pass or
+process building the same entry waits, then finds it finished. :func:`build_entry` is this build with one
+process (rank 0); ``lelp cache`` runs it with many (:mod:`lelp_lightning.cache.teacher_pass`). Whole files
+(labels, row ids, ``build.json``, classifier, manifest) are written by :mod:`lelp_lightning.fileio`; only the
+rows and the logs, written in place by many processes, follow this protocol's own syncs.
 """
 
 from __future__ import annotations
@@ -161,21 +163,26 @@ def build_entry(cache: TeacherCache, target: PassTarget, progress: bool = True,
 
     A failing or killed build keeps every block it had logged; the next call encodes only the others. Finished
     blocks are synced and logged every ``sync_seconds`` (a kill redoes at most that much work) and on the way out.
+    The build holds the entry's lock (:meth:`TeacherCache.lock`): a second build of the same entry, in any
+    process, waits for it and then opens the finished entry.
     """
     if cache.exists(target.key):
         return cache.open(target.key)
-    build = BlockBuild(cache, target)
-    build.prepare()
-    done = build.done_blocks()
-    writer = build.writer(rank=0, sync_seconds=sync_seconds)
-    rows_done = sum(len(target.block(b)) for b in done)
-    try:
-        with tqdm(total=len(target.order), initial=rows_done, desc=target.desc, unit="row", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for block in range(target.num_blocks):
-                if block not in done:
-                    writer.write(block, *target.encode(target.block(block)))
-                    bar.update(len(target.block(block)))
-    finally:
-        writer.close()
-    return build.finish()
+    with cache.lock(target.key, target.desc):
+        if cache.exists(target.key):  # another process built it while this one waited for the lock
+            return cache.open(target.key)
+        build = BlockBuild(cache, target)
+        build.prepare()
+        done = build.done_blocks()
+        writer = build.writer(rank=0, sync_seconds=sync_seconds)
+        rows_done = sum(len(target.block(b)) for b in done)
+        try:
+            with tqdm(total=len(target.order), initial=rows_done, desc=target.desc, unit="row",
+                      disable=not progress, dynamic_ncols=True) as bar:
+                for block in range(target.num_blocks):
+                    if block not in done:
+                        writer.write(block, *target.encode(target.block(block)))
+                        bar.update(len(target.block(block)))
+        finally:
+            writer.close()
+        return build.finish()

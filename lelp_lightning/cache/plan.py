@@ -103,16 +103,27 @@ class CachePlan:
                 classifier=self.teacher.classifier, modules=self.teacher.modules(), desc=f"teacher pass [{split}]"))
         return targets
 
+    def lock(self):
+        """The lock of this plan's whole build (a context manager): held by the process that runs the teacher (a
+        one-process build, or the ``lelp cache`` process that starts the others) from before the teacher is fitted
+        until every entry is sealed, so a second build of the same plan waits and then finds every entry cached.
+        Each entry's own lock (:meth:`TeacherCache.lock`) still guards it against other plans sharing it."""
+        return self.cache.lock("plan-" + cache_key(*map(self.key, SPLITS)), "this teacher cache")
+
     def build(self, progress: bool = True) -> None:
         """Run the teacher, in this process, into every entry not cached yet (features first, then outputs)."""
         if not self.missing():
             log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
             return
-        log.info("%s for split(s) %s into %s", getattr(self.teacher, "pass_description", "running the teacher"),
-                 ", ".join(self.missing()), self.cache.root)
-        for targets in (self.feature_targets, self.output_targets):
-            for target in targets():
-                build_entry(self.cache, target, progress)
+        with self.lock():
+            if not self.missing():  # another process built it while this one waited
+                log.info("teacher cache hit for every split in %s; the teacher does not run", self.cache.root)
+                return
+            log.info("%s for split(s) %s into %s", getattr(self.teacher, "pass_description", "running the teacher"),
+                     ", ".join(self.missing()), self.cache.root)
+            for targets in (self.feature_targets, self.output_targets):
+                for target in targets():
+                    build_entry(self.cache, target, progress)
 
     def open(self) -> dict[str, CachedSplit]:
         """Every split's finished entry, refused when it was built for another teacher, source or split, or

@@ -8,15 +8,21 @@ Layout of one entry ``<root>/<key>/``::
 A build writes into ``<key>.partial/`` block by block, by one process or many (:mod:`lelp_lightning.cache.blocks`:
 one write protocol, whatever the number of processes), so a killed build resumes without redoing the blocks it
 had logged; only a finished build gets its manifest and is renamed to ``<key>/`` in one atomic step. An entry
-without a manifest, or whose arrays do not match the manifest's checksums, is never read back as complete.
+without a manifest, or whose arrays do not match the manifest's checksums, is never read back as complete. One
+build of an entry runs at a time: it holds the file lock ``<root>/.<key>.lock`` (:meth:`TeacherCache.lock`), and
+a second one waits for it, then finds the entry finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,7 @@ from lelp_lightning.errors import LelpError
 
 FORMAT_VERSION = 1
 ARRAYS = ("embedding", "logits", "label", "row_id")
+log = logging.getLogger(__name__)
 
 
 def cache_key(*parts: str) -> str:
@@ -84,6 +91,23 @@ class TeacherCache:
 
     def exists(self, key: str) -> bool:
         return (self.entry(key) / "manifest.json").is_file()
+
+    @contextlib.contextmanager
+    def lock(self, key: str, what: str) -> Iterator[None]:
+        """Hold the build lock of ``key`` (``<root>/.<key>.lock``, a :func:`~lelp_lightning.fileio.locked` file
+        lock): one build of an entry at a time, whatever the processes. Says once, after a second, that it
+        waits for another process building ``what``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f".{key}.lock"
+        timer = threading.Timer(1.0, log.info, ("waiting for another process building %s (lock %s)", what, path))
+        timer.daemon = True
+        timer.start()
+        try:
+            with fileio.locked(path):
+                timer.cancel()
+                yield
+        finally:
+            timer.cancel()
 
     def open(self, key: str, verify: bool = True) -> CachedSplit:
         """Open a finished entry; raises if it is missing, unfinished, its arrays or classifier fail their
