@@ -107,7 +107,8 @@ class LelpArgumentParser(LightningArgumentParser):
 
 
 _GIVEN_ARGS: list[str] = []  # the arguments the last LelpArgumentParser.parse_args read
-_UNKNOWN_KEY = re.compile(r"Option '([^']+)' is not accepted|Group '([^']+)' does not accept option '([^']+)'")
+_UNKNOWN_KEY = re.compile(r"Option '([^']+)' is not accepted|Group '([^']+)' does not accept option '([^']+)'"
+                          r"|Subcommand '[^']+' does not accept option '([^']+)'")
 
 
 def parse_error_line(message: str, args: list[str]) -> str:
