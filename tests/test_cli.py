@@ -95,7 +95,7 @@ def test_strategies_subcommand_lists_names_and_descriptions(capsys):
 
 
 def only_dirs(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()}
+    return {p.name for p in path.iterdir() if p.is_dir()}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_validate_test_and_predict_on_the_checkpoint(finished_run, tmp_path):
     version = run_dir / "tiny" / "version_0"
     ckpt = next((version / "checkpoints").glob("*.ckpt"))
     summary = json.loads((version / "summary.json").read_text())
-    stored = torch.load(ckpt, map_location="cpu", weights_only=False)
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "strategy" in stored["DistillDataModule"]  # the fitted strategy travels with the checkpoint
     logs = write_logger_config(tmp_path, wandb=False)
     for command in ("validate", "test", "predict"):
@@ -178,7 +178,7 @@ def test_one_subclass_is_vanilla_kd_through_the_same_path(tweets_cache_dir, tmp_
                                           "--trainer.max_epochs", "1", wandb=False))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = next(tmp_path.rglob("*.ckpt"))
-    head = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["student.head.weight"]
+    head = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["student.head.weight"]
     assert head.shape[0] == 2  # C·S = 2·1
 
 
@@ -234,7 +234,7 @@ def test_mlp_student_on_minilm_features_builds_them_once(tweets_cache_dir, tmp_p
     # no majority-rate bound here: an MLP after one epoch scores 36/60 at seed 0 (the majority class is 42/60)
     assert 0.5 <= summary["student"]["test_accuracy"] <= 1.0 and summary["epochs"] == 1
     assert summary["config"]["data"]["featurizer"]["class_path"].endswith("SentenceEncoderFeaturizer")
-    state = torch.load(next((tmp_path / "one").rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    state = torch.load(next((tmp_path / "one").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert state["state_dict"]["student.body.0.weight"].shape == (128, 384)  # input_dim linked from the encoder
     added = only_dirs(cache) - before
     assert len(added) == 3 and all(name.startswith("encoder-") for name in added)  # one entry per split

@@ -59,7 +59,7 @@ def test_serve_imports_neither_torch_nor_lightning():
     assert status == 0 and "--max_texts" in out and heavy == []
 
 
-@pytest.mark.parametrize("command,group", [("tune", "TuneOptions"), ("search", "SearchOptions"),
+@pytest.mark.parametrize(("command", "group"), [("tune", "TuneOptions"), ("search", "SearchOptions"),
                                            ("active", "ActiveOptions")])
 def test_a_group_command_help_lists_its_own_options_then_points_to_the_run_options(command, group, capsys):
     cls = getattr(importlib.import_module(COMMANDS[command].module), group)
@@ -74,7 +74,7 @@ def test_a_group_command_help_lists_its_own_options_then_points_to_the_run_optio
     assert out.rstrip().endswith("`lelp fit --help` lists them.")
 
 
-@pytest.mark.parametrize("command,options", [("export", ExportOptions), ("serve", ServeOptions)])
+@pytest.mark.parametrize(("command", "options"), [("export", ExportOptions), ("serve", ServeOptions)])
 def test_export_and_serve_help_come_from_their_dataclass(command, options, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -107,7 +107,7 @@ def test_options_are_read_into_their_dataclass():
                                                                                          "int8", 2.0)
 
 
-@pytest.mark.parametrize("command,args,message", [
+@pytest.mark.parametrize(("command", "args", "message"), [
     ("serve", [], "lelp serve: the following arguments are required: folder; usage: lelp serve <folder> [--host"),
     ("serve", ["s", "--port", "eighty"], "lelp serve: argument --port: invalid int value: 'eighty'; usage:"),
     ("serve", ["s", "--prot", "80"], "lelp serve: unrecognized arguments: --prot 80; usage:"),
@@ -130,7 +130,7 @@ def test_a_dataclass_built_in_python_is_checked_the_same_way():
         ExportOptions(Path("c"), Path("k"), Path("o"), quantize="fp8")
 
 
-@pytest.mark.parametrize("command,module,runner", [("tune", "lelp_lightning.tune.study", "run_study"),
+@pytest.mark.parametrize(("command", "module", "runner"), [("tune", "lelp_lightning.tune.study", "run_study"),
                                                    ("active", "lelp_lightning.active.loop", "run_active")])
 def test_ctrl_c_on_a_resumable_command_is_status_130(command, module, runner, monkeypatch, capsys):
     def interrupted(*args):

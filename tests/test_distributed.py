@@ -41,7 +41,7 @@ def val_metrics(version: Path) -> list[list[float]]:
 
 
 def weights(version: Path) -> dict:
-    return torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")

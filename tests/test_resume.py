@@ -47,12 +47,12 @@ def straight_and_resumed(tweets_cache_dir, tmp_path_factory):
 
 def test_a_resumed_run_ends_exactly_where_the_uninterrupted_one_does(straight_and_resumed):
     straight, _, resumed, _ = straight_and_resumed
-    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
-    first = torch.load(straight / "checkpoints" / "epoch=0.ckpt", map_location="cpu", weights_only=False)
+    first = torch.load(straight / "checkpoints" / "epoch=0.ckpt", map_location="cpu", weights_only=True)
     assert not torch.equal(first["state_dict"]["student.head.weight"], a["state_dict"]["student.head.weight"])
     summaries = [json.loads((run / "summary.json").read_text()) for run in (straight, resumed)]
     assert summaries[0]["student"] == summaries[1]["student"]
@@ -72,7 +72,7 @@ def test_a_resumed_run_restores_the_strategy_instead_of_refitting_it(straight_an
                          "it is not refitted", resumed_proc.stderr)
     assert fitted and restored and fitted.group(1) == restored.group(1)
     assert "fitted the" not in resumed_proc.stderr
-    saved = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["DistillDataModule"]["teacher_cache"]  # the checkpoint names the teacher outputs it was fitted on
 
 

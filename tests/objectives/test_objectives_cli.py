@@ -36,7 +36,7 @@ def test_objective_config_fits_and_logs_each_term(config, tweets_cache_dir, tmp_
         values = metrics[f"train/{name}"].dropna()
         assert len(values) and values.map(math.isfinite).all()
     if "embedding_matching" in names:  # r is saved, and every parameter (r too) was stepped by the optimiser
-        state = torch.load(next((version / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=False)
+        state = torch.load(next((version / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=True)
         weights = state["state_dict"]
         r = weights[f"objectives.{names.index('embedding_matching')}.projection.weight"]
         assert r.shape == (TINY_TEACHER["head_hidden"], 64)  # teacher D × student D_s (hashed bag, embed_dim 64)
