@@ -201,7 +201,7 @@ class Cache(Command):
         from lelp_lightning.cache.teacher_pass import PassStopped, build_teacher_cache
         from lelp_lightning.runs import build_cli
 
-        cli = build_cli(args, run=False)
+        cli = build_cli(args, run=False, save_config=False)  # a run's config belongs in its run folder
         try:
             build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
         except PassStopped as stop:  # SIGTERM, at a block boundary: 128 + 15, as a shell reports a kill
