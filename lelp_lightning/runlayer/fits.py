@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lelp_lightning.fileio import atomic_write_text
-from lelp_lightning.runs import build_cli, fit
+from lelp_lightning.runs import build_cli, fit, name_loggers
 
 
 def run_folder(args: list[str], root: str, name: str | None = None, suffix: str = "", default: str = "run") -> Path:
@@ -104,9 +104,13 @@ def refit_seeds(config: Path | str, seeds: int, save_dir: Path, name: str, done:
             keep(seed, fit(["--config", str(config), *seed_args(seed), *logged_args(save_dir, name, f"seed_{seed}")]))
 
 
-def write_config(path: Path, args: list[str], header: str) -> Path:
-    """The run ``args`` resolved by the CLI, written to ``path`` as a YAML config under the comment ``header``."""
+def write_config(path: Path, args: list[str], header: str, name: str | None = None) -> Path:
+    """The run ``args`` resolved by the CLI, written to ``path`` as a YAML config under the comment ``header``;
+    ``name``: the name its CSV / TensorBoard logger gives the runs of it (``lelp fit --config best.yaml`` of a
+    study lands in ``runs/<study>/``)."""
     cli = build_cli(args, run=False)
+    if name is not None:
+        name_loggers(cli.config, name)
     atomic_write_text(path, f"# {header}\n" + cli.parser.dump(cli.config, skip_none=False))
     del cli
     return path

@@ -154,14 +154,15 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def best_config(base, trial: optuna.trial.FrozenTrial, values: list[float], folder: Path) -> Path:
-    """``best.yaml``: the base config with the best trial's method and parameters, as the CLI resolves it."""
+    """``best.yaml``: the base config with the best trial's method and parameters, as the CLI resolves it; its runs
+    are named after the study (``runs/<study>/version_N``)."""
     mean = seed_mean(values)
     mean = f", {mean}" if mean else ""
     return write_config(folder / "best.yaml",
                         [*base.args, *trial.user_attrs["overrides"],
                          "--trainer.default_root_dir", str(folder / "best")],
                         f"lelp tune: the study's best, trial {trial.number} ({trial.user_attrs['method']}, validation "
-                        f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml")
+                        f"{trial.value:.4f}{mean}); run it with: lelp fit --config best.yaml", name=folder.name)
 
 
 def plots(study: optuna.Study, folder: Path) -> list[str]:

@@ -247,6 +247,10 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
         log.info("tune: method %r left out: its strategy needs fine labels, which this data has none of.", method)
     base.prepare()
     study = open_study(base, options, folder, name)
+    kept = finished(study)
+    if kept:  # a study this or another process began: its finished trials count, only the rest run
+        log.info("tune: resuming the study %r (%s): %d finished trial%s kept, %d of %d to run.", name, folder, kept,
+                 "s" if kept != 1 else "", max(options.n_trials - kept, 0), options.n_trials)
     objective = Objective(base, options, folder)
     bar = None
     if options.progress:
