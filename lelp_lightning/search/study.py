@@ -336,11 +336,14 @@ def report(search: Search, study: optuna.Study, default: dict, edges: list[float
 
 
 def best_yaml(search: Search, arch: Arch, budget: float) -> Path:
+    """``best_<budget>.yaml``: the chosen architecture as a runnable config whose runs are named after the search
+    (``runs/<search>/version_N``)."""
     path = search.folder / f"best_{budget:g}.yaml"
     return write_config(path, [*search.arch_args(arch), "--trainer.max_epochs", str(search.full_epochs),
                                "--trainer.default_root_dir", str(search.folder / f"budget_{budget:g}")],
                         f"lelp search: the best student within {budget:g} × the default's {search.options.cost} "
-                        f"({search.space.values(arch)}); run it with: lelp fit --config {path.name}")
+                        f"({search.space.values(arch)}); run it with: lelp fit --config {path.name}",
+                        name=search.folder.name)
 
 
 def train_chosen(search: Search, chosen: list[dict]) -> list[dict]:

@@ -41,7 +41,6 @@ from lelp_lightning.serving.card import write_card
 from lelp_lightning.serving.predictor import FILES, Predictor, input_builders
 from lelp_lightning.serving.timing import machine, measure
 
-_RUN_SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
 OPSET = 17  # a native LayerNormalization (17)
 
 
@@ -70,7 +69,7 @@ def export_graph(student: nn.Module, num_classes: int, featurizer) -> tuple[Prob
 
 def load_student(config: Path, ckpt_path: Path):
     """The run's model (its student holding the checkpoint's weights) and data module, built from ``config``."""
-    from lelp_lightning.runs import build_cli, hide_notices_a_user_cannot_act_on
+    from lelp_lightning.runs import build_cli, hide_notices_a_user_cannot_act_on, run_sections
 
     for path, what in ((config, "--config"), (ckpt_path, "--ckpt_path")):
         if not path.is_file():
@@ -81,7 +80,7 @@ def load_student(config: Path, ckpt_path: Path):
     if not isinstance(values, dict) or "model" not in values or "data" not in values:
         raise LelpError(f"{config} is not a run's config (no model and data sections); expected the config.yaml "
                         "that `lelp fit` saved in the run folder.")
-    values = {k: v for k, v in values.items() if k in _RUN_SECTIONS}  # not fit's own ckpt_path, weights_only
+    values = run_sections(values)  # not fit's own ckpt_path, weights_only
     values.setdefault("trainer", {})["logger"] = False  # building the trainer must not start a logger
     cli = build_cli(values, run=False)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

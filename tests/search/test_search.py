@@ -77,6 +77,8 @@ def test_a_two_layer_search_with_two_workers_through_the_console_script(tweets_c
     assert cli.config.trainer.max_epochs == 2
     assert cli.config.model.student.init_args.embed_dim == chosen["values"]["embed_dim"]
     assert cli.config.data.featurizer.init_args.num_buckets == chosen["values"]["buckets"]
+    loggers = yaml.safe_load(Path(chosen["yaml"]).read_text())["trainer"]["logger"]
+    assert [lg["init_args"]["name"] for lg in loggers if lg["class_path"].endswith("CSVLogger")] == [folder.name]
 
 
 def test_a_killed_worker_is_resumed_without_running_a_candidate_twice(tweets_cache_dir, tmp_path):
