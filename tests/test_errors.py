@@ -131,6 +131,17 @@ def test_a_bad_training_option_is_refused_before_any_data_work(option, value, me
     assert "teacher" not in ran.stderr and (not cache.exists() or not any(cache.iterdir()))
 
 
+def test_contradicting_trainer_options_are_one_sentence(tmp_path):
+    """Lightning's MisconfigurationException (here: no checkpointing asked, but the config's ModelCheckpoint) is
+    bad input: one sentence, exit 2, not a traceback."""
+    ran = run_main("fit", *tiny_run_args(tmp_path / "cache", tmp_path / "run", "--trainer.enable_checkpointing",
+                                         "false", wandb=False))
+    assert (ran.returncode, "Traceback" in ran.stderr) == (2, False), ran.stderr[-2000:]
+    assert [line for line in ran.stderr.splitlines() if line.startswith("lelp: error:")] == [
+        "lelp: error: Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in "
+        "callbacks list; change one of the two options."]
+
+
 def test_the_module_checks_its_numbers_itself():
     """The in-process API (DistillModule built by hand) says the same sentence."""
     with pytest.raises(LelpError, match=r"model.lr \(the learning rate\) must be a finite number > 0, got 0.0\."):
