@@ -85,6 +85,11 @@ class TeacherCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        if self.root.is_symlink() and not self.root.exists():
+            raise LelpError(f"the cache folder {self.root} is a broken symbolic link (to {os.readlink(self.root)}); "
+                            "point data.cache_dir at a folder, or remove the link.")
+        if self.root.exists() and not self.root.is_dir():
+            raise LelpError(f"the cache folder {self.root} is a file; point data.cache_dir at a folder.")
 
     def entry(self, key: str) -> Path:
         return self.root / key

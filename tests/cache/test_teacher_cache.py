@@ -171,3 +171,15 @@ def test_fingerprint_changes_with_teacher_data_and_split_and_a_changed_one_rerun
 
 def _teacher_opts():
     return dict(TINY_TEACHER)
+
+
+def test_a_cache_dir_that_is_a_file_or_a_broken_link_is_one_sentence(tmp_path):
+    """Before: FileExistsError from mkdir deep inside `lelp tune`; now the cache says what is wrong."""
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(LelpError, match=r"the cache folder .*a_file is a file; point data.cache_dir at a folder\.$"):
+        TeacherCache(tmp_path / "a_file")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(LelpError, match=r"the cache folder .*link is a broken symbolic link \(to .*gone\); point "
+                                        r"data.cache_dir at a folder, or remove the link\.$"):
+        TeacherCache(tmp_path / "link")
+    assert TeacherCache(tmp_path / "new").root == tmp_path / "new"  # a folder yet to be made is fine
