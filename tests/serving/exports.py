@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from helpers import run_main
+import pytest
+from helpers import LELP, run_main
 
 
 @dataclass
@@ -77,3 +85,40 @@ def modules_imported_by_prediction(folder: Path, inputs_code: str) -> tuple[list
     proc = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(folder: Path, log: Path, *options: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``lelp serve folder`` on a free port of 127.0.0.1, in its own process group, its stderr in ``log``: yields
+    (process, port) once ``/health`` answers ok (60 s at most); then SIGINT to the group (SIGKILL after 30 s)."""
+    port = free_port()
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([LELP, "serve", str(folder), "--port", str(port), *options],
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    if answer.read() == b"ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"lelp serve did not start: {log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from helpers import LELP, run_main, tiny_run_args
+from helpers import run_main, tiny_run_args
 
-from .exports import assert_matches_eager, fit_and_export, modules_imported_by_prediction
+from .exports import assert_matches_eager, fit_and_export, modules_imported_by_prediction, serving
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +84,6 @@ def test_a_checkpoint_of_another_config_is_one_sentence(bag, tmp_path):
 
 # -- lelp serve --------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
@@ -103,32 +94,17 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(bag):
-    """`lelp serve` on the bag export, in its own process group (Ctrl-C reaches the group)."""
-    port = free_port()
-    proc = subprocess.Popen([LELP, "serve", str(bag.folder), "--port", str(port), "--max_texts", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                if answer.read() == b"ok":
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"lelp serve did not start: {proc.communicate()[1][-3000:]}")
-            time.sleep(0.2)
-    yield proc, f"http://127.0.0.1:{port}/predict"
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+def server(bag, tmp_path_factory):
+    """`lelp serve` on the bag export, in its own process group (Ctrl-C reaches the group), stderr in a file."""
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with serving(bag.folder, log, "--max_texts", "8") as (proc, port):
+        yield proc, f"http://127.0.0.1:{port}/predict", log
 
 
 def test_server_answers_single_and_concurrent_requests_like_the_predictor(server, bag):
     from lelp_lightning.serving import Predictor
 
-    _, url = server
+    _, url, _ = server
     predictor = Predictor.load(bag.folder)
     texts = ["I love this so much", "worst day ever", "meh", "going to the beach tomorrow"]
     status, answer = post(url, json.dumps({"texts": texts[:1]}).encode())
@@ -156,7 +132,7 @@ def test_server_answers_single_and_concurrent_requests_like_the_predictor(server
     (json.dumps({"texts": ["x"] * 9}).encode(), 413, "at most 8 per request"),
 ])
 def test_server_refuses_a_malformed_request_with_one_sentence(server, body, status, words):
-    proc, url = server
+    proc, url, _ = server
     got, answer = post(url, body)
     assert (got, proc.poll()) == (status, None)
     assert words in answer["detail"] and answer["detail"].endswith(".")
@@ -164,9 +140,10 @@ def test_server_refuses_a_malformed_request_with_one_sentence(server, body, stat
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):
-    proc, url = server
+    proc, url, log = server
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    stderr = log.read_text()
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
     with pytest.raises(OSError, match="Connection refused"):  # nothing listens on the port any more
         urllib.request.urlopen(url.replace("/predict", "/health"), timeout=2)

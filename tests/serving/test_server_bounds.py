@@ -6,60 +6,30 @@ memory stays put. A port it cannot listen on is one sentence, exit status 2."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from helpers import LELP, run_main
 
+from .exports import free_port, serving
+
 CAP = 1_000_000
 MB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(small_bag, tmp_path_factory):
     """`lelp serve` on the small bag export with a 1 MB body cap, its stderr in a file; stopped at the end."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "stderr.txt"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen([LELP, "serve", str(small_bag.folder), "--port", str(port), "--max_texts", "8",
-                                 "--max_chars", "1000", "--max_body_bytes", str(CAP)],
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                if answer.read() == b"ok":
-                    break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail(f"lelp serve did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
-    yield proc, port, log
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with serving(small_bag.folder, log, "--max_texts", "8", "--max_chars", "1000",
+                 "--max_body_bytes", str(CAP)) as (proc, port):
+        yield proc, port, log
 
 
 def exchange(port: int, head: dict[str, str], chunks: Iterable[bytes] = (), timeout: float = 20) -> tuple[int, dict]:
