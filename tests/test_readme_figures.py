@@ -1,0 +1,44 @@
+"""The figures the README quotes by hand (outside the blocks ``python -m benchmarks.report`` generates) come from one
+place: each is checked here against the generated benchmarks/RESULTS.md or the benchmark record it was read from,
+so a rerun that changes a result fails here until every quote of it changes too."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+GENERATED = re.compile(r"<!-- results:(\w+):begin.*?<!-- results:\1:end -->", re.S)
+
+
+def readme_by_hand() -> str:
+    """README.md without its generated blocks."""
+    return GENERATED.sub("", (ROOT / "README.md").read_text())
+
+
+@pytest.mark.parametrize("quote", [
+    "KD 80.81 against 82.44 % on 20NG, 84.37 against 84.32 % on tweets",
+    "teacher 86.08 % test against the frozen-encoder teacher's 82.00 %",
+    "teacher 90.85 % against 88.35 %",
+    "NMI 0.67 / 0.79",
+])
+def test_each_accuracy_the_readme_quotes_is_in_results_md(quote):
+    assert quote in readme_by_hand().replace("\n", " ")
+    results = RESULTS.read_text()
+    missing = [figure for figure in re.findall(r"\d+\.\d\d", quote) if figure not in results]
+    assert missing == [], f"{quote!r}: {missing} not in benchmarks/RESULTS.md"
+
+
+def test_the_serving_headline_is_the_newest_student_vs_teacher_record():
+    """The bag student with the grid's method through onnxruntime against the eager MiniLM teacher, binary tweets."""
+    newest = sorted((ROOT / "benchmarks" / "results" / "student_vs_teacher").glob("*.json"))[-1]
+    runs = {(r["task"], r["model"], r["runtime"]): r for r in json.loads(newest.read_text())["runs"]}
+    student, teacher = runs["tweets2", "bag_grid", "onnxruntime"], runs["tweets2", "teacher", "eager"]
+    speedup, p50 = student["speedup_vs_eager_teacher"], student["latency_ms_p50"]
+    quote = (f"serves {student['rows_per_s']:,.0f} rows/s at batch {student['batch_size']} through onnxruntime "
+             f"against {teacher['rows_per_s']:.0f} for the eager MiniLM teacher ({speedup:.0f}× its throughput, "
+             f"{p50:.2f} ms p50 for one text) at {100 * student['test_accuracy']:.2f}% test accuracy against the "
+             f"teacher's {100 * teacher['test_accuracy']:.2f}%")
+    assert quote in readme_by_hand().replace("\n", " ")
