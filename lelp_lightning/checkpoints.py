@@ -15,16 +15,17 @@ from typing import Any
 from lelp_lightning.errors import LelpError
 
 
-def load_checkpoint(path: str | Path, expected: str) -> Any:
+def load_checkpoint(path: str | Path, expected: str, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a missing file, a file that is no checkpoint, or one
-    that would run code while it loads is a :class:`LelpError` naming ``expected`` (what the file should be)."""
+    that would run code while it loads is a :class:`LelpError` naming ``expected`` (what the file should be).
+    ``mmap``: map the tensors instead of reading them (a check of the pickle alone, milliseconds for any size)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise LelpError(f"{path} is not a file; expected {expected}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "GLOBAL" not in str(err):  # torch names the function or class it refused to load
             raise LelpError(f"{path} cannot be read as a checkpoint (UnpicklingError); expected {expected}.") from None
@@ -37,10 +38,10 @@ def load_checkpoint(path: str | Path, expected: str) -> Any:
 def check_ckpt_option(ckpt_path: Any, weights_only: Any, expected: str) -> None:
     """What a run's ``--ckpt_path`` / ``--weights_only`` must satisfy before any data work: a file a safe load
     accepts (Lightning's keywords ``last``, ``best``, ``hpc``, ``registry`` pass through), and never
-    ``weights_only: false``."""
+    ``weights_only: false``. Lightning loads the file itself right after, so this reads only its pickle."""
     if weights_only is False:
         raise LelpError("--weights_only false is refused: lelp never loads a checkpoint in a way that can run code "
                         "from it; leave weights_only unset (or true).")
     if ckpt_path is None or str(ckpt_path) in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
         return
-    load_checkpoint(ckpt_path, expected)
+    load_checkpoint(ckpt_path, expected, mmap=True)
