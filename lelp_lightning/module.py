@@ -64,6 +64,8 @@ class DistillModule(LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         teacher = datamodule.teacher_statistics() if hasattr(datamodule, "teacher_statistics") else None
+        if stage == "fit" and hasattr(datamodule, "featurizer"):
+            self.student.start_from(datamodule.featurizer)  # a resumed fit's checkpoint then restores over it
         for objective in self.objectives:  # before the optimiser exists, so parameters built here train
             objective.setup(self.student, teacher)
 
@@ -195,10 +197,17 @@ class DistillModule(LightningModule):
                             "use the run's own config (--config <run>/config.yaml) or the checkpoint's num_subclasses.")
 
     def configure_optimizers(self):
-        """AdamW over every dense parameter; with a sparse student also the student's optimiser of its sparse table
-        (lazy Adam, ``SparseAdam``'s rule, by default; no weight decay). Both states are in the checkpoint, so a
-        resumed run continues exactly."""
+        """AdamW over every dense parameter, in the student's parameter groups (its own learning rates, if any) and
+        one group of the objectives' parameters at the model's lr; with a sparse student also the student's optimiser
+        of its sparse table (lazy Adam, ``SparseAdam``'s rule, by default; no weight decay). Both states are in the
+        checkpoint, so a resumed run continues exactly."""
         sparse = self.student.sparse_parameters()
-        dense = [p for p in self.parameters() if all(p is not s for s in sparse)]
-        adamw = torch.optim.AdamW(dense, lr=self.lr, weight_decay=self.weight_decay)
+        groups = [dict(group) for group in self.student.dense_parameter_groups(self.lr)]
+        grouped = {id(p) for group in groups for p in group["params"]} | {id(p) for p in sparse}
+        others = [p for p in self.parameters() if id(p) not in grouped]
+        if len(groups) == 1 and "lr" not in groups[0]:  # one group at the model's lr, as before parameter groups
+            groups[0]["params"] = [*groups[0]["params"], *others]
+        elif others:
+            groups.append({"params": others})
+        adamw = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         return [adamw, self.student.sparse_optimizer(self.lr)] if sparse else adamw

@@ -77,6 +77,17 @@ class Student(nn.Module):
         """The optimiser of :meth:`sparse_parameters`, ``lr`` being the model's. Default: lazy Adam."""
         return LazyAdam(self.sparse_parameters(), lr=lr)
 
+    def start_from(self, featurizer) -> None:
+        """Initialise weights from what the run's featuriser built (a distilled token table, a pretrained body),
+        once per fit: the model's ``setup`` calls it before the optimiser exists and before a checkpoint (resume,
+        validate, test) restores the trained weights over it. Default: nothing (the student starts from its init)."""
+
+    def dense_parameter_groups(self, lr: float) -> list[dict]:
+        """AdamW's parameter groups for this student's dense parameters, ``lr`` being the model's; a group may set
+        its own ``lr`` (a pretrained body slower than a fresh head). Default: one group at the model's lr."""
+        sparse = self.sparse_parameters()
+        return [{"params": [p for p in self.parameters() if all(p is not s for s in sparse)]}]
+
     def forward(self, inputs) -> torch.Tensor:
         return self.head(self.embed(inputs))
 
