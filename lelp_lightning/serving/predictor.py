@@ -188,3 +188,7 @@ class Predictor:
     def predict(self, inputs: Sequence[str] | np.ndarray, batch_size: int = 256) -> list[str]:
         """The most probable class label of each input."""
         return [self.labels[i] for i in self.predict_proba(inputs, batch_size).argmax(1)]
+
+
+class EncoderTokenInputs(TokenInputs, kind="encoder_tokens"):
+    """Texts → the token ids a fine-tuned transformer student reads, tokenised as :class:`TokenInputs` does."""
