@@ -39,9 +39,12 @@ def _batch_as_is(batch):
 def batch_loader(dataset: CacheDataset, split: str, batch_size: int, world: int = 1, rank: int = 0,
                  shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
     """Training batches of ``batch_size`` global rows (``shuffle``), or this rank's evaluation shard in batches
-    of ``batch_size`` rows (see :mod:`lelp_lightning.samplers`)."""
+    of ``batch_size`` rows (see :mod:`lelp_lightning.samplers`). Inputs that know their rows' lengths (``lengths``,
+    e.g. token counts) and ask for bucketing (``bucket_batches`` > 1) get length-bucketed training batches."""
     if shuffle:
-        sampler = GlobalBatchSampler(len(dataset), batch_size, world, rank, seed=seed)
+        sampler = GlobalBatchSampler(len(dataset), batch_size, world, rank, seed=seed,
+                                     lengths=getattr(dataset.inputs, "lengths", None),
+                                     bucket_batches=getattr(dataset.inputs, "bucket_batches", 1))
     else:
         sampler = EvalShardSampler(len(dataset), batch_size, world, rank, split)
     # the sampler yields index batches: one __getitems__ (one gather per array) per batch

@@ -12,7 +12,15 @@ import torch
 from helpers import tiny_tweets
 from torch import nn
 
-from lelp_lightning.data import Featurizer, HashedNgramFeaturizer, PixelFeaturizer, SentenceEncoderFeaturizer
+from lelp_lightning.cache import TeacherCache
+from lelp_lightning.data import (
+    EncoderTokenFeaturizer,
+    Featurizer,
+    HashedNgramFeaturizer,
+    PixelFeaturizer,
+    SentenceEncoderFeaturizer,
+    StaticTokenFeaturizer,
+)
 from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import class_logits
@@ -30,10 +38,16 @@ NORMALIZE = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.
              {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
 # the pairs a run trains with today: these must export, whatever else the registries hold
 MUST_EXPORT = {("hashed_bag", "hashed"), ("mlp", "encoder"), ("mlp", "pixels"), ("cnn", "pixels"),
-               ("cnn", "pixels_2d"), ("contract_mlp2", "encoder"), ("contract_mlp2", "pixels")}
+               ("cnn", "pixels_2d"), ("contract_mlp2", "encoder"), ("contract_mlp2", "pixels"),
+               ("transformer", "tokens"), ("static", "static"), ("hashed_bag", "static")}
 # a bag student on dense features and a dense student on bags: refused in one sentence
 MUST_REFUSE = {("hashed_bag", "encoder"), ("hashed_bag", "pixels"), ("hashed_bag", "pixels_2d"), ("mlp", "hashed"),
-               ("cnn", "hashed"), ("contract_mlp2", "hashed")}
+               ("cnn", "hashed"), ("contract_mlp2", "hashed"), ("hashed_bag", "tokens"), ("mlp", "tokens"),
+               ("transformer", "hashed"), ("transformer", "encoder"), ("transformer", "pixels"), ("static", "encoder"),
+               ("static", "pixels"), ("static", "pixels_2d"), ("mlp", "static"), ("cnn", "static"),
+               ("contract_mlp2", "static")}
+# a student that starts from a pretrained encoder starts from the tiny one (all its layers)
+STUDENT_OPTIONS = {"transformer": lambda encoder: {"encoder": encoder, "num_layers": None}}
 
 
 class TwoLayerStudent(Student, name="contract_mlp2",
@@ -64,14 +78,18 @@ def tiny_encoder(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def featurizers(tiny_encoder) -> dict:
-    """Each featuriser with a few raw rows of real data: tweets (and the edge cases) or digit images."""
+def featurizers(tiny_encoder, tmp_path_factory) -> dict:
+    """Each featuriser with a few raw rows of real data: tweets (and the edge cases) or digit images; the static
+    featuriser's table distilled from the tiny encoder into a cache of its own."""
+    static = StaticTokenFeaturizer(tiny_encoder, pca_dims=8, max_length=32)
+    static.use_cache(TeacherCache(tmp_path_factory.mktemp("static-cache")))
     texts = tiny_tweets().split("test").texts[:40] + ["", "☃ ünïcödé", "the end " * 80]
     images = Digits().split("test").texts[:40]
     return {"hashed": (HashedNgramFeaturizer(num_buckets=256, max_ngram=2), texts),
             "encoder": (SentenceEncoderFeaturizer(tiny_encoder, max_length=32, batch_size=8), texts),
+            "tokens": (EncoderTokenFeaturizer(tiny_encoder, max_length=32), texts),
             "pixels": (PixelFeaturizer((8, 8), flatten=True, mean=0.2, std=0.3), images),
-            "pixels_2d": (PixelFeaturizer((8, 8)), images)}
+            "pixels_2d": (PixelFeaturizer((8, 8)), images), "static": (static, texts)}
 
 
 def export_folder(student: Student, featurizer, rows, folder) -> Predictor:
@@ -90,15 +108,17 @@ def eager_probabilities(student: Student, featurizer, rows) -> np.ndarray:
         return torch.softmax(class_logits(student(inputs), NUM_CLASSES), dim=-1).numpy()
 
 
-@pytest.mark.parametrize("feature", ["hashed", "encoder", "pixels", "pixels_2d"])
+@pytest.mark.parametrize("feature", ["hashed", "encoder", "tokens", "pixels", "pixels_2d", "static"])
 @pytest.mark.parametrize("name", students.names())
 def test_every_student_exports_with_every_featuriser_it_reads_or_is_refused_in_one_sentence(
-        name, feature, featurizers, tmp_path):
+        name, feature, featurizers, tiny_encoder, tmp_path):
     featurizer, rows = featurizers[feature]
     torch.manual_seed(0)
     refusal = None
+    options = STUDENT_OPTIONS.get(name, lambda encoder: {})(tiny_encoder)
     try:
-        student = students.get(name)(input_dim=featurizer.input_dim, num_outputs=NUM_CLASSES * NUM_SUBCLASSES).eval()
+        student = students.get(name)(input_dim=featurizer.input_dim, num_outputs=NUM_CLASSES * NUM_SUBCLASSES,
+                                     **options).eval()
         predictor = export_folder(student, featurizer, rows, tmp_path / "export")
     except LelpError as err:  # refused: checked below, outside the handler
         refusal = err
@@ -123,7 +143,7 @@ def test_every_student_exports_with_every_featuriser_it_reads_or_is_refused_in_o
 
 def test_the_contract_covers_the_library_students_and_the_one_registered_here(featurizers):
     assert {featurizer.kind for featurizer, _ in featurizers.values()} == set(input_builders.names())
-    assert {"hashed_bag", "mlp", "cnn", "contract_mlp2"} <= set(students.names())
+    assert {"hashed_bag", "mlp", "cnn", "contract_mlp2", "transformer", "static"} <= set(students.names())
     assert {name for name, _ in MUST_EXPORT | MUST_REFUSE} <= set(students.names())
 
 
