@@ -65,6 +65,7 @@ class DistillDataModule(LightningDataModule):
         self.source, self.teacher, self.strategy = source, teacher, strategy
         self.featurizer = featurizer or HashedNgramFeaturizer()
         self.cache = TeacherCache(cache_dir)
+        self.featurizer.use_cache(self.cache)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.progress = num_workers, progress
         self.num_labeled, self.labeled_seed = num_labeled, labeled_seed

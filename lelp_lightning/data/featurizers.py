@@ -120,6 +120,11 @@ class Featurizer(ABC):
     @abstractmethod
     def transform(self, texts: list[str]) -> StudentInputs: ...
 
+    def use_cache(self, cache) -> None:
+        """Told by the data module, when it is built, where its cache is: for a featuriser whose ``input_dim`` or
+        export comes from what it builds there (a distilled token table), before anything reads them; default:
+        nothing (``prepare`` and ``featurize`` receive the cache)."""
+
     def prepare(self, source, cache) -> None:
         """Build what this featuriser keeps in the data module's ``cache`` (once, in one process); default: nothing."""
 

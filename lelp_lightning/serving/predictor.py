@@ -129,6 +129,38 @@ class TokenInputs(InputBuilder, kind="sentence_encoder"):
             out[index] = session.run(["probabilities"], self.pad([encodings[i] for i in index]))[0]
 
 
+class StaticTokenInputs(InputBuilder, kind="static_tokens"):
+    """Texts → the padded token bag (ids, weights) of a static-embedding student, tokenised as model2vec's ``encode``
+    (cut to ``max_chars`` characters, no special tokens, truncated to ``max_length``, unknown tokens dropped)."""
+
+    def __init__(self, spec: dict, folder: Path):
+        from tokenizers import Tokenizer
+
+        super().__init__(spec, folder)
+        self.tokenizer = Tokenizer.from_file(str(folder / spec["tokenizer"]))
+        self.tokenizer.no_padding()
+        if spec["max_length"] is None:
+            self.tokenizer.no_truncation()
+        else:
+            self.tokenizer.enable_truncation(int(spec["max_length"]))
+        self.max_chars, self.unk_id = spec["max_chars"], spec["unk_id"]
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Each row's kept tokens at weight 1 / their count, then token 0 at weight 0 to the batch's longest row."""
+        if self.max_chars is not None:
+            texts = [text[: self.max_chars] for text in texts]
+        rows = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        if self.unk_id is not None:
+            rows = [[i for i in ids if i != self.unk_id] for ids in rows]
+        counts = np.fromiter(map(len, rows), np.int64, len(rows))
+        ids = np.zeros((len(rows), max(int(counts.max(initial=0)), 1)), np.int64)
+        weights = np.zeros(ids.shape, np.float32)
+        inside = np.arange(ids.shape[1]) < counts[:, None]
+        ids[inside] = [i for row in rows for i in row]  # row-major: each row's ids in order
+        weights[inside] = np.repeat(1.0 / np.maximum(counts, 1), counts).astype(np.float32)
+        return {"ids": ids, "weights": weights}
+
+
 class PixelInputs(InputBuilder, kind="pixels"):
     """uint8 images [N,H,W] → floats in [0,1], then ``(x - mean) / std``, shaped as the student reads them."""
 

@@ -118,13 +118,15 @@ class HashedBagStudent(Student, name="hashed_bag",
                  table_lr: float | None = None):
         super().__init__(input_dim, num_outputs)
         if table_optimizer not in SPARSE_OPTIMIZERS:
-            raise LelpError(f"hashed_bag's table_optimizer is {table_optimizer!r}; expected one of "
+            raise LelpError(f"{self.registered_name}'s table_optimizer is {table_optimizer!r}; expected one of "
                             f"{sorted(SPARSE_OPTIMIZERS)}.")
         if not sparse and (table_optimizer != "lazy_adam" or table_lr is not None):
-            raise LelpError("hashed_bag's table_optimizer and table_lr apply to a sparse table; with sparse: false "
-                            "the table trains with AdamW at the model's lr (remove them, or set sparse: true).")
+            raise LelpError(f"{self.registered_name}'s table_optimizer and table_lr apply to a sparse table; with "
+                            "sparse: false the table trains with AdamW at the model's lr (remove them, or set sparse: "
+                            "true).")
         if table_lr is not None and not table_lr > 0:
-            raise LelpError(f"hashed_bag's table_lr must be > 0 (or null for the model's lr), got {table_lr}.")
+            raise LelpError(f"{self.registered_name}'s table_lr must be > 0 (or null for the model's lr), "
+                            f"got {table_lr}.")
         self.sparse, self.table_optimizer, self.table_lr = sparse, table_optimizer, table_lr
         self.embedding = nn.EmbeddingBag(input_dim, embed_dim, mode="sum", sparse=sparse)
         nn.init.normal_(self.embedding.weight, std=0.1)
