@@ -6,5 +6,8 @@ The featurisers are imported here so that configs name them by class (``class_pa
 from lelp_lightning.data.encoder_featurizer import SentenceEncoderFeaturizer
 from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer
 from lelp_lightning.data.pixels import PixelFeaturizer
+from lelp_lightning.data.static_featurizer import StaticTokenFeaturizer
+from lelp_lightning.data.token_featurizer import EncoderTokenFeaturizer
 
-__all__ = ["Featurizer", "HashedNgramFeaturizer", "PixelFeaturizer", "SentenceEncoderFeaturizer"]
+__all__ = ["EncoderTokenFeaturizer", "Featurizer", "HashedNgramFeaturizer", "PixelFeaturizer",
+           "SentenceEncoderFeaturizer", "StaticTokenFeaturizer"]
