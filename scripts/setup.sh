@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install lelp-lightning with every extra ([all]: text, wandb, tune, serve) and its test and data
-# dependencies, without CUDA downloads.
+# Create .venv and install lelp-lightning with every extra ([all]: text, wandb, tune, serve, static) and its test,
+# benchmark and data dependencies, without CUDA downloads.
 # GPU machines: install the CUDA build of torch==2.13.0 into .venv first, then run with LELP_SKIP_TORCH=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."

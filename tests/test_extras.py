@@ -49,3 +49,26 @@ def test_a_missing_module_deep_inside_a_run_names_its_extra():
     assert "[wandb] extra (wandb is not installed)" in str(missing_extra(lightning))
     assert missing_extra(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
     assert missing_extra(ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("missing", ["model2vec", "skeletoken"])
+def test_the_static_student_without_its_extra_is_one_sentence_before_any_work(missing, tmp_path, monkeypatch, capsys):
+    """Its featuriser checks model2vec (and, before distilling, skeletoken) when the run is built: no teacher pass,
+    no table, nothing in the cache."""
+    monkeypatch.setitem(sys.modules, missing, None)
+    assert main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "student" /
+                 "static.yaml"), "--data.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir",
+                 str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lelp: error: the static-embedding student needs the [static] extra ({missing} is not installed): "
+        "pip install 'lelp-lightning[static]'.")
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_the_static_extra_installs_what_the_static_student_imports_and_all_includes_it():
+    import tomllib
+
+    extras = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert sorted(requirement.split(">")[0] for requirement in extras["static"]) == ["model2vec", "skeletoken"]
+    assert "static" in extras["all"][0].split("[")[1].rstrip("]").split(",")
+    assert not any(requirement.startswith("model2vec[") for extra in extras.values() for requirement in extra)

@@ -186,9 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.list:
         records = {r["key"]: r for r in spec.load_records()}
-        for phase, runs in plan(cells, args.seeds, records).items():
+        phases = plan(cells, args.seeds, records)
+        for phase, runs in phases.items():
             done = sum(r.path.is_file() for r in runs)
             print(f"{phase}: {len(runs)} runs named so far, {done} done")
+        for cell in cells:
+            counts = ", ".join(f"{phase} {sum(r.path.is_file() for r in mine)}/{len(mine)}"
+                               for phase, runs in phases.items() if (mine := [r for r in runs if r.cell == cell.name]))
+            print(f"  {cell.name} ({len(spec.methods_for(cell))} methods): {counts} done")
         return
     if "prepare" in phases:
         for cell in cells:

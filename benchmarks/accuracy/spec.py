@@ -50,6 +50,8 @@ TASKS = {
     "20ng": Task("20 Newsgroups binarised (topic % 2; 4,000 / 400 / 1,200 subset)",
                  (*cfg("configs/data/newsgroups_binary.yaml"), "--data.source.init_args.max_train", "4000",
                   "--data.source.init_args.val_size", "400", "--data.source.init_args.max_test", "1200"), 10),
+    "tweets2full": Task("Tweets, binary (every one of the 22,812 unique tweets)",
+                        tuple(cfg("configs/data/tweets_binary.yaml"))),
     "fmnist": Task("Fashion-MNIST binarised (label % 2; 20,000-image training subset)",
                    (*cfg("configs/experiments/fashion_mnist.yaml"), "--data.source.init_args.max_train", "20000"), 5),
 }
@@ -58,8 +60,10 @@ TEACHERS = {  # label, CLI arguments, the representation besides the final layer
     "mpnet": ("all-mpnet-base-v2 + MLP head (bf16 pass)",
               (*cfg("configs/teacher/mpnet_mlp.yaml"), "--data.teacher.init_args.precision", "bf16"), "encoder"),
     # The same teacher, its pass in float32: bf16 is fast only on CPUs with native bf16 (AVX-512 BF16 / AMX; the
-    # Intel Xeon the bf16 cells ran on); on an AVX2-only CPU (the AMD EPYC rt/mpnet_fp32/bag/sup ran on) it is
-    # 6.3× slower than fp32 (3.7 vs 23.6 rows/s, measured).
+    # Intel Xeon the bf16 cells ran on, and an AMD EPYC Zen 4, whose lscpu flags list avx512_bf16); on an AVX2-only
+    # CPU (the AMD EPYC rt/mpnet_fp32/bag/sup ran on) it is 6.3× slower than fp32 (3.7 vs 23.6 rows/s, measured).
+    # rt/mpnet/static/sup reads the bf16 pass like the other rt/mpnet cells; built on another CPU its cache may
+    # round differently (RESULTS.md's teacher-readings table shows where it does).
     "mpnet_fp32": ("all-mpnet-base-v2 + MLP head (fp32 pass)", tuple(cfg("configs/teacher/mpnet_mlp.yaml")),
                    "encoder"),
     "minilm": ("all-MiniLM-L6-v2 + MLP head", tuple(cfg("configs/teacher/minilm_mlp.yaml")), "encoder"),
@@ -71,6 +75,10 @@ TEACHERS = {  # label, CLI arguments, the representation besides the final layer
     # the same CNN trained 5x longer (15 epochs): the 3-epoch one (96.59%) does not beat the pixel MLP (96.71%)
     "cnn15": ("small CNN trained by the framework, 15 epochs", ("--data.teacher.init_args.epochs", "15"), "conv"),
 }
+# the sentence encoder each text teacher reads (the fine-tuned teacher's base): the static student's table and the
+# model2vec peer are distilled from it
+TEACHER_ENCODERS = {"mpnet": "all-mpnet-base-v2", "mpnet_fp32": "all-mpnet-base-v2", "minilm": "all-MiniLM-L6-v2",
+                    "minilm_ft": "all-MiniLM-L6-v2"}
 REPRESENTATION_LABELS = {"encoder": "the encoder's output", "conv": "the conv features", "hidden": "a hidden layer"}
 
 
@@ -81,6 +89,16 @@ class Student:
     lr: float
     epochs: int
     batch_size: int
+    methods: tuple[str, ...] | None = None  # the grid's methods it runs (None: every one); each with its stage bases
+    encoder_from_teacher: bool = False  # its featuriser reads the cell's teacher encoder (TEACHER_ENCODERS)
+
+
+# students whose runs cost 10-20 s each here run fewer methods than the 21 of the others (~170 runs per cell):
+# the baselines, LELP, the retrained head, k-means with and without its own τ and on the other representation, GMM
+# there, and the random split
+STATIC_METHODS = ("ce", "kd", "lelp", "subclass_distillation", "kmeans", "kmeans+tau", "kmeans@repr",
+                  "kmeans@repr+tau", "gmm@repr", "random_split")
+TRANSFORMER_METHODS = ("ce", "kd", "lelp", "subclass_distillation", "kmeans@repr", "gmm@repr")
 
 
 STUDENTS = {
@@ -103,6 +121,12 @@ STUDENTS = {
                            "--model.student", json.dumps({"class_path": "mlp",
                                                           "init_args": {"hidden_dims": [64]}})),
                           1e-3, 10, 128),
+    # a model2vec table distilled from the cell's teacher encoder (PCA 256) under a 512-unit MLP, lazy Adam
+    "static": Student("static token embeddings (model2vec of the teacher's encoder, PCA 256) + MLP 512",
+                      tuple(cfg("configs/student/static.yaml")), 1e-3, 8, 32, STATIC_METHODS,
+                      encoder_from_teacher=True),
+    "transformer": Student("all-MiniLM-L6-v2 truncated to 3 layers, fine-tuned",
+                           tuple(cfg("configs/student/transformer.yaml")), 5e-5, 3, 32, TRANSFORMER_METHODS),
 }
 
 REGIMES = {
@@ -120,6 +144,13 @@ CELL_SPECS = [
     ("tweets3", "minilm", "bag_sparse", ("sup",)),
     ("20ng", "minilm", "bag_sparse", ("sup",)),
     ("20ng", "minilm_ft", "bag_sparse", ("sup",)),
+    ("tweets2", "minilm", "static", ("sup",)),
+    ("tweets2full", "minilm", "static", ("sup",)),
+    ("tweets3", "minilm", "static", ("sup",)),
+    ("rt", "mpnet", "static", ("sup",)),
+    ("20ng", "minilm", "static", ("sup",)),
+    ("20ng", "minilm_ft", "static", ("sup",)),
+    ("tweets2", "minilm_ft", "transformer", ("sup",)),
     ("fmnist", "cnn", "mlp_pixels", ("sup", "few")),
     ("fmnist", "cnn15", "mlp_pixels", ("sup",)),
 ]
@@ -143,8 +174,11 @@ class Cell:
 
     def args(self) -> list[str]:
         s = STUDENTS[self.student]
+        encoder = ["--data.featurizer.init_args.encoder", TEACHER_ENCODERS[self.teacher]] \
+            if s.encoder_from_teacher else []
         return [*cfg(str(BASE.relative_to(REPO))), *TASKS[self.task].args, *TEACHERS[self.teacher][1], *s.args,
-                *REGIMES[self.regime][1], "--trainer.max_epochs", str(s.epochs), "--data.batch_size", str(s.batch_size)]
+                *encoder, *REGIMES[self.regime][1], "--trainer.max_epochs", str(s.epochs), "--data.batch_size",
+                str(s.batch_size)]
 
 
 CELLS = {c.name: c for t, te, st, regimes in CELL_SPECS + LEGACY_SPECS for c in (Cell(t, te, st, r) for r in regimes)}
@@ -276,9 +310,11 @@ ABLATIONS = {
 
 
 def methods_for(cell: Cell) -> list[str]:
+    """The methods ``cell`` runs, in grid order: those its task, regime, legacy status and student allow."""
+    allowed = STUDENTS[cell.student].methods
     return [m for m, spec in METHODS.items()
             if (not spec.needs_fine or TASKS[cell.task].fine_per_class) and cell.regime in spec.regimes
-            and (cell.name not in LEGACY or m in LEGACY_METHODS)]
+            and (cell.name not in LEGACY or m in LEGACY_METHODS) and (allowed is None or m in allowed)]
 
 
 # -- runs and records -------------------------------------------------------------------------------------------

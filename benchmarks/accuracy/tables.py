@@ -13,7 +13,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from benchmarks.accuracy import spec
+from benchmarks.accuracy import peers, spec
 from benchmarks.accuracy.plan import plan
 from benchmarks.accuracy.selection import choices
 
@@ -90,10 +90,12 @@ def final_stats(records: list[dict], seeds: int) -> tuple[dict, dict, dict]:
     return stats, chosen_all, teacher
 
 
-def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
+def task_table(task: str, stats: dict, teacher: dict, peer_stats: dict | None = None) -> list[str]:
+    """The task's cells (columns) with every method's and every peer's test accuracy (rows)."""
     cells = [c for c in spec.CELLS if c.startswith(task + "/") and c in stats]
     if not cells:
         return []
+    peer_stats = peer_stats or {}
     heads = []
     for c in cells:
         cell = spec.CELLS[c]
@@ -101,7 +103,9 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
                      f"{spec.REGIMES[cell.regime][0]}")
     lines = [f"### {spec.TASKS[task].label}", "",
              "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cells)]
-    best = {c: max(s.mean for m, s in stats[c].items() if m != "oracle") for c in cells}
+    peer_test = {c: {p: Stat(s.test) for p, s in peer_stats.get(c, {}).items()} for c in cells}
+    best = {c: max([s.mean for m, s in stats[c].items() if m != "oracle"] + [s.mean for s in peer_test[c].values()])
+            for c in cells}
     for method, entry in spec.METHODS.items():
         row = []
         for c in cells:
@@ -112,13 +116,47 @@ def task_table(task: str, stats: dict, teacher: dict) -> list[str]:
             row.append(text)
         if any(x != "—" for x in row):
             lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
+    for peer, label in peers.PEERS.items():
+        row = []
+        for c in cells:
+            s = peer_test[c].get(peer)
+            text = "—" if s is None else f"{s} ({peer_stats[c][peer].mean_fit_s:.0f} s)"
+            row.append(f"**{text}**" if s is not None and s.mean == best[c] else text)
+        if any(x != "—" for x in row):
+            lines.append(f"| *peer:* {label} | " + " | ".join(row) + " |")
     lines.append("| *teacher* | " + " | ".join(f"*{100 * teacher[c]['test_teacher_accuracy']:.2f}*"
                                             for c in cells) + " |")
     lines.append("| *majority class* | " + " | ".join(f"*{100 * teacher[c]['test_majority_class_rate']:.2f}*"
                                                    for c in cells) + " |")
     n = {s.n for c in cells for s in stats[c].values()}
+    n |= {s.n for c in cells for s in peer_test[c].values()}
     lines += ["", f"Test accuracy %, mean ± std over {', '.join(map(str, sorted(n)))} seeds; bold: the best "
-              "method per column (the oracle excluded: it reads the true hidden subclasses)."]
+              "row per column (the oracle excluded: it reads the true hidden subclasses). *Peer* rows are other "
+              "libraries trained on the cell's labeled rows, with their mean training seconds (one thread)."]
+    return lines + [""]
+
+
+def peer_table(records: list[dict], seeds: int) -> list[str]:
+    """Every peer result: per (task, regime, peer, encoder, options), its seeds' test accuracy and macro-F1,
+    validation accuracy, training seconds, CPU and the grid cells it is a row of."""
+    groups: dict = defaultdict(list)
+    for r in records:
+        if r["seed"] < seeds:
+            groups[(r["task"], r["regime"], r["peer"], r["encoder"], json.dumps(r["options"]))].append(r)
+    if not groups:
+        return []
+    cells_of: dict = defaultdict(list)  # a peer run's key → the cells it is a row of
+    for name, cell in spec.CELLS.items():
+        for run in peers.runs_for(cell, seeds):
+            cells_of[run.key].append(name)
+    lines = ["| task / regime | peer | encoder | options | n | test accuracy % | test macro-F1 % "
+             "| validation accuracy % | training s (mean) | CPU | row of |", "|---|" + "---|" * 10]
+    for (task, regime, peer, encoder, options), rs in sorted(groups.items()):
+        figures = [str(Stat([r["metrics"][k] for r in rs])) for k in ("test_accuracy", "test_macro_f1", "val_accuracy")]
+        cpus = ", ".join(sorted({r["machine"]["cpu"] for r in rs}))
+        lines.append(f"| {task} / {regime} | {peer} | {encoder} | {options} | {len(rs)} | " + " | ".join(figures)
+                     + f" | {statistics.fmean(r['fit_s'] for r in rs):.1f} | {cpus} "
+                     f"| {', '.join(cells_of[rs[0]['key']]) or '—'} |")
     return lines + [""]
 
 
@@ -491,8 +529,10 @@ def page(seeds: int = 3) -> list[str]:
              "bf16; *fp32 pass* marks a cell built on an AVX2-only AMD EPYC, where bf16 autocast is 6.3× slower than "
              "fp32 (every run of that cell, selection included, uses the fp32 teacher).", ""]
     lines += ["## Results per task", ""]
+    peer_records = peers.load_records()
+    peer_stats = peers.cell_stats(peer_records, seeds)
     for task in spec.TASKS:
-        lines += task_table(task, stats, teacher)
+        lines += task_table(task, stats, teacher, peer_stats)
     lines += ["## LELP against vanilla KD and the other strategies", ""] + comparisons(stats)
     lines += ["## Which methods beat vanilla KD", ""] + wins_table(stats) + gap_table(stats)
     lines += ["## The teacher representation the strategies read, and each method's own τ", "",
@@ -501,6 +541,15 @@ def page(seeds: int = 3) -> list[str]:
               "of the last hidden states for the fine-tuned teacher, the conv features of the CNN), with KD's τ and "
               f"with their own τ ∈ {spec.TAUS} (and β ∈ {spec.BETAS} for GMM) chosen on validation after their S.",
               ""] + representation_tables(stats)
+    peer_lines = peer_table(peer_records, seeds)
+    if peer_lines:
+        lines += ["## Peers: model2vec and SetFit on the grid's splits (`python -m benchmarks.accuracy.peers`)", "",
+                  "Each peer trains on a cell's labeled training rows (no teacher), validates on its validation rows "
+                  "and is tested once per seed on its test rows, the rows the grid's runs read; one thread. "
+                  "model2vec: the teacher's encoder distilled by model2vec (PCA 256, the static student's table), "
+                  "then its `StaticModelForClassification` with its defaults (early stopping on the validation "
+                  "rows). SetFit: the all-MiniLM-L6-v2 body and a logistic-regression head, on the few-label cells. "
+                  "Training seconds exclude the distillation (a cache, built once per encoder).", ""] + peer_lines
     subclasses = subclass_tables()
     if subclasses:
         lines += ["## What the pseudo-subclasses are (`python -m benchmarks.accuracy.subclasses`)", ""] + subclasses
