@@ -8,7 +8,8 @@ from lelp_lightning.teachers.base import Teacher, teachers
 from lelp_lightning.teachers.cnn import CNNTeacher
 from lelp_lightning.teachers.finetuned import FineTunedClassifierTeacher
 from lelp_lightning.teachers.hf_classifier import HFSequenceClassifierTeacher
+from lelp_lightning.teachers.prompted_lm import PromptedLMTeacher
 from lelp_lightning.teachers.sentence_encoder import SentenceEncoderTeacher
 
 __all__ = ["Teacher", "teachers", "SentenceEncoderTeacher", "HFSequenceClassifierTeacher", "CNNTeacher",
-           "FineTunedClassifierTeacher"]
+           "FineTunedClassifierTeacher", "PromptedLMTeacher"]

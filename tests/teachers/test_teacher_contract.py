@@ -16,6 +16,7 @@ from lelp_lightning.teachers import (
     CNNTeacher,
     FineTunedClassifierTeacher,
     HFSequenceClassifierTeacher,
+    PromptedLMTeacher,
     SentenceEncoderTeacher,
     Teacher,
     teachers,
@@ -49,6 +50,14 @@ def build(name: str, tiny_bert: str, cache: TeacherCache):
                                                       tokenizer=tiny_bert, max_length=16), None
     elif name == "finetuned":
         teacher, source = FineTunedClassifierTeacher(tiny_bert, epochs=1, train_batch_size=32, max_length=16), tweets
+    elif name == "prompted_lm":  # a tiny random GPT-2 with MiniLM's tokenizer: ' negative', ' positive' one token each
+        from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+        folder = cache.root / "tiny-gpt2"
+        GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+        teacher, source = PromptedLMTeacher(str(folder), template="{text}\nSentiment:", max_length=16,
+                                            verbalizers={"negative": " negative", "positive": " positive"}), tweets
     elif name == "cnn":
         teacher, source = CNNTeacher(channels=(4,), hidden=8, epochs=1), digits
         texts = digits.split("test").texts[:7]
