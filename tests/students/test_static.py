@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -238,7 +239,7 @@ def one_sentence(err: pytest.ExceptionInfo) -> str:
     return message
 
 
-def test_bad_input_is_one_sentence(featurizer, tiny_encoder, tmp_path):
+def test_bad_input_is_one_sentence(featurizer, tiny_encoder, tmp_path, monkeypatch):
     with pytest.raises(LelpError) as err:
         StaticEmbeddingStudent(featurizer.input_dim, 4, embed_dim=PCA * 2).start_from(featurizer)
     assert "embed_dim is 16" in one_sentence(err) and f"pca_dims: {PCA}" in one_sentence(err)
@@ -257,6 +258,14 @@ def test_bad_input_is_one_sentence(featurizer, tiny_encoder, tmp_path):
     with pytest.raises(LelpError) as err:
         StaticEmbeddingStudent(100, 4, sparse=False, table_optimizer="rowwise_adagrad")
     assert one_sentence(err).startswith("static's table_optimizer")
+    without_model2vec = StaticTokenFeaturizer(tiny_encoder)
+    without_model2vec.use_cache(TeacherCache(tmp_path))
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "model2vec", None)  # what `import model2vec` sees when it is not installed
+        with pytest.raises(LelpError) as err:
+            _ = without_model2vec.input_dim
+    assert one_sentence(err) == ("the static-embedding student needs the [static] extra (model2vec is not installed): "
+                                 "pip install 'lelp-lightning[static]'.")
     ran = run_main("fit", *fit_args(tmp_path / "cache", tmp_path / "run", str(tmp_path / "no-such-encoder")))
     assert ran.returncode == 2
     lines = [line for line in ran.stderr.splitlines() if line.startswith("lelp: error:")]
