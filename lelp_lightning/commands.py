@@ -190,17 +190,40 @@ class Run(Command):
 
 
 class Cache(Command):
-    description = "run the teacher into the cache ahead of time (--trainer.strategy ddp: several processes)"
+    description = ("run the teacher into the cache ahead of time (--trainer.strategy ddp: several processes; "
+                   "--export <file>: then write its outputs to a file, docs/teachers.md)")
 
     def help(self, name: str) -> None:
-        return None  # the run options, printed by LightningCLI
+        print("usage: lelp cache [--export <file>] <run options>\n\n  --export <file>: after the cache is built, write "
+              "the teacher's outputs of every split to a new .parquet, .jsonl, .csv or .npz file (docs/teachers.md)"
+              "\n")  # then the run options, printed by LightningCLI
+
+    @staticmethod
+    def export_option(args: list[str]) -> tuple[str | None, list[str]]:
+        """(the file of ``--export <file>`` or ``--export=<file>``, or None; the other arguments)."""
+        export, rest, words = None, [], iter(args)
+        for word in words:
+            if word == "--export":
+                export = next(words, None)
+                if export is None or export.startswith("--"):
+                    raise LelpError("lelp cache --export needs a file name (.parquet, .jsonl, .csv or .npz).")
+            elif word.startswith("--export="):
+                export = word.partition("=")[2]
+            else:
+                rest.append(word)
+        return export, rest
 
     def run(self, name: str, args: list[str]) -> int:
         import sys
 
+        from lelp_lightning.cache.export import check_fresh_export_path, export_teacher_outputs
         from lelp_lightning.cache.teacher_pass import PassStopped, build_teacher_cache
+        from lelp_lightning.core import SPLITS
         from lelp_lightning.runs import build_cli
 
+        export, args = self.export_option(args)
+        if export is not None:
+            check_fresh_export_path(export)  # before the teacher runs
         cli = build_cli(args, run=False, save_config=False)  # a run's config belongs in its run folder
         try:
             build_teacher_cache(cli.trainer, cli.datamodule.plan)  # Lightning predict over the trainer's processes
@@ -213,6 +236,10 @@ class Cache(Command):
         for split in ("train", "val", "test"):
             entry = cli.datamodule.split_cache(split)
             print(f"{split}: {len(entry)} rows, embedding {entry.embedding.shape[1]}-d, cached at {entry.path}")
+        if export is not None:
+            data = cli.datamodule
+            written = export_teacher_outputs(export, data.source, {s: data.split_cache(s) for s in SPLITS})
+            print(f"the teacher's outputs of every split written to {', '.join(map(str, written))}")
         return 0
 
 

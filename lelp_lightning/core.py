@@ -1,5 +1,6 @@
 """The vocabulary every sub-package shares: split names, the unlabeled marker, one split's rows, the source
-base class, fingerprints and shard bounds.
+base class, fingerprints, shard bounds and the least-squares probe (a linear read-out of the teacher's
+logits, which the data module and the file teacher both fit).
 
 Depends on numpy and the standard library only (and :mod:`lelp_lightning.errors`), so that sources,
 teachers, the cache, strategies, objectives and the data module can all read it without importing each other.
@@ -154,3 +155,21 @@ def hide_labels(labels: np.ndarray, labeled_rows: np.ndarray | None) -> np.ndarr
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous rows [lo, hi) of ``rank``'s share of n rows (sizes differ by at most one)."""
     return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def least_squares_probe(x: np.ndarray, targets: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(W [C,D], b [C]) minimising ‖x·Wᵀ + b − targets‖² (the minimum-norm solution when x is rank-deficient).
+
+    Solved from the normal equations accumulated in float64 over row chunks, so ``x`` may be a memory-mapped
+    array larger than memory.
+    """
+    n, d = x.shape
+    gram = np.zeros((d + 1, d + 1))
+    moment = np.zeros((d + 1, targets.shape[1]))
+    for lo in range(0, n, chunk):
+        block = np.asarray(x[lo: lo + chunk], dtype=np.float64)
+        a = np.hstack([block, np.ones((len(block), 1))])
+        gram += a.T @ a
+        moment += a.T @ np.asarray(targets[lo: lo + chunk], dtype=np.float64)
+    theta = np.linalg.lstsq(gram, moment, rcond=None)[0]
+    return theta[:d].T.astype(np.float32), theta[d].astype(np.float32)

@@ -18,6 +18,7 @@ from lelp_lightning.core import FINAL, SPLITS, hide_labels, rows_fingerprint
 from lelp_lightning.errors import LelpError
 
 log = logging.getLogger(__name__)
+PROBE = "least_squares_probe"  # the meta of an entry whose classifier is a probe, not the teacher's own layer
 
 
 def check_classifier(entry: CachedSplit, rows: int = 1024) -> None:
@@ -25,13 +26,17 @@ def check_classifier(entry: CachedSplit, rows: int = 1024) -> None:
 
     Every strategy reads the embedding as the input of the teacher's final linear layer; a W, b from another
     teacher or an embedding from another layer would give targets that are silently wrong. Checks the first
-    ``rows`` rows, with a tolerance for reduced-precision teachers.
+    ``rows`` rows, with a tolerance for reduced-precision teachers. A teacher whose final layer is unknown (outputs
+    read from a file) gives a least-squares probe as its classifier (meta ``classifier: least_squares_probe``):
+    the best linear read-out of its logits, checked for its shapes only.
     """
     if entry.W.shape != (entry.logits.shape[1], entry.embedding.shape[1]) or entry.b.shape != (entry.logits.shape[1],):
         raise LelpError(f"the teacher classifier in {entry.path} has W {tuple(entry.W.shape)}, "
                         f"b {tuple(entry.b.shape)} "
                         f"but the cache holds {entry.embedding.shape[1]}-d embeddings and {entry.logits.shape[1]} "
                         "classes; expected W [C, D] and b [C].")
+    if entry.manifest["meta"].get("classifier") == PROBE:
+        return
     embedding = np.asarray(entry.embedding[:rows], dtype=np.float64)
     logits = np.asarray(entry.logits[:rows], dtype=np.float64)
     predicted = embedding @ entry.W.astype(np.float64).T + entry.b.astype(np.float64)
@@ -79,7 +84,8 @@ class CachePlan:
     def _meta(self, split: str) -> dict:
         return {"teacher": self.fingerprint("teacher"), "source": self.fingerprint("source"), "split": split,
                 "split_fingerprint": self.fingerprint(split),
-                "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled}
+                "teacher_class": type(self.teacher).__name__, "num_labeled": self.num_labeled,
+                **({} if getattr(self.teacher, "exact_classifier", True) else {"classifier": PROBE})}
 
     def feature_targets(self) -> list[PassTarget]:
         """The teacher's own label-free entries (a frozen encoder's features) that its ``fit`` reads."""

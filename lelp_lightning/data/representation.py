@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lelp_lightning.cache import CachedSplit
-from lelp_lightning.core import FINAL, SPLITS
+from lelp_lightning.core import FINAL, SPLITS, least_squares_probe
 from lelp_lightning.errors import LelpError
 
 PROBES = ("least_squares", "none")
-CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -33,24 +32,6 @@ class StrategyInputs:
     W: np.ndarray
     b: np.ndarray
     fingerprint: str
-
-
-def least_squares_probe(x: np.ndarray, targets: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """(W [C,D], b [C]) minimising ‖x·Wᵀ + b − targets‖² (the minimum-norm solution when x is rank-deficient).
-
-    Solved from the normal equations accumulated in float64 over row chunks, so ``x`` may be a memory-mapped
-    array larger than memory.
-    """
-    n, d = x.shape
-    gram = np.zeros((d + 1, d + 1))
-    moment = np.zeros((d + 1, targets.shape[1]))
-    for lo in range(0, n, chunk):
-        block = np.asarray(x[lo: lo + chunk], dtype=np.float64)
-        a = np.hstack([block, np.ones((len(block), 1))])
-        gram += a.T @ a
-        moment += a.T @ np.asarray(targets[lo: lo + chunk], dtype=np.float64)
-    theta = np.linalg.lstsq(gram, moment, rcond=None)[0]
-    return theta[:d].T.astype(np.float32), theta[d].astype(np.float32)
 
 
 def strategy_inputs(name: str, probe: str, entries: dict[str, CachedSplit],

@@ -14,6 +14,7 @@ from lelp_lightning.registry import resolve_short_names
 from lelp_lightning.sources import Digits
 from lelp_lightning.teachers import (
     CNNTeacher,
+    FileTeacher,
     FineTunedClassifierTeacher,
     HFSequenceClassifierTeacher,
     PromptedLMTeacher,
@@ -58,6 +59,14 @@ def build(name: str, tiny_bert: str, cache: TeacherCache):
         AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
         teacher, source = PromptedLMTeacher(str(folder), template="{text}\nSentiment:", max_length=16,
                                             verbalizers={"negative": " negative", "positive": " positive"}), tweets
+    elif name == "file":  # outputs of a random linear teacher on every tweet and the two extra texts, in an NPZ
+        rows = [tweets.split(s) for s in ("train", "val", "test")]
+        ids = np.concatenate([r.row_ids for r in rows] + [[-1, -2]])
+        rng = np.random.default_rng(0)
+        embedding, W, b = rng.normal(size=(len(ids), 8)), rng.normal(size=(2, 8)), rng.normal(size=2)
+        np.savez(cache.root / "teacher.npz", row_id=ids, text=np.array(sum((r.texts for r in rows), []) + texts[5:]),
+                 embedding=embedding.astype(np.float32), logits=(embedding @ W.T + b).astype(np.float32), W=W, b=b)
+        teacher, source = FileTeacher(str(cache.root / "teacher.npz")), tweets
     elif name == "cnn":
         teacher, source = CNNTeacher(channels=(4,), hidden=8, epochs=1), digits
         texts = digits.split("test").texts[:7]
@@ -100,4 +109,4 @@ def test_a_teacher_short_name_resolves_in_a_config_to_its_class(name):
 
 
 def test_the_library_teachers_are_registered_under_short_names():
-    assert {"sentence_encoder", "hf_classifier", "finetuned", "cnn"} <= set(teachers.names())
+    assert {"sentence_encoder", "hf_classifier", "finetuned", "cnn", "file"} <= set(teachers.names())
