@@ -12,11 +12,12 @@ The final linear layer LELP needs:
   b = its bias (or 0), and the teacher's logits are these raw scores W·h + b. They differ from the verbalizer
   log-probabilities by one constant per row (the log-normaliser over the whole vocabulary), so the class
   probabilities (a softmax over the classes) are the same, and the logits are exactly linear in h.
-* **probed** (otherwise): the logits are the verbalizer log-probabilities themselves. A least-squares probe
-  (W_p, b_p) is fitted on the training split from h to them; the embedding is [h, r] with r = logits − (W_p·h + b_p)
-  the part of the scores h does not explain linearly, and W = [W_p | I], b = b_p: exactly linear again, with the
-  LM's own scores as the logits. The LM outputs (h, scores) are cached per split first (label-free, resumable, by
-  the multi-process pass); the probe and the teacher's entries are then cheap.
+* **probed** (otherwise): the logits are the verbalizer log-probabilities themselves, which no layer of the LM
+  reads linearly from h. The classifier is the least-squares probe from h to them on the training split (the rule
+  the file teacher and ``--data.representation`` follow): the best linear read-out of the LM's scores, whose null
+  space LELP projects onto; the cache records it as a probe (``exact_classifier`` is false) and checks its shapes
+  only. The LM outputs (h, scores) are cached per split first (label-free, resumable, by the multi-process pass);
+  the probe is fitted from the cached training split and the teacher's entries are copied from the cache.
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lelp_lightning import fileio
 from lelp_lightning.cache import PassTarget, TeacherCache, build_entry, cache_key
-from lelp_lightning.core import SPLITS, Source, SplitData, fingerprint_of
+from lelp_lightning.core import SPLITS, Source, SplitData, fingerprint_of, least_squares_probe
 from lelp_lightning.errors import LelpError
 from lelp_lightning.teachers.base import Teacher
 
 POOLINGS = ("last", "mean")
 PRECISIONS = ("auto", "fp32", "bf16")
-PROBE_CHUNK = 8192
 
 
 def native_bf16() -> bool:
@@ -49,20 +48,6 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def linear_probe(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(W [C,D], b [C]) minimising ‖x·Wᵀ + b − targets‖², from normal equations accumulated in float64 over row
-    chunks (``x`` may be memory-mapped). The same solve as the data package's least-squares probe, which this
-    package cannot import (the data package imports the teachers)."""
-    d = x.shape[1]
-    gram, moment = np.zeros((d + 1, d + 1)), np.zeros((d + 1, targets.shape[1]))
-    for lo in range(0, len(x), PROBE_CHUNK):
-        a = np.hstack([np.asarray(x[lo: lo + PROBE_CHUNK], np.float64), np.ones((len(x[lo: lo + PROBE_CHUNK]), 1))])
-        gram += a.T @ a
-        moment += a.T @ np.asarray(targets[lo: lo + PROBE_CHUNK], np.float64)
-    theta = np.linalg.lstsq(gram, moment, rcond=None)[0]
-    return theta[:d].T.astype(np.float32), theta[d].astype(np.float32)
 
 
 class PromptedLMTeacher(Teacher, name="prompted_lm",
@@ -329,9 +314,9 @@ class PromptedLMTeacher(Teacher, name="prompted_lm",
                           modules=self.modules(), desc=f"language model [{split}]")
 
     def fit(self, source: Source, cache: TeacherCache, labeled: np.ndarray | None = None) -> None:
-        """Bind the classes; the probed teacher reads (or builds) its cached LM outputs and fits its probe on the
-        training split's (label-free: every training row, whatever ``labeled``), saved beside the cache so every
-        process of a pass uses the same."""
+        """Bind the classes; the probed teacher reads (or builds) its cached LM outputs and fits the least-squares
+        probe on the training split's (label-free: every training row, whatever ``labeled``). Every process of a
+        pass fits it from the same cached rows; rank 0's is the one the entries keep."""
         self._bind(source)
         if self.exact:
             return
@@ -339,34 +324,20 @@ class PromptedLMTeacher(Teacher, name="prompted_lm",
             key = self.lm_key(source, split)
             entry = cache.open(key) if cache.exists(key) else build_entry(cache, self._lm_target(source, split))
             self._lm_outputs[source.split(split).fingerprint()] = (entry.embedding, entry.logits)
-        probe_file = cache.root / f"probe-{self.lm_key(source, 'train')}.npz"
-        if probe_file.is_file():
-            with np.load(probe_file) as saved:
-                self._probe = saved["W"], saved["b"]
-        else:
-            self._probe = linear_probe(*self._lm_outputs[source.split("train").fingerprint()])
-            fileio.atomic_write(probe_file, lambda handle: np.savez(handle, W=self._probe[0], b=self._probe[1]))
+        self._probe = least_squares_probe(*self._lm_outputs[source.split("train").fingerprint()])
 
-    def _require_probe(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._probe is None:
-            raise RuntimeError("PromptedLMTeacher.fit must run before a probed teacher (multi-token verbalizers, "
-                               "alternatives or mean pooling) is used.")
-        return self._probe
-
-    def _teacher_outputs(self, h: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.exact:
-            return np.asarray(h, np.float32), np.asarray(scores, np.float32)
-        W, b = self._require_probe()
-        residual = np.asarray(scores, np.float64) - (np.asarray(h, np.float64) @ W.T + b)
-        return np.hstack([h, residual]).astype(np.float32), np.asarray(scores, np.float32)
+    @property
+    def exact_classifier(self) -> bool:
+        """Whether :meth:`classifier` is the LM head's own rows (logits = W·h + b), not a fitted probe."""
+        return self.exact
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self._teacher_outputs(*self.lm_outputs(list(texts)))
+        return self.lm_outputs(list(texts))
 
     def encode_rows(self, split: SplitData, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cached = self._lm_outputs.get(split.fingerprint())
         if cached is not None and not self.exact:
-            return self._teacher_outputs(cached[0][index], cached[1][index])
+            return np.asarray(cached[0][index], np.float32), np.asarray(cached[1][index], np.float32)
         return self.encode([split.texts[i] for i in index])
 
     def row_order(self, split: SplitData) -> np.ndarray:
@@ -381,8 +352,10 @@ class PromptedLMTeacher(Teacher, name="prompted_lm",
     def classifier(self) -> tuple[np.ndarray, np.ndarray]:
         self._load()
         if not self.exact:
-            W, b = self._require_probe()
-            return np.hstack([W, np.eye(len(b))]).astype(np.float32), b.astype(np.float32)
+            if self._probe is None:
+                raise RuntimeError("PromptedLMTeacher.fit must run before a probed teacher's classifier (multi-token "
+                                   "verbalizers, alternatives or mean pooling) is read.")
+            return self._probe[0].copy(), self._probe[1].copy()
         ids = [tokens[0] for tokens in self._reference_tokens]  # exact: one single-token verbalizer per class
         W = self._head.weight[ids].detach().float().cpu().numpy().copy()
         b = np.zeros(len(ids), np.float32) if self._head.bias is None else \

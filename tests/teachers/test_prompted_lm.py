@@ -148,7 +148,7 @@ def test_bf16_scores_stay_close_to_fp32(tiny_lms):
 
 
 @pytest.mark.parametrize("verbalizers", [SINGLE, pytest.param(MULTI, marks=pytest.mark.slow)])
-def test_the_cache_accepts_both_final_layers_and_the_probe_is_the_least_squares_fit(tiny_lms, tmp_path, verbalizers):
+def test_the_cache_opens_with_either_classifier_and_the_probe_is_lstsq_from_h(tiny_lms, tmp_path, verbalizers):
     source = tiny_tweets()
     teacher = PromptedLMTeacher(tiny_lms["llama"], template=TEMPLATE, verbalizers=verbalizers, precision="fp32",
                                 max_length=24, batch_size=8)
@@ -157,16 +157,24 @@ def test_the_cache_accepts_both_final_layers_and_the_probe_is_the_least_squares_
     entries = plan.open()  # refuses a cache whose W·embedding + b is not its logits
     rows = source.split("test").texts[:6]
     np.testing.assert_allclose(entries["test"].logits[:6], teacher.lm_outputs(rows)[1], rtol=1e-4, atol=1e-4)
-    if verbalizers is MULTI:  # [h, residual] and W = [probe | I], the probe fitted on the training split
-        train = TeacherCache(tmp_path).open(teacher.lm_key(source, "train"))
-        h = np.asarray(train.embedding, np.float64)
-        theta = np.linalg.lstsq(np.hstack([h, np.ones((len(h), 1))]), np.asarray(train.logits, np.float64),
+    if verbalizers is MULTI:  # the embedding is h itself, the classifier numpy's lstsq of h → scores on train rows
+        assert not teacher.exact_classifier
+        np.testing.assert_allclose(entries["test"].embedding[:6], teacher.lm_outputs(rows)[0], rtol=1e-4, atol=1e-4)
+        h = np.asarray(entries["train"].embedding, np.float64)
+        assert h.shape[1] == 16  # the hidden size: no residual columns
+        theta = np.linalg.lstsq(np.hstack([h, np.ones((len(h), 1))]), np.asarray(entries["train"].logits, np.float64),
                                 rcond=None)[0]
-        W = entries["train"].W
-        np.testing.assert_allclose(W[:, :16], theta[:16].T, rtol=1e-3, atol=1e-3)
-        np.testing.assert_array_equal(W[:, 16:], np.eye(2))
-        assert entries["train"].embedding.shape[1] == 16 + 2
+        for split in ("train", "val", "test"):
+            assert entries[split].manifest["meta"]["classifier"] == "least_squares_probe"
+            np.testing.assert_allclose(entries[split].W, theta[:16].T, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(entries[split].b, theta[16], rtol=1e-4, atol=1e-4)
+        lm = {split: TeacherCache(tmp_path).open(teacher.lm_key(source, split)) for split in ("train", "val", "test")}
+        for split, entry in lm.items():  # the teacher's entries are the cached LM outputs
+            np.testing.assert_array_equal(entries[split].embedding, entry.embedding)
+            np.testing.assert_array_equal(entries[split].logits, entry.logits)
+        assert not list(tmp_path.glob("probe-*"))
     else:
+        assert teacher.exact_classifier and "classifier" not in entries["train"].manifest["meta"]
         assert entries["train"].embedding.shape[1] == 16 and not list(tmp_path.glob("lm-*"))
 
 
