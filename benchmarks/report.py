@@ -17,6 +17,7 @@ import textwrap
 from benchmarks.accuracy import spec, tables
 from benchmarks.active import accuracy_vs_queries
 from benchmarks.search import layernas_vs_samplers
+from benchmarks.teachers import labels_only
 from benchmarks.throughput import fit_breakdown
 from benchmarks.tune import tune_vs_grid
 
@@ -26,7 +27,7 @@ README = spec.REPO / "README.md"
 def results_page(seeds: int = 3) -> str:
     """RESULTS.md's text."""
     lines = tables.page(seeds)
-    for study in (tune_vs_grid, accuracy_vs_queries, layernas_vs_samplers):
+    for study in (tune_vs_grid, accuracy_vs_queries, layernas_vs_samplers, labels_only):
         lines += study.section()
     return "\n".join(lines)
 
