@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -291,8 +292,8 @@ def execute(run: Run, git: tuple[str, bool], workers: int = 1) -> dict:
     record = {
         "identity": run.identity(), "key": run.key, "phase": run.phase, "task": run.task, "variant": run.variant,
         "method": run.method, "hp": run.hp_dict, "seed": run.seed, "metrics": metrics, "teacher": teacher,
-        "teacher_file": {"path": str(file.relative_to(spec.REPO)), "sha256": sha256(file),
-                         "export": str(export.relative_to(spec.REPO)), "export_sha256": sha256(export)},
+        "teacher_file": {"path": os.path.relpath(file, spec.REPO), "sha256": sha256(file),
+                         "export": os.path.relpath(export, spec.REPO), "export_sha256": sha256(export)},
         "strategy_report": data.targets.report("val"),
         "wall_s": round(time.perf_counter() - start, 2), "fit_s": round(fit_s, 2), "epochs": trainer.current_epoch,
         "args": run.args(), "config": json.loads(json.dumps(cli.config.as_dict(), default=str)),
