@@ -66,3 +66,27 @@ def test_the_accuracy_block_agrees_with_the_tables_of_results_md():
     assert shares
     for cell, share in shares.items():
         assert f"LELP closes {share} on {cell}" in text or f"and {share} on {cell}" in text
+
+
+def test_the_static_block_quotes_the_validation_pick_of_each_static_cell():
+    """The method the static paragraph names for a cell is the one whose selected configuration has the best seed-0
+    validation accuracy in the raw records (read here with json, not through the tables' code)."""
+    from benchmarks.accuracy import spec, tables
+
+    records = tables.current(spec.load_records(), 3)
+    _, chosen, _ = tables.final_stats(records, 3)
+    text = " ".join(block("static").split())
+    static_cells = [c for c in chosen if spec.CELLS[c].student == "static"]
+    assert static_cells
+    for cell in static_cells:
+        folder = spec.RECORDS / cell.replace("/", "__")
+        val = {}
+        for path in folder.glob("*__seed0__val__*.json"):
+            record = json.loads(path.read_text())
+            if record["method"] != "oracle" and record["hp"] == chosen[cell].get(record["method"]):
+                val[record["method"]] = record["metrics"]["val_accuracy"]
+        best = max(val.values())
+        pick = tables.validation_pick(cell, chosen[cell], {r["key"]: r for r in records})
+        assert val[pick] == best
+        if {"ce", "kd", pick} <= set(chosen[cell]) and f"{cell}: " in text:
+            assert f"{cell}: {spec.METHODS[pick].label} " in text

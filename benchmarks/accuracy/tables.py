@@ -490,6 +490,47 @@ def summary(seeds: int = 3) -> str:
                    f"KD's τ, {stats[cell][method + '+tau'].mean:.2f} with its own ({gain:+.2f}).")
 
 
+def validation_pick(cell: str, chosen: dict, by_key: dict) -> str | None:
+    """The method whose selected configuration scored best on validation (seed 0) in ``cell``: what a user who
+    compares the grid's methods on validation only would ship (the oracle excluded; ties to grid order)."""
+    scored = {}
+    for method, hp in chosen.items():
+        run = spec.make_run(spec.CELLS[cell], method, hp, 0, False, "select")
+        if method != "oracle" and run.key in by_key:
+            scored[method] = by_key[run.key]["metrics"]["val_accuracy"]
+    return max(scored, key=lambda m: scored[m]) if scored else None
+
+
+def static_summary(seeds: int = 3) -> str:
+    """The README's paragraph on the static-embedding student: per measured cell, the method chosen on validation
+    against model2vec alone (the peer), the student trained on its labels alone, KD and the teacher."""
+    records = current(spec.load_records(), seeds)
+    by_key = {r["key"]: r for r in records}
+    stats, chosen, teacher = final_stats(records, seeds)
+    peer_stats = peers.cell_stats(peers.load_records(), seeds)
+    parts = []
+    for c, s in stats.items():
+        if spec.CELLS[c].student != "static" or not {"ce", "kd"} <= set(s):
+            continue
+        pick = validation_pick(c, chosen[c], by_key)
+        if pick not in s:
+            continue
+        text = (f"{c}: {spec.METHODS[pick].label} {s[pick]} (teacher {100 * teacher[c]['test_teacher_accuracy']:.2f}; "
+                f"KD {s['kd']}; the student on its labels alone {s['ce']}, {verdict(*s[pick].diff(s['ce']))} "
+                f"{s[pick].diff(s['ce'])[0]:+.2f}")
+        m2v = peer_stats.get(c, {}).get("model2vec")
+        if m2v is not None:
+            peer = Stat(m2v.test)
+            d, se = s[pick].diff(peer)
+            text += f"; model2vec alone {peer}, {verdict(d, se)} {d:+.2f} ± {se:.2f}"
+        parts.append(text + ")")
+    if not parts:
+        return "The static-embedding student has no finished grid cell yet."
+    return ("The static-embedding student (configs/student/static.yaml), test accuracy % over 3 seeds, the method "
+            "chosen on validation among the grid's ten for it, against the student alone and model2vec alone "
+            "(its `StaticModelForClassification` on the labels, same table, same rows): " + "; ".join(parts) + ".")
+
+
 def page(seeds: int = 3) -> list[str]:
     """The grid's lines of RESULTS.md (the plots written beside it)."""
     records = current(spec.load_records(), seeds)
