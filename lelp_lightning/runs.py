@@ -166,6 +166,13 @@ def name_loggers(config, name: str, unnamed_only: bool = False) -> None:
             init["name"] = name
 
 
+def table_width(data: DistillDataModule) -> int | None:
+    """The width of the table a student starts from that the run's featuriser built (the static featuriser's
+    distilled table), or None for a featuriser without one."""
+    featurizer = data.featurizer
+    return featurizer.embedding_dim if hasattr(featurizer, "initial_table") else None
+
+
 class LelpCLI(LightningCLI):
     """Links sizes from data to model, and after ``fit`` tests the final weights and writes ``summary.json``."""
 
@@ -174,6 +181,10 @@ class LelpCLI(LightningCLI):
         parser.link_arguments("data.num_subclasses", "model.num_subclasses", apply_on="instantiate")
         parser.link_arguments("data.num_outputs", "model.student.init_args.num_outputs", apply_on="instantiate")
         parser.link_arguments("data.input_dim", "model.student.init_args.input_dim", apply_on="instantiate")
+        # a student with a table_dim (the static student) gets its featuriser's table width; jsonargparse skips the
+        # link for a student without that option
+        parser.link_arguments("data", "model.student.init_args.table_dim", compute_fn=table_width,
+                              apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads ``--ckpt_path`` here, first of all; before it does: the file is checked with a safe

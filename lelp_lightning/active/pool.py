@@ -80,6 +80,13 @@ class RoundFeaturizer(Featurizer):
     def input_dim(self) -> int:
         return self.featurizer.input_dim
 
+    def __getattr__(self, name: str):
+        """Whatever else a student reads from its featuriser (the static student's distilled table, in
+        ``start_from``) is the wrapped featuriser's."""
+        if name == "featurizer":  # not set yet (an object being unpickled): no recursion
+            raise AttributeError(name)
+        return getattr(self.featurizer, name)
+
     def transform(self, texts):
         return self.featurizer.transform(texts)
 
