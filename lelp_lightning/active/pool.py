@@ -80,6 +80,11 @@ class RoundFeaturizer(Featurizer):
     def input_dim(self) -> int:
         return self.featurizer.input_dim
 
+    @property
+    def kind(self) -> str | None:
+        """The wrapped featuriser's kind (a student checks it in ``start_from``: the transformer's)."""
+        return self.featurizer.kind
+
     def __getattr__(self, name: str):
         """Whatever else a student reads from its featuriser (the static student's distilled table, in
         ``start_from``) is the wrapped featuriser's."""

@@ -187,3 +187,17 @@ def test_lelp_selectors_lists_the_registered_selectors():
     assert ran.returncode == 0
     assert [line.split()[0] for line in ran.stdout.strip().splitlines()] == [
         "confident_teacher_uncertain_student", "entropy", "margin", "rad", "random"]
+
+
+def test_a_round_featurizer_shows_the_students_what_its_featurizer_is():
+    """A round wraps the run's featuriser; a student's start_from reads the wrapped one's kind and attributes (the
+    transformer student checks the kind, the static one reads the distilled table)."""
+    from lelp_lightning.active.pool import RoundFeaturizer
+    from lelp_lightning.data.featurizers import HashedNgramFeaturizer
+
+    inner = HashedNgramFeaturizer(num_buckets=64)
+    wrapped = RoundFeaturizer(inner, tiny_tweets(), np.arange(5))
+    assert wrapped.kind == inner.kind == "hashed_ngrams"
+    assert wrapped.num_buckets == 64 and wrapped.input_dim == 64
+    with pytest.raises(AttributeError):
+        _ = wrapped.no_such_attribute
