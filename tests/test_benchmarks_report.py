@@ -30,7 +30,7 @@ def blocks() -> dict[str, str]:
 
 
 def test_the_readme_blocks_are_what_the_report_generates(blocks):
-    assert set(blocks) == {"quickstart", "accuracy"}
+    assert set(blocks) == {"quickstart", "accuracy", "static"}
     for name, text in blocks.items():
         assert block(name) == text, f"README.md's results:{name} block is stale: run python -m benchmarks.report"
     assert report.rewrite_readme(README) == README
