@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -148,7 +149,10 @@ def test_the_plan_selects_ce_and_kd_on_validation_then_the_subclass_methods_at_k
 
 
 def test_one_real_labels_only_run(tmp_path, tweets_cache_dir, reference, monkeypatch):
-    """Export, labels file, prepare and a LELP run on 300 real tweets with the tiny MiniLM teacher."""
+    """Export, labels file, prepare and a LELP run on 300 real tweets with the tiny MiniLM teacher (on a copy of the
+    session's cache: the file teacher's entries stay out of the cache other tests count)."""
+    shutil.copytree(tweets_cache_dir, tmp_path / "cache")
+    tweets_cache_dir = tmp_path / "cache"
     monkeypatch.setattr(labels_only, "RECORDS", tmp_path / "records")
     monkeypatch.setattr(labels_only, "FILES", tmp_path / "files")
     monkeypatch.setitem(labels_only.TEACHER_OF, "tiny", "tiny")
