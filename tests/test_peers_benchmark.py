@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from helpers import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS, tiny_tweets
+from helpers import CONFIGS, REPO, TINY_TEACHER, TINY_TWEETS, save_tiny_bert, tiny_tweets
 
 if str(REPO) not in sys.path:  # `pytest` alone does not put the repository root, benchmarks/'s parent, there
     sys.path.insert(0, str(REPO))
@@ -17,7 +16,6 @@ from benchmarks.accuracy import grid, peers, spec, tables  # noqa: E402
 from benchmarks.accuracy.plan import plan  # noqa: E402
 from benchmarks.accuracy.selection import choices  # noqa: E402
 from lelp_lightning.core import UNLABELED  # noqa: E402
-from lelp_lightning.encoders import resolve_model_path  # noqa: E402
 from lelp_lightning.fileio import temporaries  # noqa: E402
 
 NEW_CELLS = {"tweets2/minilm/static/sup", "tweets2full/minilm/static/sup", "tweets3/minilm/static/sup",
@@ -151,14 +149,7 @@ def test_the_peers_read_the_rows_of_the_grid_runs(tiny_cell):
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     """A tiny randomly initialised BERT with MiniLM's tokenizer: a model2vec distillation of it takes seconds."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-encoder"))
 
 
 def test_a_model2vec_peer_record_is_written_once_and_resumed(tiny_cell, tiny_encoder, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_tweets
+from helpers import save_tiny_bert, tiny_tweets
 from torch import nn
 
 from lelp_lightning.cache import TeacherCache
@@ -21,7 +21,6 @@ from lelp_lightning.data import (
     SentenceEncoderFeaturizer,
     StaticTokenFeaturizer,
 )
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
 from lelp_lightning.objectives.base import class_logits
 from lelp_lightning.serving import Predictor
@@ -31,8 +30,6 @@ from lelp_lightning.sources import Digits
 from lelp_lightning.students import Student, students
 
 NUM_CLASSES, NUM_SUBCLASSES = 2, 2
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32}
 NORMALIZE = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
              {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
@@ -67,12 +64,8 @@ class TwoLayerStudent(Student, name="contract_mlp2",
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     """A tiny randomly initialised BERT with MiniLM's tokenizer and an L2 normalisation, as a local encoder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     folder = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
+    save_tiny_bert(folder)
     (folder / "modules.json").write_text(json.dumps(NORMALIZE))
     return str(folder)
 

@@ -10,31 +10,22 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, run_main, tiny_run_args, tiny_tweets
+from helpers import CONFIGS, run_main, save_tiny_bert, tiny_run_args, tiny_tweets
 from serving.exports import assert_matches_eager, fit_and_export, modules_imported_by_prediction
 
 from lelp_lightning.cache import TeacherCache
 from lelp_lightning.data import HashedNgramFeaturizer, StaticTokenFeaturizer
 from lelp_lightning.data.static_featurizer import MARKER
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
 from lelp_lightning.students import StaticEmbeddingStudent
 
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32}
 PCA, MAX_LENGTH = 8, 16
 
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     """A tiny randomly initialised BERT with MiniLM's tokenizer, saved as a local encoder folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-encoder"))
 
 
 @pytest.fixture(scope="module")

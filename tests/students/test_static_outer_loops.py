@@ -14,20 +14,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import CONFIGS, run_main, tiny_run_args, tiny_tweets
+from helpers import CONFIGS, run_main, save_tiny_bert, tiny_run_args, tiny_tweets
 from optuna.trial import TrialState
 
 from lelp_lightning.cache import TeacherCache
 from lelp_lightning.data import StaticTokenFeaturizer
 from lelp_lightning.data.static_featurizer import MARKER
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.runs import build_cli
 from lelp_lightning.search.space import ArchSpace
 from lelp_lightning.students import StaticEmbeddingStudent
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32}
 PCA, HIDDEN = 8, 16  # the base run's table width and hidden layer
 SPACE = CONFIGS / "search" / "static.yaml"
 
@@ -35,13 +32,7 @@ SPACE = CONFIGS / "search" / "static.yaml"
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> str:
     """A tiny randomly initialised BERT with MiniLM's tokenizer, saved as a local encoder folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-encoder"))
 
 
 @pytest.fixture(scope="module")

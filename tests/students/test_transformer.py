@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import CONFIGS, run_main, tiny_run_args, tiny_tweets
+from helpers import save_tiny_bert as save_bert
 
 from lelp_lightning.data import EncoderTokenFeaturizer, HashedNgramFeaturizer
 from lelp_lightning.data.dataset import CacheDataset, batch_loader
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.errors import LelpError
 from lelp_lightning.module import DistillModule
 from lelp_lightning.samplers import GlobalBatchSampler
@@ -25,12 +25,7 @@ TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 4, "num_att
 
 
 def save_tiny_bert(folder, seed: int) -> str:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    BertModel(BertConfig(**TINY)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_bert(folder, seed, **TINY)
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,16 @@ end."""
 
 import numpy as np
 import pytest
-from helpers import tiny_tweets
+from helpers import save_tiny_bert, tiny_tweets
 
 from lelp_lightning.cache import CachePlan, TeacherCache
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.teachers import FineTunedClassifierTeacher, finetuned
-
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32}
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """A tiny randomly initialised BERT with MiniLM's tokenizer, saved as a local base checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def teacher(base, **kwargs):

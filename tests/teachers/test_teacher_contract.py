@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import tiny_tweets
+from helpers import TINY_BERT, save_tiny_bert, tiny_tweets
 
 from lelp_lightning.cache import TeacherCache
-from lelp_lightning.encoders import resolve_model_path
 from lelp_lightning.registry import resolve_short_names
 from lelp_lightning.sources import Digits
 from lelp_lightning.teachers import (
@@ -23,21 +22,11 @@ from lelp_lightning.teachers import (
     teachers,
 )
 
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32}
-
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
     """A tiny randomly initialised BERT with MiniLM's tokenizer, as a local model folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2")).save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def build(name: str, tiny_bert: str, cache: TeacherCache):
