@@ -68,37 +68,43 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def execute(run: spec.Run, git: tuple[str, bool], workers: int = 1) -> dict:
-    """Train one run in this process and write its record; returns the record."""
+def fit_and_score(args: list[str], test: bool, workers: int) -> dict:
+    """Fit the run of ``args`` in this process and score it on validation (and on test when ``test``): the fields
+    every run record holds besides its identity (metrics, the teacher's beside them, time, config, provenance)."""
+    import torch
+
     from lelp_lightning.cli import build_cli
 
     _quiet()
-    if run.path.is_file():
-        return json.loads(run.path.read_text())
     start = time.perf_counter()
-    cli = build_cli(run.args(), run=False)
+    cli = build_cli(args, run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data)
     fit_s = time.perf_counter() - start
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     metrics = {"val_accuracy": float(val["val/accuracy"]), "val_macro_f1": float(val["val/macro_f1"])}
     teacher = {f"val_{k}": float(v) for k, v in data.teacher_metrics("val").items()}
-    if run.test:
-        test = trainer.test(model, datamodule=data, verbose=False)[0]
-        metrics |= {"test_accuracy": float(test["test/accuracy"]), "test_macro_f1": float(test["test/macro_f1"])}
+    if test:
+        scores = trainer.test(model, datamodule=data, verbose=False)[0]
+        metrics |= {"test_accuracy": float(scores["test/accuracy"]), "test_macro_f1": float(scores["test/macro_f1"])}
         teacher |= {f"test_{k}": float(v) for k, v in data.teacher_metrics("test").items()}
-    record = {
-        "identity": run.identity(), "key": run.key, "phase": run.phase,
-        "cell": run.cell, "method": run.method, "hp": run.hp_dict, "seed": run.seed,
+    return {
         "metrics": metrics, "teacher": teacher, "strategy_report": data.targets.report("val"),
         "wall_s": round(time.perf_counter() - start, 2), "fit_s": round(fit_s, 2), "epochs": trainer.current_epoch,
-        "args": run.args(), "config": json.loads(json.dumps(cli.config.as_dict(), default=str)),
-        "git_sha": git[0], "git_dirty": git[1],
+        "args": args, "config": json.loads(json.dumps(cli.config.as_dict(), default=str)),
         "versions": provenance.versions("torch", "lightning", "torchmetrics", "numpy", "scikit-learn", "transformers"),
-        "machine": machine(),
-        "threads": __import__("torch").get_num_threads(), "workers": workers,
+        "machine": machine(), "threads": torch.get_num_threads(), "workers": workers,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def execute(run: spec.Run, git: tuple[str, bool], workers: int = 1) -> dict:
+    """Train one run in this process and write its record; returns the record."""
+    if run.path.is_file():
+        return json.loads(run.path.read_text())
+    record = {"identity": run.identity(), "key": run.key, "phase": run.phase, "cell": run.cell, "method": run.method,
+              "hp": run.hp_dict, "seed": run.seed, "git_sha": git[0], "git_dirty": git[1],
+              **fit_and_score(run.args(), run.test, workers)}
     run.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = run.path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1))

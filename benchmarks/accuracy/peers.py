@@ -227,12 +227,7 @@ def execute(run: PeerRun, cell: spec.Cell, git: tuple[str, bool], data: dict | N
 # -- what the tables read ---------------------------------------------------------------------------------------
 def load_records() -> list[dict]:
     """Every peer record of the current ``PROTOCOL``."""
-    out = []
-    for path in sorted(RECORDS.glob("*/*.json")):
-        record = json.loads(path.read_text())
-        if record.get("identity", {}).get("protocol") == PROTOCOL:
-            out.append(record)
-    return out
+    return spec.read_records(RECORDS, PROTOCOL)
 
 
 @dataclass

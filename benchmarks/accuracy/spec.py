@@ -360,11 +360,16 @@ def make_run(cell: Cell, method: str, hp: dict, seed: int, test: bool, phase: st
     return Run(cell.name, method, tuple(sorted(hp.items())), seed, test, phase)
 
 
-def load_records() -> list[dict]:
-    """Every record of the current ``PROTOCOL`` (older ones stay on disk, ignored)."""
+def read_records(folder: Path, protocol: int) -> list[dict]:
+    """Every record under ``folder``'s subfolders whose identity has ``protocol`` (older ones stay on disk, ignored)."""
     out = []
-    for path in sorted(RECORDS.glob("*/*.json")):
+    for path in sorted(folder.glob("*/*.json")):
         record = json.loads(path.read_text())
-        if record.get("identity", {}).get("protocol") == PROTOCOL:
+        if record.get("identity", {}).get("protocol") == protocol:
             out.append(record)
     return out
+
+
+def load_records() -> list[dict]:
+    """Every grid record of the current ``PROTOCOL``."""
+    return read_records(RECORDS, PROTOCOL)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import hashlib
 import json
 import math
@@ -271,37 +270,13 @@ def execute(run: Run, git: tuple[str, bool], workers: int = 1) -> dict:
     """Train one run in this process and write its record (none if it exists); returns the record."""
     if run.path.is_file():
         return json.loads(run.path.read_text())
-    import torch
-
-    from lelp_lightning.cli import build_cli
-
-    grid._quiet()
-    start = time.perf_counter()
-    cli = build_cli(run.args(), run=False)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=data)
-    fit_s = time.perf_counter() - start
-    val = trainer.validate(model, datamodule=data, verbose=False)[0]
-    metrics = {"val_accuracy": float(val["val/accuracy"]), "val_macro_f1": float(val["val/macro_f1"])}
-    teacher = {f"val_{k}": float(v) for k, v in data.teacher_metrics("val").items()}
-    if run.test:
-        test = trainer.test(model, datamodule=data, verbose=False)[0]
-        metrics |= {"test_accuracy": float(test["test/accuracy"]), "test_macro_f1": float(test["test/macro_f1"])}
-        teacher |= {f"test_{k}": float(v) for k, v in data.teacher_metrics("test").items()}
     file, export = teacher_file(run.task, run.variant), export_path(run.task)
     record = {
         "identity": run.identity(), "key": run.key, "phase": run.phase, "task": run.task, "variant": run.variant,
-        "method": run.method, "hp": run.hp_dict, "seed": run.seed, "metrics": metrics, "teacher": teacher,
+        "method": run.method, "hp": run.hp_dict, "seed": run.seed,
         "teacher_file": {"path": os.path.relpath(file, spec.REPO), "sha256": sha256(file),
                          "export": os.path.relpath(export, spec.REPO), "export_sha256": sha256(export)},
-        "strategy_report": data.targets.report("val"),
-        "wall_s": round(time.perf_counter() - start, 2), "fit_s": round(fit_s, 2), "epochs": trainer.current_epoch,
-        "args": run.args(), "config": json.loads(json.dumps(cli.config.as_dict(), default=str)),
-        "git_sha": git[0], "git_dirty": git[1],
-        "versions": provenance.versions("torch", "lightning", "torchmetrics", "numpy", "scikit-learn", "transformers"),
-        "machine": grid.machine(), "threads": torch.get_num_threads(), "workers": workers,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+        "git_sha": git[0], "git_dirty": git[1], **grid.fit_and_score(run.args(), run.test, workers)}
     return write_record(run.path, record)
 
 
