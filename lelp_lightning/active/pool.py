@@ -17,7 +17,7 @@ import numpy as np
 
 from lelp_lightning.cache import CachedSplit, CachePlan, PassTarget, TeacherCache, build_entry, cache_key
 from lelp_lightning.core import SPLITS, Source, SplitData, fingerprint_of, hide_labels, rows_fingerprint
-from lelp_lightning.data.featurizers import Featurizer, StudentInputs
+from lelp_lightning.data.featurizers import Featurizer, RowsOf, StudentInputs
 from lelp_lightning.errors import LelpError
 from lelp_lightning.fileio import atomic_write_json, locked
 from lelp_lightning.teachers import Teacher
@@ -54,19 +54,6 @@ class RoundSource(Source):
     def fingerprint(self) -> str:
         return fingerprint_of("RoundSource", {"parent": self.parent.fingerprint(),
                                               "labeled": rows_fingerprint(self.labeled)})
-
-
-class RowsOf(StudentInputs):
-    """The rows ``rows`` of another split's student inputs (no copy: a batch gathers through the positions)."""
-
-    def __init__(self, inputs: StudentInputs, rows: np.ndarray):
-        self.inputs, self.rows = inputs, np.asarray(rows, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def gather(self, index: np.ndarray):
-        return self.inputs.gather(self.rows[index])
 
 
 class RoundFeaturizer(Featurizer):

@@ -5,11 +5,14 @@
 dataloader is first asked for, after a checkpoint could restore it (:mod:`~lelp_lightning.data.targets`).
 A batch is a dict: ``inputs``, ``label``, ``teacher_logits``, ``subclass_logits`` and the keys the model's
 objectives declare (``DistillModule.batch_keys``). With ``num_labeled`` the other training rows are ``UNLABELED``.
+With ``folds`` the run sees one cross-validation fold of the training split (:mod:`~lelp_lightning.data.folds`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import os
 
 import numpy as np
@@ -19,7 +22,8 @@ from torch.utils.data import DataLoader
 from lelp_lightning.cache import CachedSplit, CachePlan, TeacherCache
 from lelp_lightning.core import FINAL, SPLITS, Source, TeacherStatistics, hide_labels
 from lelp_lightning.data.dataset import CacheDataset, batch_loader
-from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, StudentInputs
+from lelp_lightning.data.featurizers import Featurizer, HashedNgramFeaturizer, RowsOf, StudentInputs
+from lelp_lightning.data.folds import fold_rows, take
 from lelp_lightning.data.labels import choose_labeled_rows
 from lelp_lightning.data.representation import PROBES, StrategyInputs, strategy_inputs
 from lelp_lightning.data.subclass_report import subclass_report
@@ -49,13 +53,16 @@ class DistillDataModule(LightningDataModule):
             classifier, ``conv`` / ``conv_pooled`` for the CNN), cached once per split. ``probe``: the
             classifier a strategy sees for a representation other than ``final``: ``least_squares`` (the linear
             map from it to the teacher's logits) or ``none`` (W = 0: no null space to project out).
+        folds, fold, fold_seed: cross-validation (``folds`` ≥ 2; 0: the splits as they are): the ``val`` split is
+            fold ``fold`` of the labeled training rows (stratified, shuffled with ``fold_seed``) and ``train`` every
+            other training row; the same teacher cache, nothing recomputed. ``lelp tune`` compares its finalists so.
     """
 
     def __init__(self, source: Source, teacher: Teacher, strategy: SubclassStrategy,
                  featurizer: Featurizer | None = None, cache_dir: str = ".lelp_cache", batch_size: int = 128,
                  eval_batch_size: int = 1024, fit_labels: str = "label", num_workers: int = 0, progress: bool = True,
                  num_labeled: int | None = None, labeled_seed: int = 0, representation: str = FINAL,
-                 probe: str = "least_squares"):
+                 probe: str = "least_squares", folds: int = 0, fold: int = 0, fold_seed: int = 0):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise LelpError(f"batch sizes must be >= 1, got batch_size={batch_size}, "
@@ -72,6 +79,11 @@ class DistillDataModule(LightningDataModule):
         if probe not in PROBES:
             raise LelpError(f"probe must be one of {PROBES}, got {probe!r}.")
         self.representation, self.probe = representation, probe
+        if folds == 1 or folds < 0 or (folds and not 0 <= fold < folds):
+            raise LelpError(f"data.folds must be 0 (no cross-validation) or at least 2, and data.fold between 0 and "
+                            f"folds - 1; got folds={folds}, fold={fold}.")
+        self.folds, self.fold, self.fold_seed = folds, fold, fold_seed
+        self._opened: dict[str, CachedSplit] = {}  # the cache entries as they are on disk (before a fold's view)
         self._cached: dict[str, CachedSplit] = {}  # filled by setup, shared with targets and quality
         self._inputs: dict[str, StudentInputs] = {}
         self.targets = SubclassTargets(strategy, self._cached, self.rows, lambda: self.strategy_inputs,
@@ -92,6 +104,22 @@ class DistillDataModule(LightningDataModule):
         return choose_labeled_rows(self.source.split("train").labels, self.num_labeled, self.labeled_seed)
 
     @functools.cached_property
+    def fold_split(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the training rows this fold trains on, the labeled rows it is scored on), positions in the training
+        split; None without ``folds``."""
+        if not self.folds:
+            return None
+        return fold_rows(self.source.split("train").labels, self.labeled_rows, self.folds, self.fold, self.fold_seed)
+
+    def in_fold(self, by_split: dict) -> dict:
+        """A split → rows mapping as this run sees it: with ``folds``, ``train`` and ``val`` are the fold's parts of
+        the training split's rows (cache entries, student inputs, arrays or lists)."""
+        if self.fold_split is None:
+            return by_split
+        rows = dict(zip(("train", "val"), self.fold_split, strict=True))
+        return {**by_split, **{split: _rows_of(by_split["train"], index) for split, index in rows.items()}}
+
+    @functools.cached_property
     def plan(self) -> CachePlan:  # the teacher cache entries of this run
         return CachePlan(self.cache, self.teacher, self.source, self.labeled_rows, self.num_labeled)
 
@@ -104,15 +132,21 @@ class DistillDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self._cached:
-            self._cached.update(self.plan.open())
-            self._inputs.update({s: self.featurizer.featurize(self.source, s, self.cache) for s in SPLITS})
+            self._opened = self.plan.open()
+            self._cached.update(self.in_fold(self._opened))
+            self._inputs.update(self.in_fold({s: self.featurizer.featurize(self.source, s, self.cache)
+                                              for s in SPLITS}))
 
     @functools.cached_property
     def strategy_inputs(self) -> StrategyInputs:
         """The representation the strategy reads and the classifier it sees (the probe is fitted once)."""
         self.setup()
-        opened = self.plan.open_representation(self.representation, self._cached)
-        return strategy_inputs(self.representation, self.probe, self._cached, opened)
+        opened = self.in_fold(self.plan.open_representation(self.representation, self._opened))
+        inputs = strategy_inputs(self.representation, self.probe, self._cached, opened)
+        if self.fold_split is None:
+            return inputs
+        fold = f"{inputs.fingerprint}|fold {self.fold} of {self.folds}, seed {self.fold_seed}"
+        return dataclasses.replace(inputs, fingerprint=hashlib.sha256(fold.encode()).hexdigest()[:16])
 
     def split_cache(self, split: str) -> CachedSplit:
         self.setup()
@@ -121,9 +155,10 @@ class DistillDataModule(LightningDataModule):
     def rows(self, split: str) -> RowInfo:
         """What a strategy may read beside the embeddings: row ids, and fine labels hidden like the class labels
         (a fine label is a label: the oracle knows the subclasses of the labeled rows only)."""
-        fine = self.source.split(split).fine_labels
-        if split == "train" and fine is not None:
-            fine = hide_labels(fine, self.labeled_rows)
+        fine = {s: self.source.split(s).fine_labels for s in SPLITS}
+        if fine["train"] is not None:
+            fine["train"] = hide_labels(fine["train"], self.labeled_rows)
+        fine = self.in_fold(fine)[split]
         return RowInfo(row_ids=self.split_cache(split).row_id, fine_labels=fine)
 
     def subclass_report(self, split: str = "train", max_rows: int = 20000) -> dict:
@@ -132,7 +167,7 @@ class DistillDataModule(LightningDataModule):
         labels = self.targets.fit_groups() if split == "train" else np.asarray(self.split_cache(split).label)
         keep = np.arange(0, len(labels), -(-len(labels) // max_rows))
         fine = self.rows(split).fine_labels
-        texts = self.source.split(split).texts
+        texts = self.in_fold({s: self.source.split(s).texts for s in SPLITS})[split]
         texts = None if isinstance(texts, np.ndarray) else [texts[i] for i in keep]
         return subclass_report(self.targets.z(split)[keep], labels[keep], None if fine is None else fine[keep],
                                texts, self.source.class_names)
@@ -188,3 +223,16 @@ class DistillDataModule(LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.setup()
         self.targets.load_state_dict(state, training=self.trainer is not None and self.trainer.state.fn == "fit")
+
+
+def _rows_of(values, index: np.ndarray):
+    """``values``' rows at ``index``: a cache entry, student inputs, an array or a list (None stays None)."""
+    if values is None:
+        return None
+    if isinstance(values, CachedSplit):
+        return take(values, index)
+    if isinstance(values, StudentInputs):
+        return RowsOf(values, index)
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index]

@@ -76,6 +76,25 @@ class DenseInputs(StudentInputs):
         return torch.from_numpy(np.ascontiguousarray(self.array[index], dtype=np.float32))
 
 
+class RowsOf(StudentInputs):
+    """The rows ``rows`` of another split's student inputs (no copy: a batch gathers through the positions)."""
+
+    def __init__(self, inputs: StudentInputs, rows: np.ndarray):
+        self.inputs, self.rows = inputs, np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """The rows' lengths where the inputs know them (length-bucketed batches)."""
+        lengths = getattr(self.inputs, "lengths", None)
+        return None if lengths is None else lengths[self.rows]
+
+    def gather(self, index: np.ndarray):
+        return self.inputs.gather(self.rows[index])
+
+
 @dataclass
 class ExportSpec:
     """What ``lelp export`` needs from a featuriser to put it in front of a student's ONNX graph.
