@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from lelp_lightning.fileio import atomic_write_file, atomic_write_json, atomic_write_text, locked
 from lelp_lightning.runlayer.fits import refit_seeds, write_config
+from lelp_lightning.tune.crossval import BASELINES, cv_text, decide, finalists, fold_values, is_fold
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,14 @@ def is_confirmation(trial) -> bool:
     return "confirm_of" in trial.user_attrs
 
 
+def is_extra(trial) -> bool:
+    """A run outside the budget and the search's ranking: a confirmation or a cross-validation fold."""
+    return is_confirmation(trial) or is_fold(trial)
+
+
 def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The ``k`` complete search trials with the highest validation accuracy (ties: the earlier trial)."""
-    search = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_confirmation(t)]
+    search = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_extra(t)]
     return sorted(search, key=lambda t: (-t.value, t.number))[:k]
 
 
@@ -53,7 +59,7 @@ def confirmed_values(study: optuna.Study) -> dict[int, list[float]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if is_confirmation(t):
             values.setdefault(t.user_attrs["confirm_of"], {}).setdefault(t.user_attrs["confirm_seed"], t.value)
-        else:
+        elif not is_fold(t):
             values.setdefault(t.number, {})[0] = t.value
     return {n: [v[s] for s in sorted(v)] for n, v in values.items() if 0 in v}
 
@@ -67,9 +73,6 @@ def select_best(study: optuna.Study, confirm_top: int) -> tuple[optuna.trial.Fro
     values = confirmed_values(study)
     best = min(top, key=lambda t: (-statistics.fmean(values[t.number]), -t.value, t.number))
     return best, values[best.number]
-
-
-BASELINES = ("kd", "ce")  # vanilla KD and the student trained on its labels alone
 
 
 def baseline_margins(study: optuna.Study, best: optuna.trial.FrozenTrial) -> list[dict]:
@@ -105,6 +108,39 @@ def margins_text(margins: list[dict], rows: int | None) -> str:
             + "; ".join(parts))
 
 
+def cross_validation(study: optuna.Study, options) -> dict | None:
+    """The finalists' held-out accuracies on ``cv_folds`` folds and the decision (:func:`~lelp_lightning.tune.crossval
+    .decide`); a finalist without all its folds (a fold run failed twice) is left out, and named in ``missing``.
+    None without cross-validation or without a finalist."""
+    if not options.cv_folds:
+        return None
+    values, table, missing = fold_values(study, options.cv_folds), [], []
+    for trial in finalists(top_trials(study, len(study.trials)), options.cv_top):
+        got = values.get(trial.number, {})
+        if len(got) < options.cv_folds:
+            missing.append(trial.number)
+            continue
+        table.append({"trial": trial.number, "method": trial.user_attrs["method"], "params": method_params(trial),
+                      "val_accuracy": trial.value, "folds": [got[f] for f in range(options.cv_folds)]})
+    if missing:
+        log.warning("tune: trials %s are left out of the cross-validated decision: some of their fold runs failed "
+                    "(rerun the command to run them again)", missing)
+    return {"folds": options.cv_folds, "finalists": table, "missing": missing,
+            **decide(table, options.cv_rule)} if table else None
+
+
+def cv_markdown(cv: dict) -> str:
+    """The finalists' table: validation, each fold, mean ± std, and which is the best mean and the answer."""
+    frame = pd.DataFrame([{"trial": r["trial"], "method": r["method"],
+                           "params": json.dumps({k: _short(v) for k, v in r["params"].items()}, sort_keys=True),
+                           "val_accuracy": r["val_accuracy"],
+                           "folds": " ".join(f"{v:.4f}" for v in r["folds"]),
+                           "mean": statistics.fmean(r["folds"]), "std": statistics.stdev(r["folds"]),
+                           "note": ", ".join(n for n, t in (("answer", cv["answer"]), ("best mean", cv["best"]))
+                                             if t == r["trial"])} for r in cv["finalists"]])
+    return f"\nfinalists on {cv['folds']} folds of the labeled training rows (held-out accuracy):\n\n" + markdown(frame)
+
+
 def method_params(trial: optuna.trial.FrozenTrial) -> dict:
     """The trial's parameters without the method and its prefix (``lelp.beta`` → ``beta``)."""
     method = trial.params.get("method")
@@ -137,6 +173,9 @@ def seed_mean(values: list[float] | None) -> str:
 
 
 def _confirm_note(trial, values: list[float] | None) -> str:
+    if is_fold(trial):
+        attrs = trial.user_attrs
+        return f"fold {attrs['cv_fold'] + 1} of {attrs['cv_folds']} of trial {attrs['cv_of']}"
     if is_confirmation(trial):
         return f"confirms trial {trial.user_attrs['confirm_of']} (seed +{trial.user_attrs['confirm_seed']})"
     return seed_mean(values)
@@ -234,16 +273,23 @@ def write_report(study: optuna.Study, base, options, folder: Path) -> dict:
                         folder / "leaderboard.md")
             return {"best_trial": None, "written": ["leaderboard.csv", "leaderboard.md"], "refit": None}
         best, values = chosen
-        margins = baseline_margins(study, best)
-        against = margins_text(margins, best.user_attrs.get("val_rows"))
-        atomic_write_text(folder / "leaderboard.md", markdown(frame) + (f"\n{against}\n" if against else ""))
+        cv = cross_validation(study, options)
+        if cv is None:
+            margins = baseline_margins(study, best)
+            against = margins_text(margins, best.user_attrs.get("val_rows"))
+        else:  # the answer is the cross-validated one; its margins are paired over the folds
+            best = next(t for t in study.get_trials(deepcopy=False) if t.number == cv["answer"])
+            values = confirmed_values(study)[best.number]
+            margins, against = cv["margins"], cv_text(cv, cv["folds"], base.labeled_count)
+        atomic_write_text(folder / "leaderboard.md", markdown(frame) + (cv_markdown(cv) if cv else "")
+                          + (f"\n{against}\n" if against else ""))
         best_yaml = best_config(base, best, values, folder)
         written = ["leaderboard.csv", "leaderboard.md", "best.yaml", *plots(study, folder)]
         result = refit(best_yaml, best, values, options.seeds, folder) if options.seeds else None
     report = {"best_trial": best.number, "best_method": best.user_attrs["method"], "best_val_accuracy": best.value,
               "best_val_accuracy_runs": values,
               "best_params": {k: v for k, v in best.params.items() if k != "method"}, "written": written,
-              "baselines": margins, "against_baselines": against, "refit": result}
+              "baselines": margins, "against_baselines": against, "cv": cv, "refit": result}
     print(format_report(report, frame, folder))
     return report
 
@@ -258,7 +304,9 @@ def format_report(report: dict, frame: pd.DataFrame, folder: Path) -> str:
              f"best: trial {report['best_trial']}, {report['best_method']} {json.dumps(report['best_params'])}, "
              f"validation {report['best_val_accuracy']:.4f}"
              f"{_parenthesised(seed_mean(report['best_val_accuracy_runs']))}; "
-             f"config {folder / 'best.yaml'}", *([report["against_baselines"]] if report["against_baselines"] else [])]
+             f"config {folder / 'best.yaml'}",
+             *([cv_markdown(report["cv"]).strip()] if report["cv"] else []),
+             *([report["against_baselines"]] if report["against_baselines"] else [])]
     refit = report["refit"]
     if refit and refit["runs"]:
         lines.append(f"refit on {len(refit['runs'])} seeds, test accuracy {100 * refit['test_accuracy_mean']:.2f} ± "

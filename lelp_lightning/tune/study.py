@@ -6,7 +6,8 @@ and is pruned through optuna-integration's Lightning callback when it is clearly
 Optuna storage (SQLite next to the runs by default; any RDB URL or ``journal:<file>`` lets many processes on
 many machines share it). A trial's budget counts finished trials only (complete or pruned): a trial that fails
 or is killed is redone, never counted. When the budget is met the report is written and the best configuration
-is refit and tested (:mod:`~lelp_lightning.tune.report`); the test split is read only there.
+is refit and tested (:mod:`~lelp_lightning.tune.report`); the test split is read only there. Before that, the
+finalists are compared on folds of the training rows (:mod:`~lelp_lightning.tune.crossval`), which decides the answer.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from lelp_lightning.runlayer.fits import fit_trial, logged_args, run_folder
 from lelp_lightning.runlayer.studies import FINISHED, Owner, max_trials, open_storage, optimize, requeue
 from lelp_lightning.runlayer.studies import open_study as open_shared_study
 from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
-from lelp_lightning.tune.report import is_confirmation, method_params, top_trials, trial_value, write_report
-from lelp_lightning.tune.space import SearchSpace
+from lelp_lightning.tune.crossval import CV_RULES, finalists, is_fold
+from lelp_lightning.tune.report import is_confirmation, is_extra, method_params, top_trials, trial_value, write_report
+from lelp_lightning.tune.space import SearchSpace, default_space_path, learned_space_path
 
 log = logging.getLogger(__name__)
 # options a trial sets itself: left out of the fingerprint that ties a study to its base config
@@ -46,9 +48,9 @@ class TuneOptions:
     Each field's ``help`` (its metadata) is what ``lelp tune --help`` shows for it.
     """
 
-    space: str | dict | None = field(default=None, metadata={
-        "help": "the search space: a YAML file, or the mapping itself; default: the package's default_space.yaml "
-                "(every registered strategy and objective)"})
+    space: str | dict = field(default="learned", metadata={
+        "help": "the search space: learned (the methods and values that won on the accuracy grid's tasks), full "
+                "(every registered strategy and objective), a YAML file, or the mapping itself"})
     n_trials: int = field(default=40, metadata={
         "help": "the study's budget of finished trials (complete or pruned), shared by every process"})
     methods: list[str] | None = field(default=None, metadata={
@@ -88,13 +90,26 @@ class TuneOptions:
                 "is partly luck; 0: the best single run"})
     confirm_seeds: int = field(default=2, metadata={
         "help": "the extra seeds each of the --tune.confirm_top trials is run with"})
+    cv_folds: int = field(default=5, metadata={
+        "help": "once the budget is met, the finalists (the --tune.cv_top best distinct configurations, vanilla KD "
+                "and the student alone) are each trained on this many folds of the labeled training rows, paired, "
+                "and the answer is chosen by their held-out accuracy (--tune.cv_rule); 0: the best validation trial"})
+    cv_top: int = field(default=3, metadata={
+        "help": "how many of the search's best distinct configurations are finalists beside the two baselines"})
+    cv_rule: str = field(default="one_se", metadata={
+        "help": "one_se: the best mean held-out accuracy, unless a baseline is within one paired standard error of "
+                "it (then that baseline); best: the best mean"})
     progress: bool = field(default=True, metadata={"help": "the progress bar over trials"})
 
     def __post_init__(self) -> None:
         for option, low in (("n_trials", 1), ("seeds", 0), ("heartbeat_interval", 1), ("max_failures", 1),
-                            ("confirm_top", 0), ("confirm_seeds", 0)):
+                            ("confirm_top", 0), ("confirm_seeds", 0), ("cv_folds", 0), ("cv_top", 1)):
             if getattr(self, option) < low:
                 raise LelpError(f"tune options need {option} >= {low}, got {getattr(self, option)}.")
+        if self.cv_folds == 1:
+            raise LelpError("tune options need cv_folds = 0 (no cross-validation) or at least 2, got 1.")
+        if self.cv_rule not in CV_RULES:
+            raise LelpError(f"tune options: cv_rule must be one of {', '.join(CV_RULES)}, got {self.cv_rule!r}.")
         if self.grace_period <= self.heartbeat_interval:
             raise LelpError(f"tune options need grace_period > heartbeat_interval (a live worker beats at least once "
                             f"in its grace period), got grace_period={self.grace_period}, "
@@ -102,7 +117,9 @@ class TuneOptions:
         self.exclude = list(self.exclude or [])
 
     def load_space(self) -> SearchSpace:
-        space = SearchSpace.from_dict(self.space) if isinstance(self.space, dict) else SearchSpace.load(self.space)
+        named = {"learned": learned_space_path(), "full": default_space_path()}
+        space = SearchSpace.from_dict(self.space) if isinstance(self.space, dict) else \
+            SearchSpace.load(named.get(self.space, self.space))
         return space.select(self.methods, self.exclude)
 
 
@@ -116,6 +133,8 @@ class Base:
         representations = [FINAL, *data.teacher.representations()]
         has_fine = data.source.split("train").fine_labels is not None
         self.val_rows = len(data.source.split("val").labels)  # what a trial's value is measured on: how noisy it is
+        self.labeled_count = len(data.labeled_rows) if data.labeled_rows is not None else \
+            len(data.source.split("train").labels)  # what the folds split
         self.space, self.dropped = options.load_space().for_data(representations, has_fine)
         self.args, self.datamodule = list(args), data
         self.lr = float(cli.config.model.lr)
@@ -161,8 +180,8 @@ def open_study(base: Base, options: TuneOptions, folder: Path, name: str) -> opt
 
 
 def finished(study: optuna.Study) -> int:
-    """Finished search trials: what the budget counts (confirmations are outside it)."""
-    return sum(not is_confirmation(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+    """Finished search trials: what the budget counts (confirmations and folds are outside it)."""
+    return sum(not is_extra(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 class _Surplus(Exception):
@@ -179,7 +198,7 @@ class Objective:
     def refuse_surplus(self, trial: optuna.Trial) -> None:
         """A search trial whose budget trials ahead of it already met: stop this process, run nothing."""
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                 if t.number < trial.number and not is_confirmation(t)]
+                 if t.number < trial.number and not is_extra(t)]
         if len(ahead) >= self.options.n_trials:
             trial.set_user_attr("surplus", True)
             trial.study.stop()
@@ -188,22 +207,25 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
-        confirming = is_confirmation(trial)
-        if not confirming:
+        extra = is_extra(trial)
+        if not extra:
             self.refuse_surplus(trial)
         self.current = trial
         method, values = self.base.space.suggest(trial)
         seed = self.base.seed + int(trial.user_attrs.get("confirm_seed", 0))
         overrides = method.overrides(values, self.base.lr, seed)
-        if confirming:  # the same configuration, another seed: weights, batches and the strategy's own seed
+        if is_confirmation(trial):  # the same configuration, another seed: weights, batches and the strategy's seed
             overrides += ["--seed_everything", str(seed)]
+        if is_fold(trial):  # the same configuration on one fold of the training rows, the same folds for all
+            overrides += ["--data.folds", str(trial.user_attrs["cv_folds"]), "--data.fold",
+                          str(trial.user_attrs["cv_fold"]), "--data.fold_seed", str(self.base.seed)]
         trial.set_user_attr("method", method.name)
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("val_rows", self.base.val_rows)
         logs = logged_args(self.folder, "trials", f"trial_{trial.number:04d}", root_dir=self.folder / "trials")
-        # a confirmation runs to the end: its value is averaged, not compared epoch by epoch
-        pruning = [] if confirming else [PyTorchLightningPruningCallback(trial, monitor=self.options.monitor)]
+        # a confirmation or a fold runs to the end: its value is averaged, not compared epoch by epoch
+        pruning = [] if extra else [PyTorchLightningPruningCallback(trial, monitor=self.options.monitor)]
         return fit_trial([*self.base.args, *overrides, *logs], self.options.monitor, trial.set_user_attr, pruning,
                          outcomes=(optuna.TrialPruned,))
 
@@ -218,6 +240,11 @@ class _Progress:
         (self.bar.write if self.bar is not None else print)(line)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if is_fold(trial):
+            if trial.state == TrialState.COMPLETE:
+                self.write(f"trial {trial.number}: fold {trial.user_attrs['cv_fold'] + 1} of "
+                           f"{trial.user_attrs['cv_folds']} of trial {trial.user_attrs['cv_of']}: {trial.value:.4f}")
+            return
         if is_confirmation(trial):
             if trial.state == TrialState.COMPLETE:
                 self.write(f"trial {trial.number} confirms trial {trial.user_attrs['confirm_of']} (seed "
@@ -282,6 +309,7 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
                     options.grace_period)
         return {"study": name, "folder": str(folder), "finished": done, "complete": False}
     confirm(study, objective, options, folder)
+    cross_validate(study, objective, options, folder)
     return write_report(study, base, options, folder) | {"study": name, "folder": str(folder), "finished": done,
                                                           "complete": True}
 
@@ -304,6 +332,29 @@ def confirm(study: optuna.Study, objective: Objective, options: TuneOptions, fol
     if waiting:
         log.info("tune: confirming the best %d trials with %d more seeds each (%d runs)", options.confirm_top,
                  options.confirm_seeds, len(waiting))
+        optimize(study, objective, [_Progress(options, None)], n_trials=len(waiting), gc_after_trial=True)
+
+
+def cross_validate(study: optuna.Study, objective: Objective, options: TuneOptions, folder: Path) -> None:
+    """Run every finalist on every fold (queued once: a fold run waiting, running or complete is not queued again;
+    a failed one is, so an interrupted decision resumes where it stopped)."""
+    if not options.cv_folds:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / "report.lock"):
+        trials = study.get_trials(deepcopy=False)
+        queued = {(t.user_attrs["cv_of"], t.user_attrs["cv_fold"]) for t in trials
+                  if is_fold(t) and t.user_attrs.get("cv_folds") == options.cv_folds and t.state != TrialState.FAIL}
+        chosen = finalists(top_trials(study, len(trials)), options.cv_top)
+        for finalist in chosen:
+            for fold in range(options.cv_folds):
+                if (finalist.number, fold) not in queued:
+                    study.enqueue_trial(finalist.params, user_attrs={"cv_of": finalist.number, "cv_fold": fold,
+                                                                     "cv_folds": options.cv_folds})
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if is_fold(t)]
+    if waiting:
+        log.info("tune: cross-validating %d finalists (trials %s) on %d folds (%d runs)", len(chosen),
+                 [t.number for t in chosen], options.cv_folds, len(waiting))
         optimize(study, objective, [_Progress(options, None)], n_trials=len(waiting), gc_after_trial=True)
 
 

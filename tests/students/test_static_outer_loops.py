@@ -158,12 +158,14 @@ def test_lelp_search_over_table_width_and_hidden_layer_distils_each_width_once(t
 
 def test_lelp_tune_runs_a_study_with_the_static_student(tiny_encoder, cache, tmp_path, distillations):
     ran = run_main("tune", *base_args(cache, tmp_path, tiny_encoder), "--tune.n_trials", "2", "--tune.seeds", "0",
-                   "--tune.methods", "[ce, lelp]", "--tune.progress", "false", "--tune.root", str(tmp_path / "tune"))
+                   "--tune.methods", "[ce, lelp]", "--tune.progress", "false", "--tune.root", str(tmp_path / "tune"),
+                   "--tune.cv_folds", "2")
     assert ran.returncode == 0, ran.stderr[-3000:]
     folder = tmp_path / "tune" / "quickstart"
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'study.db'}")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 2 and all(0 <= t.value <= 1 for t in trials)
+    folds = [t for t in trials if "cv_of" in t.user_attrs]  # both finalists on both folds of the training rows
+    assert len(trials) == 6 and len(folds) == 4 and all(0 <= t.value <= 1 for t in trials)
     assert distillations == []  # every trial read the cached table
     best = build_cli(["--config", str(folder / "best.yaml")], run=False)
     assert isinstance(best.model.student, StaticEmbeddingStudent)

@@ -19,10 +19,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def tune_args(cache_dir: Path, tmp_path: Path, *extra: str, epochs: int = 2) -> list[str]:
-    """A tiny base run (a 4,096-bucket bag so that a trial takes about a second) and the study's folder."""
+def tune_args(cache_dir: Path, tmp_path: Path, *extra: str, epochs: int = 2, cv_folds: int = 0) -> list[str]:
+    """A tiny base run (a 4,096-bucket bag so that a trial takes about a second) and the study's folder; the
+    cross-validated decision only when ``cv_folds`` asks for it (tests/tune/test_crossval.py)."""
     return [*tiny_run_args(cache_dir, tmp_path / "runs", wandb=False), "--data.featurizer.num_buckets", "4096",
-            "--trainer.max_epochs", str(epochs), "--tune.root", str(tmp_path / "tune"), *extra]
+            "--trainer.max_epochs", str(epochs), "--tune.root", str(tmp_path / "tune"), "--tune.cv_folds",
+            str(cv_folds), *extra]
 
 
 def load(tmp_path: Path, name: str = "quickstart") -> optuna.Study:
@@ -179,9 +181,10 @@ def test_selection_reads_validation_only(tweets_cache_dir, tmp_path, monkeypatch
     refit = report.refit
     monkeypatch.setattr(report, "refit", lambda *a, **k: phase.update(now="refit") or refit(*a, **k))
     done = run_main("tune", *tune_args(tweets_cache_dir, tmp_path, "--tune.n_trials", "3", "--tune.seeds", "1",
-                                       "--tune.methods", "[kd, lelp]", "--tune.progress", "false"))
+                                       "--tune.methods", "[kd, lelp]", "--tune.progress", "false", cv_folds=2))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert all(t.state in FINISHED for t in load(tmp_path).trials)
+    trials = load(tmp_path).trials
+    assert all(t.state in FINISHED for t in trials) and any("cv_of" in t.user_attrs for t in trials)
     assert reads and {p for _, p in reads} == {"refit"}
 
 
