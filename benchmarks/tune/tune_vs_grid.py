@@ -3,6 +3,8 @@
     .venv/bin/python -m benchmarks.tune.tune_vs_grid --cells 20ng/minilm/bag_sparse/sup     # one cell (resumable)
     .venv/bin/python -m benchmarks.tune.tune_vs_grid --cells 20ng/minilm/bag_sparse/sup --confirm_top 3   # the best 3
                                                                 # trials rerun with 2 more seeds before choosing
+    .venv/bin/python -m benchmarks.tune.tune_vs_grid --cells 20ng/minilm/bag_sparse/sup --space loco --cv_folds 5
+                                # the space derived from the other cells' grid records, the finalists cross-validated
     .venv/bin/python -m benchmarks.tune.tune_vs_grid --table                                # the table from the records
 
 Every cell gets the same budget (``--trials``, default 40) over the default search space without the oracle (a
@@ -13,6 +15,13 @@ the student alone's and the best method's test accuracy (mean ± std over their 
 grid's selection phase for that cell. With ``--confirm_top K`` (``--tune.confirm_top``) the record is
 ``<cell>__confirm<K>x<seeds>.json`` and its run-seconds include the confirmation runs. ``--table`` prints the
 markdown table RESULTS.md carries.
+
+With ``--space loco`` the study searches the space :mod:`benchmarks.tune.space_from_grid` derives from the grid
+records of every *other* cell (leave-one-cell-out: a space tuned on the cell it is scored on proves nothing), and
+with ``--cv_folds k`` its answer is decided on k folds of the training rows (``--tune.cv_folds``). Such a record
+(``<cell>__loco__cv<k>.json``) holds three answers of the same study, each refit on the same seeds and tested once:
+the best validation trial (the rule without cross-validation), the best cross-validated mean (``cv_rule: best``)
+and the one-standard-error rule's; and the run-seconds of the search and of the fold runs.
 """
 
 from __future__ import annotations
@@ -58,12 +67,30 @@ def grid_figures(cell: str) -> dict:
             "grid_select_run_s": round(select_s, 1)}
 
 
-def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_seeds: int = 2) -> dict:
-    study = name.replace("/", "__") + (f"__confirm{confirm_top}x{confirm_seeds}" if confirm_top else "")
+def study_name(name: str, confirm_top: int = 0, confirm_seeds: int = 2, space: str = "default",
+               cv_folds: int = 0) -> str:
+    """The study's (and its record's) name: the cell, and what differs from the default study."""
+    return (name.replace("/", "__") + (f"__confirm{confirm_top}x{confirm_seeds}" if confirm_top else "")
+            + ("__loco" if space == "loco" else "") + (f"__cv{cv_folds}" if cv_folds else ""))
+
+
+def loco_space(name: str) -> dict:
+    """The search space derived from the grid records of every cell but ``name``, for ``name``'s student."""
+    from benchmarks.tune import space_from_grid
+
+    others = [c for c in TUNE_CELLS if c != name]
+    return space_from_grid.derive_space(space_from_grid.summaries(spec.load_records(), others), leave_out=name,
+                                        student=spec.CELLS[name].student)
+
+
+def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_seeds: int = 2,
+             space: str = "default", cv_folds: int = 0, cv_top: int = 3) -> dict:
+    study = study_name(name, confirm_top, confirm_seeds, space, cv_folds)
     path = RECORDS / f"{study}.json"
     if path.is_file():
         return json.loads(path.read_text())
     import optuna
+    import yaml
 
     from lelp_lightning.tune.study import parse_options, run_study
 
@@ -71,25 +98,41 @@ def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_s
     # the cell's run with the student's base learning rate (lr_factor multiplies it) and a method to replace
     args = [*cell.args(), *spec.METHODS["ce"].build({}, 0), "--model.lr", str(spec.STUDENTS[cell.student].lr),
             "--trainer.default_root_dir", str(TUNE_ROOT / "runs")]
-    tune = ["--tune.n_trials", str(trials), "--tune.seeds", str(seeds), "--tune.exclude", "[oracle]",
-            "--tune.root", str(TUNE_ROOT), "--tune.study_name", study, "--tune.confirm_top", str(confirm_top),
-            "--tune.confirm_seeds", str(confirm_seeds)]
+    tune = ["--tune.n_trials", str(trials), "--tune.seeds", str(seeds), "--tune.root", str(TUNE_ROOT),
+            "--tune.study_name", study, "--tune.confirm_top", str(confirm_top), "--tune.confirm_seeds",
+            str(confirm_seeds), "--tune.cv_folds", str(cv_folds), "--tune.cv_top", str(cv_top)]
+    derived = None
+    if space == "loco":
+        derived = loco_space(name)
+        space_file = TUNE_ROOT / study / "space.yaml"
+        space_file.parent.mkdir(parents=True, exist_ok=True)
+        if not space_file.is_file():  # a resumed study keeps the space it began with
+            space_file.write_text(yaml.safe_dump(derived, sort_keys=False))
+        tune += ["--tune.space", str(space_file)]
+    else:
+        tune += ["--tune.exclude", "[oracle]"]
     start = time.perf_counter()
     report = run_study(args, parse_options(tune))
     if not report["complete"]:
         raise SystemExit(f"{name}: the study is not complete; rerun to finish it.")
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{TUNE_ROOT / study / 'study.db'}")
     ran = [t for t in loaded.trials if not t.user_attrs.get("surplus")]
+    folds = [t for t in ran if "cv_of" in t.user_attrs]
     refit = report["refit"]
     git = provenance.git_state("lelp_lightning", "benchmarks/tune")
     record = {
-        "cell": name, "trials": trials, "seeds": seeds, "space": "default without the oracle",
+        "cell": name, "trials": trials, "seeds": seeds,
+        "space": "default without the oracle" if space == "default" else "leave-one-cell-out",
+        "derived_space": derived,
         "confirm": [confirm_top, confirm_seeds] if confirm_top else None,
+        "cv": _cv_summary(report["cv"], cv_top) if cv_folds else None,
+        "answers": _answers(loaded, report, args, tune, seeds) if cv_folds else None,
         "best_method": report["best_method"], "best_params": report["best_params"],
         "best_val_accuracy": report["best_val_accuracy"], "best_val_accuracy_runs": report["best_val_accuracy_runs"],
         "tuned_test_accuracy": [r["test_accuracy"] for r in refit["runs"]],
         "tuned": [refit["test_accuracy_mean"], refit["test_accuracy_std"]],
-        "study_run_s": round(sum(t.user_attrs.get("wall_s", 0.0) for t in ran), 1),
+        "study_run_s": round(sum(t.user_attrs.get("wall_s", 0.0) for t in ran if t not in folds), 1),
+        "cv_run_s": round(sum(t.user_attrs.get("wall_s", 0.0) for t in folds), 1),
         "refit_run_s": round(sum(r["fit_seconds"] for r in refit["runs"]), 1),
         "states": {s: sum(t.state.name.lower() == s for t in ran) for s in ("complete", "pruned", "fail")},
         "methods_tried": sorted({t.params.get("method") for t in ran}),
@@ -106,6 +149,39 @@ def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_s
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)
     return record
+
+
+def _cv_summary(cv: dict, top: int) -> dict:
+    """What the record keeps of the cross-validated decision: the finalists' fold accuracies and both rules' picks."""
+    return {"folds": cv["folds"], "top": top, "finalists": cv["finalists"], "best_mean": cv["best"],
+            "one_se": cv["answer"] if cv["rule"] == "one_se" else None, "margins": cv["margins"],
+            "teacher": cv["teacher"]}
+
+
+def _answers(study, report: dict, args: list[str], tune: list[str], seeds: int) -> dict:
+    """The study's answer under each rule — the best validation trial, the best cross-validated mean, the one-SE
+    rule — each refit on the same seeds and tested once (an answer two rules share is refit once)."""
+    from lelp_lightning.tune.crossval import decide
+    from lelp_lightning.tune.report import best_config, refit, select_best
+    from lelp_lightning.tune.study import Base, parse_options
+
+    cv = report["cv"]
+    chosen = {"validation": select_best(study, 0)[0].number, "cv_best": cv["best"],
+              "cv_one_se": decide(cv["finalists"], "one_se")["answer"]}
+    folder = TUNE_ROOT / study.study_name
+    base, refits = None, {report["best_trial"]: report["refit"]}
+    for number in dict.fromkeys(chosen.values()):
+        if number not in refits:
+            base = base or Base(args, parse_options(tune))
+            trial = study.trials[number]
+            answer = folder / "answers" / f"trial_{number:04d}"
+            answer.mkdir(parents=True, exist_ok=True)
+            refits[number] = refit(best_config(base, trial, [trial.value], answer), trial, [trial.value], seeds,
+                                   answer)
+    return {rule: {"trial": n, "method": study.trials[n].user_attrs["method"],
+                   "test_accuracy": [r["test_accuracy"] for r in refits[n]["runs"]],
+                   "tuned": [refits[n]["test_accuracy_mean"], refits[n]["test_accuracy_std"]]}
+            for rule, n in chosen.items()}
 
 
 def grid_validation_pick(cell: str, records: list[dict]) -> tuple[str, list[float]] | None:
@@ -178,12 +254,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--confirm_top", type=int, default=0, help="lelp tune's --tune.confirm_top")
     parser.add_argument("--confirm_seeds", type=int, default=2, help="lelp tune's --tune.confirm_seeds")
+    parser.add_argument("--space", choices=("default", "loco"), default="default",
+                        help="the default space without the oracle, or the one derived from the other cells' records")
+    parser.add_argument("--cv_folds", type=int, default=0, help="lelp tune's --tune.cv_folds (0: no cross-validation)")
+    parser.add_argument("--cv_top", type=int, default=3, help="lelp tune's --tune.cv_top")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     for name in args.cells:
         if name not in TUNE_CELLS:
             raise SystemExit(f"unknown cell {name!r}; cells: {', '.join(TUNE_CELLS)}")
-        record = run_cell(name, args.trials, args.seeds, args.confirm_top, args.confirm_seeds)
+        record = run_cell(name, args.trials, args.seeds, args.confirm_top, args.confirm_seeds, args.space,
+                          args.cv_folds, args.cv_top)
         print(f"{name}: tuned {record['tuned']} ({record['best_method']}), KD {record['grid']['kd']}")
     if args.table:
         print(table())
