@@ -110,7 +110,7 @@ def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_s
             space_file.write_text(yaml.safe_dump(derived, sort_keys=False))
         tune += ["--tune.space", str(space_file)]
     else:
-        tune += ["--tune.exclude", "[oracle]"]
+        tune += ["--tune.space", "full", "--tune.exclude", "[oracle]"]
     start = time.perf_counter()
     report = run_study(args, parse_options(tune))
     if not report["complete"]:
