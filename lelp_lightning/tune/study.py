@@ -310,6 +310,12 @@ def run_study(args: list[str], options: TuneOptions) -> dict:
         return {"study": name, "folder": str(folder), "finished": done, "complete": False}
     confirm(study, objective, options, folder)
     cross_validate(study, objective, options, folder)
+    pending = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+               if is_extra(t)]
+    if pending:  # another process runs them: whoever finishes the last one writes the report
+        log.warning("tune: %d confirmation or fold runs are still running in other processes; the process that "
+                    "finishes the last one writes the report (or rerun the same command).", len(pending))
+        return {"study": name, "folder": str(folder), "finished": done, "complete": False}
     return write_report(study, base, options, folder) | {"study": name, "folder": str(folder), "finished": done,
                                                           "complete": True}
 
