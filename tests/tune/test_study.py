@@ -93,15 +93,20 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 def test_two_workers_on_one_storage_finish_the_budget_between_them(tweets_cache_dir, tmp_path):
     args = tune_args(tweets_cache_dir, tmp_path, "--tune.n_trials", "8", "--tune.seeds", "0",
-                     "--tune.methods", "[ce, kd, kmeans]")
+                     "--tune.methods", "[ce, kd, kmeans]", "--tune.cv_top", "1", cv_folds=2)
     workers = [_start(args, tmp_path) for _ in range(2)]
     for w in workers:
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-3000:]
     study = load(tmp_path)
     ran = [t for t in study.trials if not t.user_attrs.get("surplus")]
-    assert len(study.get_trials(states=FINISHED)) == 8  # not one more, not one less
+    search = [t for t in ran if "cv_of" not in t.user_attrs]
+    assert len(search) == 8  # not one more, not one less
     assert all(t.state in FINISHED for t in ran)  # none lost
+    folds = sorted((t.user_attrs["cv_of"], t.user_attrs["cv_fold"]) for t in ran if "cv_of" in t.user_attrs)
+    finalists = sorted({n for n, _ in folds})
+    assert folds == [(n, f) for n in finalists for f in (0, 1)]  # every finalist on every fold, once
+    assert "finalists on 2 folds" in (tmp_path / "tune" / "quickstart" / "leaderboard.md").read_text()
     assert len({t.user_attrs["worker"] for t in ran}) == 2  # both worked
     folders = sorted(p.name for p in (tmp_path / "tune" / "quickstart" / "trials").iterdir())
     assert folders == [f"trial_{t.number:04d}" for t in ran]  # each trial ran once, in its own folder
