@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import time
@@ -36,6 +37,7 @@ import time
 from benchmarks import provenance
 from benchmarks.accuracy import spec
 from benchmarks.accuracy.selection import choices
+from benchmarks.accuracy.tables import verdict
 
 RECORDS = spec.REPO / "benchmarks" / "results" / "tune"
 TUNE_ROOT = spec.REPO / "runs" / "tune-bench"  # git-ignored: the studies, their trials and refits
@@ -215,6 +217,8 @@ def table() -> str:
     grid_records = spec.load_records()
     for path in sorted(RECORDS.glob("*.json")):
         r = json.loads(path.read_text())
+        if r.get("cv"):  # in cv_table
+            continue
         g = r["grid"]
         delta = f"{100 * (r['tuned'][0] - g['kd'][0]):+.2f}" if g["kd"] else "–"
         confirm = r.get("confirm")
@@ -225,6 +229,116 @@ def table() -> str:
                      f"{picked} | {pct(g['best'])} ({g['best_method']}) | {delta} | {r['study_run_s']:.0f} / "
                      f"{g['grid_select_run_s']:.0f} |")
     return "\n".join(lines)
+
+
+def _versus(accs: list[float], baseline: list[float] | None, n: int = 3) -> tuple[float, float] | None:
+    """(answer − baseline in points, its standard error) from the answer's per-seed accuracies and the baseline's
+    mean and std over ``n`` seeds; None without a baseline."""
+    if not baseline:
+        return None
+    mine = _mean_std(accs)
+    return 100 * (mine[0] - baseline[0]), 100 * math.sqrt(mine[1] ** 2 / len(accs) + baseline[1] ** 2 / n)
+
+
+def grid_beats_kd(cell: str, records: list[dict]) -> bool:
+    """Whether some non-oracle grid method's final runs beat KD's beyond noise (Δ > 2 SE) on ``cell``."""
+    finals: dict[str, list[float]] = {}
+    for r in records:
+        if r["cell"] == cell and r["phase"] == "final" and r["method"] != "oracle":
+            finals.setdefault(r["method"], []).append(r["metrics"]["test_accuracy"])
+    if "kd" not in finals:
+        return False
+    kd = _mean_std(finals["kd"])
+    return any(d > 2 * se for m, v in finals.items() if m != "kd" and len(v) > 1
+               for d, se in [_versus(v, kd, len(finals["kd"]))])
+
+
+RULES = (("validation", "best validation trial"), ("cv_best", "best cross-validated mean"),
+         ("cv_one_se", "one-SE rule"))
+
+
+def cv_rows() -> list[dict]:
+    return [r for r in (json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))) if r.get("cv")]
+
+
+def _today(cell: str) -> dict | None:
+    """The cell's study of the table above: the full space, the best validation trial (no cross-validation)."""
+    path = RECORDS / f"{cell.replace('/', '__')}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _better_baseline(grid: dict) -> list[float]:
+    return max((b for b in (grid["kd"], grid["ce"]) if b), key=lambda b: b[0])
+
+
+def cv_tally(rows: list[dict], grid_records: list[dict]) -> dict:
+    """Against the issue's goals, per answer (today's study and the three rules of the new one): on how many cells
+    it is below max(KD, the student alone) beyond noise, and above KD beyond noise where some grid method is; and
+    what a study with its folds costs, against its own search and against today's study."""
+    answers = {"today": "today's study", **dict(RULES)}
+    tally = {a: {"below": 0, "above_kd": 0, "cells": 0} for a in answers}
+    beatable, own, today_ratio = 0, [], []
+    for r in rows:
+        g, beats, today = r["grid"], grid_beats_kd(r["cell"], grid_records), _today(r["cell"])
+        beatable += beats
+        accs = {rule: r["answers"][rule]["test_accuracy"] for rule, _ in RULES}
+        if today:
+            accs["today"] = today["tuned_test_accuracy"]
+        for answer, values in accs.items():
+            d, se = _versus(values, _better_baseline(g))
+            tally[answer]["below"] += d < -2 * se
+            d, se = _versus(values, g["kd"])
+            tally[answer]["above_kd"] += beats and d > 2 * se
+            tally[answer]["cells"] += 1
+        total = r["study_run_s"] + r["cv_run_s"]
+        own.append(total / r["study_run_s"])
+        if today:
+            today_ratio.append(total / today["study_run_s"])
+    return {"answers": answers, "tally": tally, "beatable": beatable, "cells": len(rows), "own": own,
+            "today": today_ratio}
+
+
+def cv_table() -> list[str]:
+    """The leave-one-cell-out, cross-validated studies: each rule's answer beside today's study and the grid, and
+    how often each answer meets the goals."""
+    rows = cv_rows()
+    if not rows:
+        return []
+    pct = lambda ms: f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if ms else "–"  # noqa: E731
+    grid_records = spec.load_records()
+    lines = ["| cell | today: full space, best validation trial | " + " | ".join(label for _, label in RULES)
+             + " | KD | student alone | grid's validation pick | one-SE − max(KD, alone) | one-SE − KD | run-s: search"
+             " + folds (total / search) | today's study run-s |", "|---" * 13 + "|"]
+    for r in rows:
+        g, answers, today = r["grid"], r["answers"], _today(r["cell"])
+        one_se = answers["cv_one_se"]["test_accuracy"]
+        versus = [_versus(one_se, _better_baseline(g)), _versus(one_se, g["kd"])]
+        pick = grid_validation_pick(r["cell"], grid_records)
+        total = r["study_run_s"] + r["cv_run_s"]
+        lines.append(f"| {r['cell']} | " + (f"{pct(today['tuned'])} ({today['best_method']})" if today else "–")
+                     + "".join(f" | {pct(answers[rule]['tuned'])} ({answers[rule]['method']})" for rule, _ in RULES)
+                     + f" | {pct(g['kd'])} | {pct(g['ce'])} | " + (f"{pct(pick[1])} ({pick[0]})" if pick else "–")
+                     + "".join(f" | {d:+.2f} ± {se:.2f} ({verdict(d, se)})" for d, se in versus)
+                     + f" | {r['study_run_s']:.0f} + {r['cv_run_s']:.0f} ({total / r['study_run_s']:.2f}×) | "
+                     + (f"{today['study_run_s']:.0f}" if today else "–") + " |")
+    return [*lines, "", summary()]
+
+
+def summary() -> str:
+    """The tally in words (RESULTS.md and the README's ``results:tune`` block)."""
+    rows = cv_rows()
+    if not rows:
+        return "No leave-one-cell-out, cross-validated study has been measured yet."
+    t = cv_tally(rows, spec.load_records())
+    said = "; ".join(f"{label}: below max(KD, the student alone) beyond noise on {t['tally'][a]['below']} of "
+                     f"{t['tally'][a]['cells']}, above KD beyond noise on {t['tally'][a]['above_kd']}"
+                     for a, label in t["answers"].items())
+    today = (f", {min(t['today']):.2f}–{max(t['today']):.2f}× today's study's run-seconds (measured in another "
+             "session)" if t["today"] else "")
+    return (f"`lelp tune` with the learned space (leave-one-cell-out) and the answer decided on 5 folds, on "
+            f"{t['cells']} of the grid's {len(TUNE_CELLS)} cells (some grid method beats KD beyond noise on "
+            f"{t['beatable']} of them), refit on 3 seeds and tested once — {said}. A study with its folds costs "
+            f"{min(t['own']):.2f}–{max(t['own']):.2f}× its own search's run-seconds{today}.")
 
 
 def section() -> list[str]:
@@ -244,7 +358,21 @@ def section() -> list[str]:
             "that also selects on validation. *Best of the grid by test* picks by the test split itself, an upper "
             "bound no validation-only selection can claim. "
             f"{len({r['cell'] for r in records})} of {len(TUNE_CELLS)} cells measured "
-            f"({'; '.join(cpus)}).", "", table(), ""]
+            f"({'; '.join(cpus)}).", "", table(), "", *_cv_section()]
+
+
+def _cv_section() -> list[str]:
+    table_lines = cv_table()
+    if not table_lines:
+        return []
+    return ["### The default space learned leave-one-cell-out, the answer decided on 5 folds", "",
+            "`python -m benchmarks.tune.tune_vs_grid --cells <cell> --space loco --cv_folds 5`: 40 trials over the "
+            "space `benchmarks/tune/space_from_grid.py` derives from the grid records of the *other* cells, then the "
+            "3 best distinct configurations, KD and the student alone on 5 folds of the training rows; three "
+            "answers of the one study, each refit on 3 seeds and tested once. *Today*: the 40-trial study of the "
+            "table above (full space, best validation trial). ± of a difference: its standard error over the seeds; "
+            "a win or loss needs |Δ| > 2 SE. Run-seconds: the trials' wall times (one thread per study, two studies "
+            "at a time).", "", *table_lines, ""]
 
 
 def main() -> None:
