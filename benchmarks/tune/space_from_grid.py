@@ -12,8 +12,11 @@ training data for the space like any other measurement. The rule:
   non-oracle test mean; by default ``margin`` is the pooled standard deviation of the two methods' seeds, at least
   ``min_margin`` (0.002);
 - a space method (the default space's method a grid method runs, ``spec.Method.runs``) is kept when its grid variants
-  are competitive in at least ``min_cells`` (1) cells; ``ce`` and ``kd`` are always kept. Methods keep the default
-  space's order, strategy and objectives;
+  are competitive in at least ``min_cells`` (1) cells; ``ce`` and ``kd`` are always kept; a method the grid never
+  ran on those cells is kept as the default space has it (no measurement speaks against it: the grid does not run
+  t-SNE + k-means, agglomerative clustering, DKD, RKD, SLaM or weighted KD, and t-SNE + k-means was ``lelp tune``'s
+  winner on tweets3), except one that needs true subclasses (the oracle). Methods keep the default space's order,
+  strategy and objectives;
 - a kept method's parameters are the values its competitive variants' chosen configurations gave it
   (``spec.Method.values``: S → num_subclasses, τ → tau or temperature, β, α, M → num_projections, and the grid's
   fixed options such as FitNets' hint weight): a list when they differ, a fixed value when they agree. A method kept
@@ -125,8 +128,14 @@ def derive_space(summaries: dict, leave_out: str | None = None, student: str | N
         for method in competitive(summaries[cell], margin, min_margin):
             found.setdefault(spec.METHODS[method].runs, []).append((cell, method))
     catalogue = _catalogue()
+    measured = {spec.METHODS[m].runs for cell in others for m in summaries[cell]}
+    needs_fine = {m.runs for m in spec.METHODS.values() if m.needs_fine}
     methods, lr_factors = {}, []
     for name, entry in catalogue["methods"].items():
+        if name not in measured and name not in ALWAYS_KEPT:  # no measurement either way: as the catalogue has it
+            if name not in needs_fine:
+                methods[name] = copy.deepcopy(entry)
+            continue
         variants = found.get(name, [])
         if len({cell for cell, _ in variants}) < min_cells and name not in ALWAYS_KEPT:
             continue
