@@ -119,7 +119,11 @@ def run_cell(name: str, trials: int, seeds: int, confirm_top: int = 0, confirm_s
         raise SystemExit(f"{name}: the study is not complete; rerun to finish it.")
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{TUNE_ROOT / study / 'study.db'}")
     ran = [t for t in loaded.trials if not t.user_attrs.get("surplus")]
-    folds = [t for t in ran if "cv_of" in t.user_attrs]
+    # the finalists' fold runs (a study resumed after a change of the finalist rule keeps its other fold runs, which
+    # a fresh study would not pay for)
+    finalist_trials = {f["trial"] for f in (report.get("cv") or {}).get("finalists", [])}
+    folds = [t for t in ran if t.user_attrs.get("cv_of") in finalist_trials]
+    ran = [t for t in ran if "cv_of" not in t.user_attrs or t in folds]
     refit = report["refit"]
     git = provenance.git_state("lelp_lightning", "benchmarks/tune")
     record = {

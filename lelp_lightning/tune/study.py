@@ -91,11 +91,13 @@ class TuneOptions:
     confirm_seeds: int = field(default=2, metadata={
         "help": "the extra seeds each of the --tune.confirm_top trials is run with"})
     cv_folds: int = field(default=5, metadata={
-        "help": "once the budget is met, the finalists (the --tune.cv_top best distinct configurations, vanilla KD "
-                "and the student alone) are each trained on this many folds of the labeled training rows, paired, "
-                "and the answer is chosen by their held-out accuracy (--tune.cv_rule); 0: the best validation trial"})
+        "help": "once the budget is met, the finalists (the best trial of each of the --tune.cv_top best methods, "
+                "vanilla KD and the student alone) are each trained on this many folds of the labeled training rows, "
+                "paired, and the answer is chosen by their held-out accuracy (--tune.cv_rule); 0: the best validation "
+                "trial"})
     cv_top: int = field(default=3, metadata={
-        "help": "how many of the search's best distinct configurations are finalists beside the two baselines"})
+        "help": "how many of the search's best methods (each by its best trial) are finalists beside the two "
+                "baselines"})
     cv_rule: str = field(default="one_se", metadata={
         "help": "one_se: the best mean held-out accuracy, unless a baseline is within one paired standard error of "
                 "it (then that baseline); best: the best mean"})

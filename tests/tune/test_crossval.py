@@ -58,14 +58,16 @@ def test_the_one_standard_error_rule_against_a_hand_computation():
     assert decide(worse, "one_se")["teacher"].startswith("the teacher does not help this task")
 
 
-def test_finalists_are_the_best_distinct_configurations_and_the_baselines():
+def test_finalists_are_the_best_trial_of_each_of_the_best_methods_and_the_baselines():
     method = {"method": CategoricalDistribution(["ce", "kd", "lelp", "kmeans"])}
     trials = [create_trial(value=v, params={"method": m}, distributions=method, user_attrs={"method": m})
               for v, m in ((0.9, "lelp"), (0.9, "lelp"), (0.85, "kmeans"), (0.8, "ce"), (0.7, "kd"), (0.6, "kd"))]
     for number, t in enumerate(trials):
         t.number = number
     chosen = finalists(trials, 2)
-    assert [t.number for t in chosen] == [0, 2, 4, 3]  # trial 1 repeats trial 0's configuration
+    assert [t.number for t in chosen] == [0, 2, 4, 3]  # one trial per method: trial 1 is LELP again
+    assert [t.number for t in finalists(trials, 3)] == [0, 2, 3, 4]  # the student alone among the best three
+    assert [t.number for t in finalists(trials[3:], 1)] == [3, 4]
 
 
 @pytest.mark.slow
