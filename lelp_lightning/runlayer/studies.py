@@ -143,6 +143,14 @@ def requeue(study: optuna.Study, trial: optuna.Trial | None, keep: tuple[str, ..
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **kept})
 
 
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and so queue again, once) the trials of killed processes now, rather than when the next trial starts:
+    a phase that queues its runs by what is still running must not count a dead process's trial as running."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def has_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the heartbeat queued ``trial`` again (a waiting, running or complete retry of it)."""
     with warnings.catch_warnings():

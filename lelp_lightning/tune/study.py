@@ -28,7 +28,7 @@ from lelp_lightning.core import FINAL
 from lelp_lightning.errors import LelpError
 from lelp_lightning.fileio import locked
 from lelp_lightning.runlayer.fits import fit_trial, logged_args, run_folder
-from lelp_lightning.runlayer.studies import FINISHED, Owner, max_trials, open_storage, optimize, requeue
+from lelp_lightning.runlayer.studies import FINISHED, Owner, fail_stale, max_trials, open_storage, optimize, requeue
 from lelp_lightning.runlayer.studies import open_study as open_shared_study
 from lelp_lightning.runs import build_cli, flat_config, parse_group_options, split_group_args
 from lelp_lightning.tune.crossval import CV_RULES, finalists, is_fold
@@ -329,6 +329,7 @@ def confirm(study: optuna.Study, objective: Objective, options: TuneOptions, fol
         return
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / "report.lock"):
+        fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         queued = {(t.user_attrs["confirm_of"], t.user_attrs["confirm_seed"]) for t in trials
                   if is_confirmation(t) and t.state != TrialState.FAIL}
@@ -350,6 +351,7 @@ def cross_validate(study: optuna.Study, objective: Objective, options: TuneOptio
         return
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / "report.lock"):
+        fail_stale(study)  # a killed worker's fold run: failed and queued again, not waited for
         trials = study.get_trials(deepcopy=False)
         queued = {(t.user_attrs["cv_of"], t.user_attrs["cv_fold"]) for t in trials
                   if is_fold(t) and t.user_attrs.get("cv_folds") == options.cv_folds and t.state != TrialState.FAIL}

@@ -131,3 +131,39 @@ def test_finalists_are_compared_on_the_same_folds_and_an_interrupted_decision_re
     assert "finalists on 3 folds" in board and "against the baselines, paired over the folds" in board
     notes = pd.read_csv(folder / "leaderboard.csv")["note"].dropna().tolist()
     assert sum("fold" in n for n in notes) == len(folds) + 1  # the interrupted one is listed too (failed)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_killed_workers_fold_run_is_failed_and_run_again_not_waited_for(tmp_path):
+    import time
+
+    import optuna
+
+    from lelp_lightning.runlayer.studies import open_storage
+    from lelp_lightning.tune.study import TuneOptions, cross_validate
+
+    storage = open_storage(None, tmp_path, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    method = {"method": CategoricalDistribution(["ce", "kd", "lelp"])}
+    for value, name in ((0.8, "ce"), (0.85, "kd"), (0.9, "lelp")):
+        study.add_trial(create_trial(value=value, params={"method": name}, distributions=method,
+                                     user_attrs={"method": name}))
+    for number in range(3):  # every finalist's two folds done, but fold 1 of trial 2 whose worker was killed
+        for fold in range(2):
+            attrs = {"method": study.trials[number].user_attrs["method"], "cv_of": number, "cv_fold": fold,
+                     "cv_folds": 2}
+            if (number, fold) != (2, 1):
+                study.add_trial(create_trial(value=0.7 + fold / 10, params=study.trials[number].params,
+                                             distributions=method, user_attrs=attrs))
+                continue
+            killed = study.ask(fixed_distributions=method)
+            for key, value in attrs.items():
+                killed.set_user_attr(key, value)
+            storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)  # past the grace period: the killed worker's trial is stale
+    ran = []
+    cross_validate(study, lambda trial: ran.append(dict(trial.user_attrs)) or 0.75,
+                   TuneOptions(cv_folds=2, cv_top=1, progress=False), tmp_path)
+    assert [(a["cv_of"], a["cv_fold"]) for a in ran] == [(2, 1)]  # only the killed one runs again
+    states = [(t.user_attrs.get("cv_of"), t.user_attrs.get("cv_fold"), t.state) for t in study.trials]
+    assert (2, 1, TrialState.FAIL) in states and (2, 1, TrialState.COMPLETE) in states
