@@ -30,7 +30,7 @@ def blocks() -> dict[str, str]:
 
 
 def test_the_readme_blocks_are_what_the_report_generates(blocks):
-    assert set(blocks) == {"quickstart", "accuracy", "static"}
+    assert set(blocks) == {"quickstart", "accuracy", "static", "tune"}
     for name, text in blocks.items():
         assert block(name) == text, f"README.md's results:{name} block is stale: run python -m benchmarks.report"
     assert report.rewrite_readme(README) == README
@@ -90,3 +90,37 @@ def test_the_static_block_quotes_the_validation_pick_of_each_static_cell():
         assert val[pick] == best
         if {"ce", "kd", pick} <= set(chosen[cell]) and f"{cell}: " in text:
             assert f"{cell}: {spec.METHODS[pick].label} " in text
+
+
+def test_the_tune_block_counts_what_the_records_say():
+    """The one-SE answers below max(KD, the student alone) and above KD beyond noise (|Δ| > 2 SE over the seeds),
+    recomputed with numpy from the tune records and the grid's raw final records (read here with json)."""
+    from benchmarks.accuracy import spec
+    from benchmarks.tune import tune_vs_grid
+
+    rows = [json.loads(p.read_text()) for p in sorted(tune_vs_grid.RECORDS.glob("*__cv*.json"))]
+    if not rows:
+        assert "No leave-one-cell-out" in block("tune")
+        return
+    below = above = 0
+    for r in rows:
+        finals: dict[str, list[float]] = {}
+        for path in (spec.RECORDS / r["cell"].replace("/", "__")).glob("*.json"):
+            record = json.loads(path.read_text())
+            if record["identity"]["protocol"] == spec.PROTOCOL and record["phase"] == "final":
+                finals.setdefault(record["method"], []).append(100 * record["metrics"]["test_accuracy"])
+        mine = 100 * np.array(r["answers"]["cv_one_se"]["test_accuracy"])
+
+        def versus(other, mine=mine):
+            other = np.array(other)
+            return mine.mean() - other.mean(), np.sqrt(mine.var(ddof=1) / len(mine) + other.var(ddof=1) / len(other))
+
+        d, se = versus(max((finals["kd"], finals["ce"]), key=np.mean))
+        below += d < -2 * se
+        beats = any(np.mean(v) - np.mean(finals["kd"]) > 2 * np.sqrt(np.var(v, ddof=1) / len(v) + np.var(
+            finals["kd"], ddof=1) / len(finals["kd"])) for m, v in finals.items() if m not in ("kd", "oracle"))
+        d, se = versus(finals["kd"])
+        above += beats and d > 2 * se
+    text = " ".join(block("tune").split())
+    assert f"one-SE rule: below max(KD, the student alone) beyond noise on {below} of {len(rows)}, above KD beyond " \
+           f"noise on {above}." in text

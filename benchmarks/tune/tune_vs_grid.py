@@ -281,7 +281,7 @@ def cv_tally(rows: list[dict], grid_records: list[dict]) -> dict:
     what a study with its folds costs, against its own search and against today's study."""
     answers = {"today": "today's study", **dict(RULES)}
     tally = {a: {"below": 0, "above_kd": 0, "cells": 0} for a in answers}
-    beatable, own, today_ratio = 0, [], []
+    beatable, own, today_ratio, search_today = 0, [], [], []
     for r in rows:
         g, beats, today = r["grid"], grid_beats_kd(r["cell"], grid_records), _today(r["cell"])
         beatable += beats
@@ -298,8 +298,9 @@ def cv_tally(rows: list[dict], grid_records: list[dict]) -> dict:
         own.append(total / r["study_run_s"])
         if today:
             today_ratio.append(total / today["study_run_s"])
+            search_today.append(r["study_run_s"] / today["study_run_s"])
     return {"answers": answers, "tally": tally, "beatable": beatable, "cells": len(rows), "own": own,
-            "today": today_ratio}
+            "today": today_ratio, "search_today": search_today}
 
 
 def cv_table() -> list[str]:
@@ -337,8 +338,9 @@ def summary() -> str:
     said = "; ".join(f"{label}: below max(KD, the student alone) beyond noise on {t['tally'][a]['below']} of "
                      f"{t['tally'][a]['cells']}, above KD beyond noise on {t['tally'][a]['above_kd']}"
                      for a, label in t["answers"].items())
-    today = (f", {min(t['today']):.2f}–{max(t['today']):.2f}× today's study's run-seconds (measured in another "
-             "session)" if t["today"] else "")
+    today = (f"; against today's study, measured in another session on other machines and threads, it is "
+             f"{min(t['today']):.2f}–{max(t['today']):.2f}× (its search alone {min(t['search_today']):.2f}–"
+             f"{max(t['search_today']):.2f}×)" if t["today"] else "")
     return (f"`lelp tune` with the learned space (leave-one-cell-out) and the answer decided on 5 folds, on "
             f"{t['cells']} of the grid's {len(TUNE_CELLS)} cells (some grid method beats KD beyond noise on "
             f"{t['beatable']} of them), refit on 3 seeds and tested once — {said}. A study with its folds costs "
