@@ -374,7 +374,7 @@ def _cv_section() -> list[str]:
     return ["### The default space learned leave-one-cell-out, the answer decided on 5 folds", "",
             "`python -m benchmarks.tune.tune_vs_grid --cells <cell> --space loco --cv_folds 5`: 40 trials over the "
             "space `benchmarks/tune/space_from_grid.py` derives from the grid records of the *other* cells, then the "
-            "3 best distinct configurations, KD and the student alone on 5 folds of the training rows; three "
+            "best trial of each of the 3 best methods, KD and the student alone on 5 folds of the training rows; three "
             "answers of the one study, each refit on 3 seeds and tested once. *Today*: the 40-trial study of the "
             "table above (full space, best validation trial). ± of a difference: its standard error over the seeds; "
             "a win or loss needs |Δ| > 2 SE. Run-seconds: the trials' wall times (one thread per study, two studies "
