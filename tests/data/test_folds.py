@@ -29,7 +29,8 @@ def test_the_held_out_folds_partition_the_labeled_rows_stratified():
     assert not np.array_equal(fold_rows(labels, labeled, 4, 2, seed=8)[1], held[2])
 
 
-@pytest.mark.parametrize(("args", "message"), [((5, 5), "between 0"), ((1, 0), "at least 2"), ((3, 0), "class 1 has 2")])
+@pytest.mark.parametrize(("args", "message"),
+                         [((5, 5), "between 0"), ((1, 0), "at least 2"), ((3, 0), "class 1 has 2")])
 def test_bad_folds_are_one_sentence(args, message):
     labels = np.array([0] * 10 + [1] * 2)
     with pytest.raises(LelpError, match=message):
