@@ -309,6 +309,11 @@ ABLATIONS = {
 }
 
 
+# the cells whose grid runs every method of the default space: the tune benchmark's (a student with a reduced method
+# list has no full grid to compare a study with)
+TUNE_CELLS = [name for name in DEFAULT_CELLS if STUDENTS[CELLS[name].student].methods is None]
+
+
 def methods_for(cell: Cell) -> list[str]:
     """The methods ``cell`` runs, in grid order: those its task, regime, legacy status and student allow."""
     allowed = STUDENTS[cell.student].methods

@@ -43,7 +43,6 @@ import yaml
 
 from benchmarks.accuracy import spec
 from benchmarks.accuracy.selection import choices
-from benchmarks.tune.tune_vs_grid import TUNE_CELLS
 from lelp_lightning.fileio import atomic_write_text
 from lelp_lightning.tune.space import SearchSpace, default_space_path
 
@@ -185,7 +184,7 @@ def main() -> None:
     if not args.write and not args.show:
         parser.error("give --write or --show CELL")
     records = spec.load_records()
-    summary = summaries(records, TUNE_CELLS)
+    summary = summaries(records, spec.TUNE_CELLS)
     if args.show:
         if args.show not in spec.DEFAULT_CELLS:
             raise SystemExit(f"unknown cell {args.show!r}; cells: {', '.join(spec.DEFAULT_CELLS)}")
@@ -193,8 +192,8 @@ def main() -> None:
     if args.write:
         space = derive_space(summary)
         SearchSpace.from_dict(space, "learned space")
-        newest = max(r["created"] for r in records if r["cell"] in TUNE_CELLS)
-        atomic_write_text(LEARNED_SPACE, header(TUNE_CELLS, newest) + to_yaml(space))
+        newest = max(r["created"] for r in records if r["cell"] in spec.TUNE_CELLS)
+        atomic_write_text(LEARNED_SPACE, header(spec.TUNE_CELLS, newest) + to_yaml(space))
         print(f"wrote {LEARNED_SPACE.relative_to(spec.REPO)}: {', '.join(space['methods'])}")
 
 

@@ -41,9 +41,7 @@ from benchmarks.accuracy.tables import verdict
 
 RECORDS = spec.REPO / "benchmarks" / "results" / "tune"
 TUNE_ROOT = spec.REPO / "runs" / "tune-bench"  # git-ignored: the studies, their trials and refits
-# the cells whose grid runs every method of the default space (a student with a reduced method list has no full grid
-# to compare a study with)
-TUNE_CELLS = [name for name in spec.DEFAULT_CELLS if spec.STUDENTS[spec.CELLS[name].student].methods is None]
+TUNE_CELLS = spec.TUNE_CELLS
 
 
 def _mean_std(values: list[float]) -> list[float]:
