@@ -71,8 +71,8 @@ def decide(rows: list[dict], rule: str) -> dict:
     baselines = {m: next((r for r in rows if r["method"] == m), None) for m in BASELINES}
     answer = best
     if rule == "one_se" and best["method"] not in BASELINES:
-        close = [b for b in baselines.values() if b is not None and _margin(best, b)["difference"]
-                 <= _margin(best, b)["standard_error"]]
+        close = [b for b in baselines.values()
+                 if b is not None and (m := _margin(best, b))["difference"] <= m["standard_error"]]
         if close:
             answer = max(close, key=lambda b: mean[b["trial"]])  # max keeps the first (KD) of equal means
     margins = [_margin(answer, b) for m, b in baselines.items() if b is not None and m != answer["method"]]
