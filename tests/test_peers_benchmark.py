@@ -42,7 +42,8 @@ def select_all(cell: spec.Cell) -> tuple[dict, dict]:
 @pytest.mark.parametrize(("name", "methods", "selection_runs"), [
     # ce: 3 learning rates; kd: 3 τ × 3 learning rates; lelp: 3 S × 3 β; every other: 3 S, or 3 τ for own τ
     ("tweets2/minilm/static/sup", spec.STATIC_METHODS, 3 + 9 + 9 + 3 * 7),
-    ("tweets2/minilm_ft/transformer/sup", spec.TRANSFORMER_METHODS, 3 + 9 + 9 + 3 * 3),
+    # the transformer's lean selection: kd 3 τ at the student alone's learning rate, lelp 3 S at β = 1
+    ("tweets2/minilm_ft/transformer/sup", spec.TRANSFORMER_METHODS, 3 + 3 + 3 + 3 * 3),
 ])
 def test_a_students_method_list_is_its_cells_plan(name, methods, selection_runs):
     cell = spec.CELLS[name]
@@ -52,6 +53,25 @@ def test_a_students_method_list_is_its_cells_plan(name, methods, selection_runs)
     assert len(records) == selection_runs
     finals = plan([cell], 3, records)["final"]
     assert sorted((r.method, r.seed) for r in finals) == sorted((m, s) for m in methods for s in range(3))
+
+
+def test_the_lean_selection_gives_kd_the_student_alones_rate_and_lelp_beta_one():
+    """The transformer's KD tries each τ at the learning rate the student alone chose (here its second candidate, the
+    best on validation), LELP each S at β = 1; a full-selection student still tries every pair."""
+    cell = spec.CELLS["tweets2/minilm_ft/transformer/sup"]
+    _, ce_runs = choices(cell, {})
+    assert [r.method for r in ce_runs] == ["ce"] * 3  # KD waits for the student alone's choice
+    records = {r.key: fake_record(r, v) for r, v in zip(ce_runs, (0.80, 0.83, 0.81), strict=True)}
+    chosen, runs = choices(cell, records)
+    kd = [r.hp_dict for r in runs if r.method == "kd"]
+    assert kd == [{"lr": 5e-5, "tau": t} for t in spec.TAUS]
+    records |= {r.key: fake_record(r, 0.8 + 0.01 * (r.hp_dict.get("tau") == 2.0)) for r in runs if r.method == "kd"}
+    chosen, runs = choices(cell, records)
+    assert chosen["kd"] == {"lr": 5e-5, "tau": 2.0}
+    lelp = [r.hp_dict for r in runs if r.method == "lelp"]
+    assert lelp == [{"lr": 5e-5, "tau": 2.0, "S": s, "beta": 1.0} for s in spec.S_GRID]
+    full = spec.CELLS["tweets2/minilm/static/sup"]
+    assert len([r for r in choices(full, {})[1] if r.method == "kd"]) == len(spec.TAUS) * len(spec.LR_FACTORS)
 
 
 def test_the_new_cells_are_listed_and_the_static_table_follows_the_teacher_encoder(capsys):

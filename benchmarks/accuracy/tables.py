@@ -552,7 +552,9 @@ def page(seeds: int = 3) -> list[str]:
              f"KD: τ ∈ {spec.TAUS} × the same learning rates; every other method uses KD's learning rate and τ; "
              f"strategies pick S ∈ {spec.S_GRID} at β = 1; LELP picks S × β ∈ {spec.S_GRID} × {spec.BETAS}; KD α = 0.5 "
              "and FitNets reuse KD's choice, LELP α = 0.5 LELP's; the oracle's S is the true number of hidden "
-             "subclasses. The test split is read once per final configuration and seed.",
+             "subclasses. The test split is read once per final configuration and seed. *Lean selection* (the "
+             "transformer student, minutes per run): KD picks τ at the student alone's chosen learning rate and LELP "
+             "picks S at β = 1, as the other strategies do.",
              f"- Each method's own temperature (stage 3): LELP, k-means, GMM and the ensemble of random projections "
              f"also pick τ ∈ {spec.TAUS} (GMM: τ × β ∈ {spec.TAUS} × {spec.BETAS}) at their selected S, on validation "
              "(rows marked *own τ*). *On the other representation*: the same method fitted on the teacher's other "
