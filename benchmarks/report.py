@@ -35,6 +35,7 @@ def results_page(seeds: int = 3) -> str:
 def readme_blocks() -> dict[str, str]:
     """Name → the text of the README block of that name, wrapped as the README is."""
     blocks = {"quickstart": fit_breakdown.summary(), "accuracy": tables.summary(), "static": tables.static_summary(),
+              "transformer": tables.transformer_summary(),
               "tune": tune_vs_grid.summary()}
     return {name: textwrap.fill(text, 115, break_long_words=False, break_on_hyphens=False)
             for name, text in blocks.items()}

@@ -30,7 +30,7 @@ def blocks() -> dict[str, str]:
 
 
 def test_the_readme_blocks_are_what_the_report_generates(blocks):
-    assert set(blocks) == {"quickstart", "accuracy", "static", "tune"}
+    assert set(blocks) == {"quickstart", "accuracy", "static", "transformer", "tune"}
     for name, text in blocks.items():
         assert block(name) == text, f"README.md's results:{name} block is stale: run python -m benchmarks.report"
     assert report.rewrite_readme(README) == README
@@ -90,6 +90,32 @@ def test_the_static_block_quotes_the_validation_pick_of_each_static_cell():
         assert val[pick] == best
         if {"ce", "kd", pick} <= set(chosen[cell]) and f"{cell}: " in text:
             assert f"{cell}: {spec.METHODS[pick].label} " in text
+
+
+def test_the_transformer_block_quotes_each_methods_test_records():
+    """Each method's mean ± std in the transformer paragraph, recomputed with numpy from the raw test records of its
+    selected configuration (read here with json); a cell without its three seeds of every method is not quoted."""
+    from benchmarks.accuracy import spec, tables
+
+    records = tables.current(spec.load_records(), 3)
+    _, chosen, _ = tables.final_stats(records, 3)
+    text = " ".join(block("transformer").split())
+    cells = [c for c in spec.CELLS if spec.CELLS[c].student == "transformer"]
+    for cell in cells:
+        tested: dict = {}
+        for path in (spec.RECORDS / cell.replace("/", "__")).glob("*__test__*.json"):
+            record = json.loads(path.read_text())
+            if record["hp"] == chosen.get(cell, {}).get(record["method"]) and record["seed"] < 3:
+                tested.setdefault(record["method"], []).append(100 * record["metrics"]["test_accuracy"])
+        complete = {m for m, v in tested.items() if len(v) == 3}
+        if {"ce", "kd"} <= complete:
+            for method in complete:
+                values = np.array(tested[method])
+                assert f"{spec.METHODS[method].label} {values.mean():.2f} ± {values.std(ddof=1):.2f}" in text
+        else:
+            assert f"{cell} (" not in text
+    if not any(f"{c} (" in text for c in cells):
+        assert text == "The transformer student has no finished grid cell yet."
 
 
 def test_the_tune_block_counts_what_the_records_say():

@@ -11,8 +11,8 @@
   with its defaults (learning rate, batch size, early stopping with patience 5), the grid's validation rows as its
   validation set, on the CPU. Every text cell.
 - ``setfit`` (setfit 1.2.0): the bundled all-MiniLM-L6-v2 as the body, a logistic-regression head, its defaults
-  except ``SETFIT_OPTIONS``. The text cells of the few-label regime: it is a few-shot method, and its default pair
-  sampling grows with the square of the labeled rows.
+  except ``SETFIT_OPTIONS`` (10 pairs per labeled row, for cost). The text cells of the few-label regime: it is a
+  few-shot method, and its default pair sampling grows with the square of the labeled rows.
 
 Both train on the cell's labeled training rows (every training row in the supervised regime, the grid's
 ``FEW_LABELS`` rows in the few-label regime): they have no teacher, so the transfer set is of no use to them. The
@@ -56,10 +56,11 @@ PEERS = {
 MODEL2VEC_OPTIONS = {"pca_dims": 256}
 SETFIT_BODY = "all-MiniLM-L6-v2"
 # SetFit's default pair sampling ("oversampling") makes max(positive, negative) pairs of each kind: ~500,000 pairs,
-# ~31,000 steps of 16 for 1,000 binary labels; 20 pairs per labeled row (num_iterations, the SetFit paper's
-# setting) makes 40,000 pairs, 2,500 steps. A step of the MiniLM body took 4.6 s on one thread of the AMD EPYC
-# (shared; measured on rt's 1,000 labeled rows): ~3.2 h per seed with these options, ~40 h with the defaults
-SETFIT_OPTIONS = {"num_iterations": 20}
+# ~31,000 steps of 16 for 1,000 binary labels. num_iterations n makes 2n pairs per labeled row instead: the SetFit
+# paper's 20 is 40,000 pairs, 2,500 steps; 5 is 10,000 pairs, 625 steps, each labeled row still in ~20 pairs. A
+# step of the MiniLM body took 2.4 s on one thread of the 2-core AMD EPYC, loaded (rt's 1,000 labeled rows): ~25 min
+# per seed with 5, ~1.7 h with 20, ~21 h with the defaults; 5 is what fits this machine
+SETFIT_OPTIONS = {"num_iterations": 5}
 SETFIT_REGIMES = ("few",)
 
 

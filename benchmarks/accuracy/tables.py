@@ -531,6 +531,40 @@ def static_summary(seeds: int = 3) -> str:
             "(its `StaticModelForClassification` on the labels, same table, same rows): " + "; ".join(parts) + ".")
 
 
+def transformer_summary(seeds: int = 3) -> str:
+    """The README's paragraph on the transformer student: per measured cell, every method's test accuracy (best
+    first), the one chosen on validation against KD and the student alone, model2vec alone, and what a run cost."""
+    records = current(spec.load_records(), seeds)
+    by_key = {r["key"]: r for r in records}
+    stats, chosen, teacher = final_stats(records, seeds)
+    peer_stats = peers.cell_stats(peers.load_records(), seeds)
+    parts = []
+    for c, s in stats.items():
+        if spec.CELLS[c].student != "transformer" or not {"ce", "kd"} <= set(s):
+            continue
+        pick = validation_pick(c, chosen[c], by_key)
+        if pick not in s:
+            continue
+        ranked = ", ".join(f"{spec.METHODS[m].label} {s[m]}" for m in sorted(s, key=lambda m: -s[m].mean))
+        text = (f"{c} (teacher {100 * teacher[c]['test_teacher_accuracy']:.2f}; {len(s)} methods, best first: "
+                f"{ranked}): chosen on validation, {spec.METHODS[pick].label}, against KD "
+                f"{verdict(*s[pick].diff(s['kd']))} {s[pick].diff(s['kd'])[0]:+.2f}, against the student alone "
+                f"{verdict(*s[pick].diff(s['ce']))} {s[pick].diff(s['ce'])[0]:+.2f}")
+        m2v = peer_stats.get(c, {}).get("model2vec")
+        if m2v is not None:
+            d, se = s[pick].diff(Stat(m2v.test))
+            text += f", against model2vec alone ({Stat(m2v.test)}) {verdict(d, se)} {d:+.2f} ± {se:.2f}"
+        walls = [r["wall_s"] for r in records if r["cell"] == c]
+        text += (f"; {len(walls)} runs of {statistics.fmean(walls) / 60:.1f} min on average "
+                 f"({sum(walls) / 3600:.1f} h of one core)")
+        parts.append(text)
+    if not parts:
+        return "The transformer student has no finished grid cell yet."
+    return ("The transformer student (configs/student/transformer.yaml: all-MiniLM-L6-v2's layers 0, 2 and 4, "
+            "fine-tuned), test accuracy % over 3 seeds, each method selected on validation (lean selection): "
+            + "; ".join(parts) + ".")
+
+
 def page(seeds: int = 3) -> list[str]:
     """The grid's lines of RESULTS.md (the plots written beside it)."""
     records = current(spec.load_records(), seeds)
@@ -591,7 +625,9 @@ def page(seeds: int = 3) -> list[str]:
                   "and is tested once per seed on its test rows, the rows the grid's runs read; one thread. "
                   "model2vec: the teacher's encoder distilled by model2vec (PCA 256, the static student's table), "
                   "then its `StaticModelForClassification` with its defaults (early stopping on the validation "
-                  "rows). SetFit: the all-MiniLM-L6-v2 body and a logistic-regression head, on the few-label cells. "
+                  "rows). SetFit: the all-MiniLM-L6-v2 body and a logistic-regression head, on the few-label "
+                  f"cells, its defaults except num_iterations n = {peers.SETFIT_OPTIONS['num_iterations']} (2n "
+                  "sentence pairs per labeled row; the SetFit paper's n = 20 costs 4× as much). "
                   "Training seconds exclude the distillation (a cache, built once per encoder).", ""] + peer_lines
     subclasses = subclass_tables()
     if subclasses:
