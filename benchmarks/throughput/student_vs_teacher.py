@@ -1,7 +1,7 @@
 """The distilled students against their teachers at inference: raw input in, class probabilities out, same inputs.
 
     .venv/bin/python -m benchmarks.throughput.student_vs_teacher [--rows 10000] [--images 10000] [--seconds 3]
-        [--models bag,bag_grid,mlp,mpnet,static,model2vec,cnn] [--cache_dir DIR]
+        [--models bag,bag_grid,mlp,mpnet,static,model2vec,transformer,setfit,cnn] [--cache_dir DIR]
 
 Text (binary tweets, the accuracy grid's ``--rows`` stratified subset): the MiniLM + head teacher (the students'
 teacher) and the mpnet + head teacher (bf16 pass, as the grid runs it) beside four students distilled from MiniLM:
@@ -11,7 +11,11 @@ and the static-embedding student (``configs/student/static.yaml``: MiniLM's toke
 256, hidden 512) with the quickstart's LELP. Its peer is model2vec's own classifier on the same distilled table:
 ``StaticModelForClassification`` trained with its defaults on the same training rows (the validation rows for its
 early stopping), timed through its ``predict_proba`` (PyTorch) and its ``to_pipeline()`` (numpy, model2vec's
-inference pipeline), and ``StaticModel.encode`` alone (the embedding step, no head, no accuracy).
+inference pipeline), and ``StaticModel.encode`` alone (the embedding step, no head, no accuracy). The transformer
+student (``configs/student/transformer.yaml``: MiniLM's layers 0, 2, 4, fine-tuned; one epoch here, to bound the
+benchmark's cost) with the quickstart's LELP. SetFit's inference (``SetFitModel.predict_proba``: the full MiniLM body
+and a logistic-regression head) is timed for speed only: its body is not fine-tuned here (a SetFit fit is ~25 min on
+this CPU; the inference cost is the same), so it reports no accuracy (the accuracy grid's peer rows do).
 Images (binarised Fashion-MNIST, ``--images`` training images, the whole test split): the CNN teacher and the
 2-block CNN student. Students are exported with ``lelp export``; each teacher is exported the same way (encoder +
 head, or the CNN, in one graph); the grid's bag and the MLP also with ``lelp export --quantize int8``. Each model
@@ -42,9 +46,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RECORDS = REPO / "benchmarks" / "results" / "student_vs_teacher"
 CACHE = REPO / "benchmarks" / "results" / "throughput" / "cache"
-MODELS = ("bag", "bag_grid", "mlp", "mpnet", "static", "model2vec", "cnn")  # --models; the teachers always run
-TEXT_STUDENTS = ("bag", "bag_grid", "mlp", "static")  # the fits whose data module holds the MiniLM teacher
+MODELS = ("bag", "bag_grid", "mlp", "mpnet", "static", "model2vec", "transformer", "setfit", "cnn")  # --models
+TEXT_STUDENTS = ("bag", "bag_grid", "mlp", "static", "transformer")  # fits whose data module holds the MiniLM teacher
 STATIC = REPO / "configs" / "student" / "static.yaml"
+TRANSFORMER = REPO / "configs" / "student" / "transformer.yaml"
+SETFIT_HEAD_ROWS = 1000  # the training rows SetFit's logistic-regression head is fitted on (the few-label cells')
 
 
 # the accuracy grid's selection on validation for tweets2/minilm/bag_sparse/sup ("k-means on the other
@@ -183,6 +189,22 @@ def model2vec_entries(featurizer, train, val) -> tuple[list[Entry], dict]:
                      "val_rows": len(val)}
 
 
+def setfit_entry(train) -> Entry:
+    """SetFit's inference path on the bundled MiniLM body: its logistic-regression head fitted on the body's embeddings
+    of the first ``SETFIT_HEAD_ROWS`` training rows, without the contrastive fine-tuning (which changes the weights,
+    not the cost): timed, no accuracy."""
+    from setfit import SetFitModel
+
+    from lelp_lightning.encoders.sentence import resolve_model_path
+
+    model = SetFitModel.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")))
+    texts = list(train.texts[:SETFIT_HEAD_ROWS])
+    model.model_head.fit(model.encode(texts, batch_size=256), train.labels[:SETFIT_HEAD_ROWS])
+    return Entry("setfit", "SetFit inference: all-MiniLM-L6-v2 body + logistic regression (speed only)",
+                 "setfit (torch)", lambda rows: model.predict_proba(list(rows), batch_size=256, as_numpy=True),
+                 classifies=False)
+
+
 def timed(task: str, entries: list[Entry], test, seconds: float) -> list[dict]:
     """Accuracy and speed of every entry; the task's first eager entry is its students' teacher (the anchor)."""
     import numpy as np
@@ -234,7 +256,7 @@ def main() -> None:
         parser.error(f"unknown models {unknown}; expected some of {', '.join(MODELS)}")
     if "model2vec" in chosen and "static" not in chosen:
         parser.error("model2vec trains on the static student's distilled table: add static to --models")
-    if {"mpnet", "model2vec"} & set(chosen) and not set(TEXT_STUDENTS) & set(chosen):
+    if {"mpnet", "model2vec", "setfit"} & set(chosen) and not set(TEXT_STUDENTS) & set(chosen):
         parser.error(f"the text models run beside their MiniLM teacher, read from a student's run: add one of "
                      f"{', '.join(TEXT_STUDENTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -256,11 +278,12 @@ def main() -> None:
             "mpnet": ((*rows, "--config", str(REPO / "configs/teacher/mpnet_mlp.yaml"),
                        "--data.teacher.init_args.precision", "bf16", "--trainer.max_epochs", "1"), {}),
             "static": ((*rows, "--config", str(STATIC)), {}),
+            "transformer": ((*rows, "--config", str(TRANSFORMER), "--trainer.max_epochs", "1"), {}),
             "cnn": (("--data.source.max_train", str(args.images), "--data.eval_batch_size", "1024"),
                     {"data": "configs/experiments/fashion_mnist.yaml"})}
     runs_of = {name: fit(work / name, *extra, cache=cache, **kw) for name, (extra, kw) in fits.items()
                if name in chosen}
-    for name in ("bag", "bag_grid", "mlp", "static", "cnn"):
+    for name in ("bag", "bag_grid", "mlp", "static", "transformer", "cnn"):
         if name in runs_of:
             config, ckpt = runs_of[name]
             assert lelp(["export", "--config", str(config), "--ckpt_path", str(ckpt), "--output",
@@ -292,7 +315,8 @@ def main() -> None:
                     "bag_grid": "hashed bag student, grid's method (k-means on the encoder output, 2^16 buckets)",
                     "mlp": "MLP on MiniLM features student",
                     "static": "static-embedding student (MiniLM table distilled by model2vec, PCA 256; hidden 512), "
-                              "quickstart LELP"}
+                              "quickstart LELP",
+                    "transformer": "transformer student (MiniLM's layers 0, 2, 4 fine-tuned, 1 epoch), quickstart LELP"}
         int8 = {"bag_grid": "hashed bag student, grid's method, int8 export",
                 "mlp": "MLP on MiniLM features student, int8 export"}
         for name, description in students.items():
@@ -306,6 +330,8 @@ def main() -> None:
                 m2v, peer = model2vec_entries(eager["static"][1].featurizer, source.split("train"),
                                               source.split("val"))
                 text += m2v
+            if "setfit" in chosen:
+                text.append(setfit_entry(source.split("train")))
             load["timing"] = os.getloadavg()
             text_test = source.split("test")
             runs += timed("tweets2", text, text_test, args.seconds)
@@ -330,7 +356,8 @@ def main() -> None:
               "tasks": tasks, "threads": args.threads, "seconds": args.seconds,
               "machine": provenance.machine(load_avg=load),
               "versions": provenance.versions("torch", "lightning", "transformers", "onnxruntime", "onnx", "numpy",
-                                              "tokenizers", *(["model2vec"] if peer else [])),
+                                              "tokenizers", *(["model2vec"] if peer else []),
+                                              *(["setfit", "sentence-transformers"] if "setfit" in chosen else [])),
               "model2vec": peer, "runs": runs, "static_ratios": ratios}
     path = provenance.write_record(RECORDS, sha, record)
     print(f"\n{provenance.cpu_name()}, {args.threads} threads; record {path.relative_to(REPO)}\n")
