@@ -50,7 +50,7 @@ MODELS = ("bag", "bag_grid", "mlp", "mpnet", "static", "model2vec", "transformer
 TEXT_STUDENTS = ("bag", "bag_grid", "mlp", "static", "transformer")  # fits whose data module holds the MiniLM teacher
 STATIC = REPO / "configs" / "student" / "static.yaml"
 TRANSFORMER = REPO / "configs" / "student" / "transformer.yaml"
-SETFIT_HEAD_ROWS = 1000  # the training rows SetFit's logistic-regression head is fitted on (the few-label cells')
+SETFIT_HEAD_ROWS = 1000  # training rows SetFit's logistic-regression head is fitted on (as many as the few-label cells)
 
 
 # the accuracy grid's selection on validation for tweets2/minilm/bag_sparse/sup ("k-means on the other
@@ -193,13 +193,14 @@ def setfit_entry(train) -> Entry:
     """SetFit's inference path on the bundled MiniLM body: its logistic-regression head fitted on the body's embeddings
     of the first ``SETFIT_HEAD_ROWS`` training rows, without the contrastive fine-tuning (which changes the weights,
     not the cost): timed, no accuracy."""
+    import numpy as np
     from setfit import SetFitModel
 
     from lelp_lightning.encoders.sentence import resolve_model_path
 
     model = SetFitModel.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")))
-    texts = list(train.texts[:SETFIT_HEAD_ROWS])
-    model.model_head.fit(model.encode(texts, batch_size=256), train.labels[:SETFIT_HEAD_ROWS])
+    rows = np.random.default_rng(0).choice(len(train.labels), SETFIT_HEAD_ROWS, replace=False)
+    model.model_head.fit(model.encode([train.texts[i] for i in rows], batch_size=256), train.labels[rows])
     return Entry("setfit", "SetFit inference: all-MiniLM-L6-v2 body + logistic regression (speed only)",
                  "setfit (torch)", lambda rows: model.predict_proba(list(rows), batch_size=256, as_numpy=True),
                  classifies=False)
