@@ -45,3 +45,25 @@ def test_the_serving_headline_is_the_newest_complete_student_vs_teacher_record()
              f"{p50:.2f} ms p50 for one text) at {100 * student['test_accuracy']:.2f}% test accuracy against the "
              f"teacher's {100 * teacher['test_accuracy']:.2f}%")
     assert quote in readme_by_hand().replace("\n", " ")
+
+
+def test_the_transformer_and_setfit_throughput_table_quotes_its_record():
+    """docs/serving.md's table of the transformer student and SetFit: each row's rows/s, ratio to the eager teacher
+    and p50 latency as the record has them (rounded as the table shows them)."""
+    record = json.loads((ROOT / "benchmarks" / "results" / "student_vs_teacher" /
+                         "20261207T135546_055f75d1bb.json").read_text())
+    runs = {(r["model"], r["runtime"]): r for r in record["runs"]}
+    section = (ROOT / "docs" / "serving.md").read_text().split("### The transformer student and SetFit")[1]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "rows/s" not in line]
+    names = {"MiniLM + MLP head (teacher)": "teacher", "static student": "static",
+             "transformer student, 1 epoch": "transformer", "model2vec classifier": "model2vec",
+             "model2vec pipeline": "model2vec_pipeline", "SetFit (MiniLM body + logistic regression)": "setfit"}
+    assert len(rows) == 8
+    for cells in rows:
+        run = runs[names[cells[0].strip("| ")], cells[1]]
+        assert cells[3] == f"{run['rows_per_s']:,.0f}"
+        ratio = run["speedup_vs_eager_teacher"]
+        assert cells[4] == (f"{ratio:.1f}×" if ratio < 10 else f"{ratio:.0f}×")
+        assert cells[5].strip(" |") == f"{run['latency_ms_p50']:.2f}"
+        accuracy = "—" if run["test_accuracy"] is None else f"{100 * run['test_accuracy']:.2f}%"
+        assert cells[2] == accuracy
