@@ -236,3 +236,10 @@ def test_the_peers_are_rows_of_their_cells_in_the_tables(tiny_cell):
     rows = "\n".join(tables.peer_table(records, 3))
     assert f"| tiny / sup | model2vec | all-MiniLM-L6-v2 | {{\"pca_dims\": 256}} | 3 | {mean:.2f} ± {std:.2f} |" in rows
     assert "| 20.0 | test cpu | tiny/tiny/tiny/sup |" in rows
+
+
+def test_only_seed_lists_that_seeds_runs_alone(capsys):
+    peers.main(["--cells", "rt/mpnet/mlp_minilm/few", "--seeds", "3", "--only_seed", "1", "--list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(" seed 1 " in line for line in lines)  # model2vec and SetFit
+    assert sorted(line.split()[1] for line in lines) == ["model2vec", "setfit"]

@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
                         "text cell the grid runs; cells that share task, regime and encoder share their runs)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
+    parser.add_argument("--only_seed", type=int, default=None, help="run only this seed of the plan (to spread a "
+                        "slow peer's seeds over processes; each run's record is its own, so processes never collide)")
     parser.add_argument("--list", action="store_true", help="print the runs and what is done, run nothing")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cells.split(",") if c not in spec.CELLS]
@@ -286,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown cells or peers {unknown}; cells: {', '.join(text_cells)}; peers: {', '.join(PEERS)}")
     runs = planned([spec.CELLS[c] for c in args.cells.split(",")], args.seeds, tuple(args.peers.split(",")))
+    if args.only_seed is not None:
+        runs = {run: cell for run, cell in runs.items() if run.seed == args.only_seed}
     if args.list:
         for run, cell in runs.items():
             print(f"{'done' if run.path.is_file() else 'todo'} {run.peer} {run.task}/{run.regime} {run.encoder} "

@@ -120,7 +120,9 @@ def task_table(task: str, stats: dict, teacher: dict, peer_stats: dict | None = 
         row = []
         for c in cells:
             s = peer_test[c].get(peer)
-            text = "—" if s is None else f"{s} ({peer_stats[c][peer].mean_fit_s:.0f} s)"
+            short = "" if s is None or s.n >= max(m.n for m in stats[c].values()) else \
+                f", {s.n} seed{'s' * (s.n > 1)} so far"  # a peer whose seeds are not all run yet says so
+            text = "—" if s is None else f"{s} ({peer_stats[c][peer].mean_fit_s:.0f} s{short})"
             row.append(f"**{text}**" if s is not None and s.mean == best[c] else text)
         if any(x != "—" for x in row):
             lines.append(f"| *peer:* {label} | " + " | ".join(row) + " |")
