@@ -503,26 +503,32 @@ def validation_pick(cell: str, chosen: dict, by_key: dict) -> str | None:
     return max(scored, key=lambda m: scored[m]) if scored else None
 
 
-def static_summary(seeds: int = 3) -> str:
-    """The README's paragraph on the static-embedding student: per measured cell, the method chosen on validation
-    against model2vec alone (the peer), the student trained on its labels alone, KD and the teacher."""
+def student_cells(student: str, seeds: int):
+    """The finished cells of ``student`` (student alone and KD tested): (cell, its methods' Stats, the method chosen
+    on validation, the teacher's test %, model2vec alone's Stat or None, the cell's records)."""
     records = current(spec.load_records(), seeds)
     by_key = {r["key"]: r for r in records}
     stats, chosen, teacher = final_stats(records, seeds)
     peer_stats = peers.cell_stats(peers.load_records(), seeds)
-    parts = []
     for c, s in stats.items():
-        if spec.CELLS[c].student != "static" or not {"ce", "kd"} <= set(s):
+        if spec.CELLS[c].student != student or not {"ce", "kd"} <= set(s):
             continue
         pick = validation_pick(c, chosen[c], by_key)
-        if pick not in s:
-            continue
-        text = (f"{c}: {spec.METHODS[pick].label} {s[pick]} (teacher {100 * teacher[c]['test_teacher_accuracy']:.2f}; "
+        if pick in s:
+            m2v = peer_stats.get(c, {}).get("model2vec")
+            yield (c, s, pick, 100 * teacher[c]["test_teacher_accuracy"], None if m2v is None else Stat(m2v.test),
+                   [r for r in records if r["cell"] == c])
+
+
+def static_summary(seeds: int = 3) -> str:
+    """The README's paragraph on the static-embedding student: per measured cell, the method chosen on validation
+    against model2vec alone (the peer), the student trained on its labels alone, KD and the teacher."""
+    parts = []
+    for c, s, pick, teacher, peer, _ in student_cells("static", seeds):
+        text = (f"{c}: {spec.METHODS[pick].label} {s[pick]} (teacher {teacher:.2f}; "
                 f"KD {s['kd']}; the student on its labels alone {s['ce']}, {verdict(*s[pick].diff(s['ce']))} "
                 f"{s[pick].diff(s['ce'])[0]:+.2f}")
-        m2v = peer_stats.get(c, {}).get("model2vec")
-        if m2v is not None:
-            peer = Stat(m2v.test)
+        if peer is not None:
             d, se = s[pick].diff(peer)
             text += f"; model2vec alone {peer}, {verdict(d, se)} {d:+.2f} ± {se:.2f}"
         parts.append(text + ")")
@@ -536,27 +542,17 @@ def static_summary(seeds: int = 3) -> str:
 def transformer_summary(seeds: int = 3) -> str:
     """The README's paragraph on the transformer student: per measured cell, every method's test accuracy (best
     first), the one chosen on validation against KD and the student alone, model2vec alone, and what a run cost."""
-    records = current(spec.load_records(), seeds)
-    by_key = {r["key"]: r for r in records}
-    stats, chosen, teacher = final_stats(records, seeds)
-    peer_stats = peers.cell_stats(peers.load_records(), seeds)
     parts = []
-    for c, s in stats.items():
-        if spec.CELLS[c].student != "transformer" or not {"ce", "kd"} <= set(s):
-            continue
-        pick = validation_pick(c, chosen[c], by_key)
-        if pick not in s:
-            continue
+    for c, s, pick, teacher, peer, cell_records in student_cells("transformer", seeds):
         ranked = ", ".join(f"{spec.METHODS[m].label} {s[m]}" for m in sorted(s, key=lambda m: -s[m].mean))
-        text = (f"{c} (teacher {100 * teacher[c]['test_teacher_accuracy']:.2f}; {len(s)} methods, best first: "
+        text = (f"{c} (teacher {teacher:.2f}; {len(s)} methods, best first: "
                 f"{ranked}): chosen on validation, {spec.METHODS[pick].label}, against KD "
                 f"{verdict(*s[pick].diff(s['kd']))} {s[pick].diff(s['kd'])[0]:+.2f}, against the student alone "
                 f"{verdict(*s[pick].diff(s['ce']))} {s[pick].diff(s['ce'])[0]:+.2f}")
-        m2v = peer_stats.get(c, {}).get("model2vec")
-        if m2v is not None:
-            d, se = s[pick].diff(Stat(m2v.test))
-            text += f", against model2vec alone ({Stat(m2v.test)}) {verdict(d, se)} {d:+.2f} ± {se:.2f}"
-        walls = [r["wall_s"] for r in records if r["cell"] == c]
+        if peer is not None:
+            d, se = s[pick].diff(peer)
+            text += f", against model2vec alone ({peer}) {verdict(d, se)} {d:+.2f} ± {se:.2f}"
+        walls = [r["wall_s"] for r in cell_records]
         text += (f"; {len(walls)} runs of {statistics.fmean(walls) / 60:.1f} min on average "
                  f"({sum(walls) / 3600:.1f} h of one core)")
         parts.append(text)
