@@ -33,6 +33,19 @@ def test_each_accuracy_the_readme_quotes_is_in_results_md(quote):
     assert missing == [], f"{quote!r}: {missing} not in benchmarks/RESULTS.md"
 
 
+@pytest.mark.parametrize("quote", [
+    "90.17 ± 0.49 keeping layers 0, 1, 2 against 89.95 ± 0.43 keeping 0, 2, 4, KD 89.88 ± 0.06 against 90.13 ± 0.25",
+    "layers 0, 1, 2 (`first`) give the student alone 90.17 and KD 89.88, layers 0, 2, 4 (`every_other`) 89.95 and "
+    "90.13",
+])
+def test_each_accuracy_docs_students_quotes_is_in_results_md(quote):
+    students = re.sub(r"\s+", " ", (ROOT / "docs" / "students.md").read_text())
+    assert quote in students
+    results = RESULTS.read_text()
+    missing = [figure for figure in re.findall(r"\d+\.\d\d", quote) if figure not in results]
+    assert missing == [], f"{quote!r}: {missing} not in benchmarks/RESULTS.md"
+
+
 def test_the_serving_headline_is_the_newest_complete_student_vs_teacher_record():
     """The bag student with the grid's method through onnxruntime against the eager MiniLM teacher, binary tweets,
     from the newest record of the whole benchmark (a ``--models`` run records ``"complete": false``)."""

@@ -130,12 +130,12 @@ STUDENTS = {
                       encoder_from_teacher=True),
     # ~5 min per run on one thread of the 2-core AMD EPYC (tweets2, 7,000 rows, 3 epochs): 36 runs with the lean
     # selection instead of 48
-    "transformer": Student("all-MiniLM-L6-v2 truncated to 3 layers, fine-tuned",
+    "transformer": Student("all-MiniLM-L6-v2's layers 0, 2, 4 (every other), fine-tuned",
                            tuple(cfg("configs/student/transformer.yaml")), 5e-5, 3, 32, TRANSFORMER_METHODS,
                            lean_selection=True),
     # the same student keeping layers 0, 1, 2 instead of 0, 2, 4: which layers to keep is an open choice, measured on
     # the student alone and KD
-    "transformer_first": Student("all-MiniLM-L6-v2's first 3 layers, fine-tuned",
+    "transformer_first": Student("all-MiniLM-L6-v2's layers 0, 1, 2 (the first 3), fine-tuned",
                                  (*cfg("configs/student/transformer.yaml"),
                                   "--model.student.init_args.layers", "first"),
                                  5e-5, 3, 32, ("ce", "kd"), lean_selection=True),

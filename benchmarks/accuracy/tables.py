@@ -543,6 +543,7 @@ def transformer_summary(seeds: int = 3) -> str:
     """The README's paragraph on the transformer student: per measured cell, every method's test accuracy (best
     first), the one chosen on validation against KD and the student alone, model2vec alone, and what a run cost."""
     parts = []
+    first_layers = {c: s for c, s, *_ in student_cells("transformer_first", seeds)}
     for c, s, pick, teacher, peer, cell_records in student_cells("transformer", seeds):
         ranked = ", ".join(f"{spec.METHODS[m].label} {s[m]}" for m in sorted(s, key=lambda m: -s[m].mean))
         text = (f"{c} (teacher {teacher:.2f}; {len(s)} methods, best first: "
@@ -555,6 +556,11 @@ def transformer_summary(seeds: int = 3) -> str:
         walls = [r["wall_s"] for r in cell_records]
         text += (f"; {len(walls)} runs of {statistics.fmean(walls) / 60:.1f} min on average "
                  f"({sum(walls) / 3600:.1f} h of one core)")
+        first = first_layers.get(c.replace("/transformer/", "/transformer_first/"))
+        if first is not None:  # the same cell keeping layers 0, 1, 2: which layers to keep
+            text += "; keeping layers 0, 1 and 2 instead (`layers: first`): " + ", ".join(
+                f"{spec.METHODS[m].label} {first[m]} ({verdict(*first[m].diff(s[m]))} "
+                f"{first[m].diff(s[m])[0]:+.2f} against layers 0, 2, 4)" for m in ("ce", "kd"))
         parts.append(text)
     if not parts:
         return "The transformer student has no finished grid cell yet."
