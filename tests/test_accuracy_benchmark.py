@@ -97,6 +97,15 @@ def test_representation_methods_read_the_teachers_other_representation_and_legac
     assert dense[dense.index("--model.student.init_args.sparse") + 1] == "false"  # as its records were measured
 
 
+def test_cell_methods_restrict_a_cell_and_the_first_layers_cell_keeps_layers_0_1_2():
+    few = spec.CELLS["rt/mpnet/transformer/few"]
+    assert spec.methods_for(few) == ["ce", "kd", "lelp"]
+    assert set(spec.methods_for(spec.CELLS["tweets2/minilm_ft/transformer/sup"])) == set(spec.TRANSFORMER_METHODS)
+    args = spec.make_run(spec.CELLS["tweets2/minilm_ft/transformer_first/sup"], "ce", {"lr": 5e-5}, 0, False,
+                         "select").args()
+    assert args[len(args) - args[::-1].index("--model.student.init_args.layers")] == "first"  # the last one wins
+
+
 def select_all(cell, records: dict) -> dict:
     """Fake validation records for every selection run, stage after stage, until every method is chosen."""
     while True:
