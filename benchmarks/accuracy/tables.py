@@ -505,7 +505,7 @@ def validation_pick(cell: str, chosen: dict, by_key: dict) -> str | None:
 
 def student_cells(student: str, seeds: int):
     """The finished cells of ``student`` (student alone and KD tested): (cell, its methods' Stats, the method chosen
-    on validation, the teacher's test %, model2vec alone's Stat or None, the cell's records)."""
+    on validation, the teacher's test %, each peer's test Stat by name, the cell's records)."""
     records = current(spec.load_records(), seeds)
     by_key = {r["key"]: r for r in records}
     stats, chosen, teacher = final_stats(records, seeds)
@@ -515,8 +515,8 @@ def student_cells(student: str, seeds: int):
             continue
         pick = validation_pick(c, chosen[c], by_key)
         if pick in s:
-            m2v = peer_stats.get(c, {}).get("model2vec")
-            yield (c, s, pick, 100 * teacher[c]["test_teacher_accuracy"], None if m2v is None else Stat(m2v.test),
+            yield (c, s, pick, 100 * teacher[c]["test_teacher_accuracy"],
+                   {p: Stat(ps.test) for p, ps in peer_stats.get(c, {}).items()},
                    [r for r in records if r["cell"] == c])
 
 
@@ -524,10 +524,11 @@ def static_summary(seeds: int = 3) -> str:
     """The README's paragraph on the static-embedding student: per measured cell, the method chosen on validation
     against model2vec alone (the peer), the student trained on its labels alone, KD and the teacher."""
     parts = []
-    for c, s, pick, teacher, peer, _ in student_cells("static", seeds):
+    for c, s, pick, teacher, peer_test, _ in student_cells("static", seeds):
         text = (f"{c}: {spec.METHODS[pick].label} {s[pick]} (teacher {teacher:.2f}; "
                 f"KD {s['kd']}; the student on its labels alone {s['ce']}, {verdict(*s[pick].diff(s['ce']))} "
                 f"{s[pick].diff(s['ce'])[0]:+.2f}")
+        peer = peer_test.get("model2vec")
         if peer is not None:
             d, se = s[pick].diff(peer)
             text += f"; model2vec alone {peer}, {verdict(d, se)} {d:+.2f} ± {se:.2f}"
@@ -544,15 +545,16 @@ def transformer_summary(seeds: int = 3) -> str:
     first), the one chosen on validation against KD and the student alone, model2vec alone, and what a run cost."""
     parts = []
     first_layers = {c: s for c, s, *_ in student_cells("transformer_first", seeds)}
-    for c, s, pick, teacher, peer, cell_records in student_cells("transformer", seeds):
+    for c, s, pick, teacher, peer_test, cell_records in student_cells("transformer", seeds):
         ranked = ", ".join(f"{spec.METHODS[m].label} {s[m]}" for m in sorted(s, key=lambda m: -s[m].mean))
         text = (f"{c} (teacher {teacher:.2f}; {len(s)} methods, best first: "
                 f"{ranked}): chosen on validation, {spec.METHODS[pick].label}, against KD "
                 f"{verdict(*s[pick].diff(s['kd']))} {s[pick].diff(s['kd'])[0]:+.2f}, against the student alone "
                 f"{verdict(*s[pick].diff(s['ce']))} {s[pick].diff(s['ce'])[0]:+.2f}")
-        if peer is not None:
-            d, se = s[pick].diff(peer)
-            text += f", against model2vec alone ({peer}) {verdict(d, se)} {d:+.2f} ± {se:.2f}"
+        for name, label in (("model2vec", "model2vec alone"), ("setfit", "SetFit")):
+            if name in peer_test:
+                d, se = s[pick].diff(peer_test[name])
+                text += f", against {label} ({peer_test[name]}) {verdict(d, se)} {d:+.2f} ± {se:.2f}"
         walls = [r["wall_s"] for r in cell_records]
         text += (f"; {len(walls)} runs of {statistics.fmean(walls) / 60:.1f} min on average "
                  f"({sum(walls) / 3600:.1f} h of one core)")
