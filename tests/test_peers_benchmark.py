@@ -20,7 +20,7 @@ from lelp_lightning.fileio import temporaries  # noqa: E402
 
 NEW_CELLS = {"tweets2/minilm/static/sup", "tweets2full/minilm/static/sup", "tweets3/minilm/static/sup",
              "rt/mpnet/static/sup", "20ng/minilm/static/sup", "20ng/minilm_ft/static/sup",
-             "tweets2/minilm_ft/transformer/sup"}
+             "tweets2/minilm_ft/transformer/sup", "tweets2/minilm_ft/transformer_first/sup", "rt/mpnet/transformer/few"}
 
 
 def fake_record(run: spec.Run, val: float) -> dict:
@@ -83,7 +83,7 @@ def test_the_new_cells_are_listed_and_the_static_table_follows_the_teacher_encod
     for name in NEW_CELLS:
         cell = spec.CELLS[name]
         args = cell.args()
-        student_config = args.index(str(CONFIGS / "student" / f"{cell.student}.yaml"))
+        student_config = args.index(spec.STUDENTS[cell.student].args[1])  # its preset (--config PATH first)
         if cell.student == "static":  # after the preset, so it overrides the preset's MiniLM
             assert args.index("--data.featurizer.init_args.encoder") > student_config
             assert args[args.index("--data.featurizer.init_args.encoder") + 1] == expected[cell.teacher]
