@@ -503,15 +503,15 @@ def validation_pick(cell: str, chosen: dict, by_key: dict) -> str | None:
     return max(scored, key=lambda m: scored[m]) if scored else None
 
 
-def student_cells(student: str, seeds: int):
-    """The finished cells of ``student`` (student alone and KD tested): (cell, its methods' Stats, the method chosen
+def student_cells(students: tuple[str, ...], seeds: int):
+    """The finished cells of ``students`` (student alone and KD tested): (cell, its methods' Stats, the method chosen
     on validation, the teacher's test %, each peer's test Stat by name, the cell's records)."""
     records = current(spec.load_records(), seeds)
     by_key = {r["key"]: r for r in records}
     stats, chosen, teacher = final_stats(records, seeds)
     peer_stats = peers.cell_stats(peers.load_records(), seeds)
     for c, s in stats.items():
-        if spec.CELLS[c].student != student or not {"ce", "kd"} <= set(s):
+        if spec.CELLS[c].student not in students or not {"ce", "kd"} <= set(s):
             continue
         pick = validation_pick(c, chosen[c], by_key)
         if pick in s:
@@ -524,7 +524,7 @@ def static_summary(seeds: int = 3) -> str:
     """The README's paragraph on the static-embedding student: per measured cell, the method chosen on validation
     against model2vec alone (the peer), the student trained on its labels alone, KD and the teacher."""
     parts = []
-    for c, s, pick, teacher, peer_test, _ in student_cells("static", seeds):
+    for c, s, pick, teacher, peer_test, _ in student_cells(("static",), seeds):
         text = (f"{c}: {spec.METHODS[pick].label} {s[pick]} (teacher {teacher:.2f}; "
                 f"KD {s['kd']}; the student on its labels alone {s['ce']}, {verdict(*s[pick].diff(s['ce']))} "
                 f"{s[pick].diff(s['ce'])[0]:+.2f}")
@@ -542,10 +542,15 @@ def static_summary(seeds: int = 3) -> str:
 
 def transformer_summary(seeds: int = 3) -> str:
     """The README's paragraph on the transformer student: per measured cell, every method's test accuracy (best
-    first), the one chosen on validation against KD and the student alone, model2vec alone, and what a run cost."""
+    first), the one chosen on validation against KD, the student alone and the peers, what a run cost, and the same
+    cell keeping the first layers where it ran."""
     parts = []
-    first_layers = {c: s for c, s, *_ in student_cells("transformer_first", seeds)}
-    for c, s, pick, teacher, peer_test, cell_records in student_cells("transformer", seeds):
+    cells = list(student_cells(("transformer", "transformer_first"), seeds))
+    first_layers = {c: s for c, s, *_ in cells if spec.CELLS[c].student == "transformer_first"}
+    for c, s, pick, teacher, peer_test, cell_records in cells:
+        cell = spec.CELLS[c]
+        if cell.student != "transformer":
+            continue
         ranked = ", ".join(f"{spec.METHODS[m].label} {s[m]}" for m in sorted(s, key=lambda m: -s[m].mean))
         text = (f"{c} (teacher {teacher:.2f}; {len(s)} methods, best first: "
                 f"{ranked}): chosen on validation, {spec.METHODS[pick].label}, against KD "
@@ -558,7 +563,7 @@ def transformer_summary(seeds: int = 3) -> str:
         walls = [r["wall_s"] for r in cell_records]
         text += (f"; {len(walls)} runs of {statistics.fmean(walls) / 60:.1f} min on average "
                  f"({sum(walls) / 3600:.1f} h of one core)")
-        first = first_layers.get(c.replace("/transformer/", "/transformer_first/"))
+        first = first_layers.get(spec.Cell(cell.task, cell.teacher, "transformer_first", cell.regime).name)
         if first is not None:  # the same cell keeping layers 0, 1, 2: which layers to keep
             text += "; keeping layers 0, 1 and 2 instead (`layers: first`): " + ", ".join(
                 f"{spec.METHODS[m].label} {first[m]} ({verdict(*first[m].diff(s[m]))} "
